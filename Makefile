@@ -1,0 +1,38 @@
+# The two sacred commands: `make demo` and `make test`. Both build .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test test-unit lint typecheck schemas bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "streamproc needs Python 3.11+")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/streamproc demo $(ARGS)
+
+test: venv
+	$(BIN)/python -m pytest $(ARGS)
+
+test-unit: venv
+	$(BIN)/python -m pytest tests/unit $(ARGS)
+
+lint: venv
+	$(BIN)/ruff check streamproc tests
+	$(BIN)/ruff format --check streamproc tests
+
+typecheck: venv
+	$(BIN)/mypy
+
+# Regenerate schemas/case_brief.schema.json from the pydantic model.
+schemas: venv
+	$(BIN)/python -m streamproc.brief.model > schemas/case_brief.schema.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""The case brief: its model, the deterministic generator, and how analysts see it."""

@@ -1,0 +1,129 @@
+"""Entry point of the `streamproc` command: parses arguments, builds Settings, dispatches."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from streamproc.config import Settings
+from streamproc.errors import StreamprocError
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamproc", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("worker", help="run the stream processor")
+    topics = sub.add_parser("topics", help="topic administration")
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True)
+    topics_sub.add_parser("apply", help="create or update the topics declared in topics/")
+    broker = sub.add_parser("broker", help="embedded Kafka-compatible broker, in the foreground")
+    broker.add_argument("--listen", default="127.0.0.1:9092", metavar="HOST:PORT")
+    pub = sub.add_parser("publish", help="encode JSONL events with the topic's schema and produce")
+    pub.add_argument("topic")
+    pub.add_argument("file", help="JSON Lines file, or - for standard input")
+    tail = sub.add_parser("tail", help="print decoded records, one JSON object per line")
+    tail.add_argument("topic")
+    tail.add_argument("--max", type=int, default=None, dest="max_records")
+    tail.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                      help="stop after S seconds (default 10)")
+    demo = sub.add_parser("demo", help="broker, topics, worker and synthetic traffic, all embedded")
+    demo.add_argument("--follow", action="store_true", help="keep running after the scenario")
+    demo.add_argument("--timeout", type=float, default=180.0, metavar="S")
+    demo.add_argument("--seed", type=int, default=7)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+        return _dispatch(args, settings)
+    except StreamprocError as exc:
+        print(f"streamproc: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "worker":
+        from streamproc.cli.worker import run_worker
+
+        return run_worker(settings)
+    if args.command == "topics":
+        return _topics_apply(settings)
+    if args.command == "broker":
+        return _broker(args.listen)
+    if args.command == "publish":
+        return _publish(settings, args.topic, args.file)
+    if args.command == "tail":
+        return _tail(settings, args.topic, args.max_records, args.timeout)
+    from streamproc.cli.demo import run_demo
+
+    return run_demo(settings, follow=args.follow, timeout_s=args.timeout, seed=args.seed)
+
+
+def _topics_apply(settings: Settings) -> int:
+    from streamproc.contracts.topics import load_topics
+    from streamproc.kafka.admin import admin_client, apply_topics
+
+    result = apply_topics(admin_client(settings), load_topics())
+    for name in result.created:
+        print(f"created  {name}")
+    for name in result.existing:
+        print(f"exists   {name}")
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _broker(listen: str) -> int:
+    import time
+
+    from streamproc.kafka.broker import EmbeddedBroker
+
+    host, _, port = listen.rpartition(":")
+    broker = EmbeddedBroker(host or "127.0.0.1", int(port))
+    with broker.running():
+        print(f"embedded broker (Tansu, memory storage) on {broker.bootstrap}; Ctrl-C stops it",
+              flush=True)
+        while broker.proc is not None and broker.proc.poll() is None:
+            time.sleep(0.5)
+    return 0
+
+
+def _publish(settings: Settings, topic: str, file: str) -> int:
+    from streamproc.cli.kafkaio import publish_lines
+
+    if file == "-":
+        report = publish_lines(settings, topic, sys.stdin)
+    else:
+        path = Path(file)
+        if not path.is_file():
+            print(f"streamproc: error: {file}: no such file", file=sys.stderr)
+            return EXIT_USAGE
+        with path.open(encoding="utf-8") as fh:
+            report = publish_lines(settings, topic, fh)
+    for lineno, message in report.errors:
+        print(f"{file}:{lineno}: {message}", file=sys.stderr)
+    print(f"published {report.sent} record(s) to {topic}; {len(report.errors)} bad line(s)",
+          file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _tail(settings: Settings, topic: str, max_records: int | None, timeout_s: float) -> int:
+    from streamproc.cli.kafkaio import read_records
+
+    count = 0
+    for record in read_records(settings, topic, max_records=max_records, timeout_s=timeout_s):
+        print(json.dumps(record, ensure_ascii=False), flush=True)
+        count += 1
+    if max_records is not None and count < max_records:
+        print(f"streamproc: timeout after {timeout_s:g}s with {count} of {max_records} record(s)",
+              file=sys.stderr)
+        return 1
+    return 0

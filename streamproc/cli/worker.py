@@ -1,0 +1,50 @@
+"""`streamproc worker`: check the topology, then run the faust worker until stopped."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from streamproc.config import LLMProvider, Settings
+from streamproc.engine.app import build_app, changelog_topics, http_service
+from streamproc.errors import TopologyError
+from streamproc.kafka.admin import admin_client, broker_count, check_copartitioned, partition_counts
+from streamproc.ops.metrics import Metrics
+from streamproc.cli.kafkaio import make_codec
+
+log = logging.getLogger("streamproc.worker")
+
+
+def check_topology(settings: Settings) -> tuple[int, int]:
+    """(partitions, replication) for internal topics; raises TopologyError saying what to fix."""
+    admin = admin_client(settings)
+    counts = partition_counts(admin)
+    t = settings.topics
+    n = check_copartitioned(counts, t.inputs, internal=[t.settle, *changelog_topics(settings)])
+    missing = [name for name in (t.briefs, t.dlq, t.settle) if name not in counts]
+    if missing:
+        raise TopologyError(
+            f"topic(s) missing: {', '.join(missing)}. Create them with `streamproc topics apply`."
+        )
+    return n, min(3, broker_count(admin))
+
+
+def run_worker(settings: Settings) -> int:
+    partitions, replication = check_topology(settings)
+    if settings.llm_provider is LLMProvider.NONE:
+        print("streamproc: STREAMPROC_LLM_PROVIDER is unset or 'none': every brief is the "
+              "deterministic brief (method=FALLBACK).", flush=True)
+    print(f"streamproc: {partitions} co-partitioned input partitions; briefs to "
+          f"{settings.topics.briefs}; HTTP on :{settings.http_port}", flush=True)
+    metrics = Metrics()
+    app, health = build_app(settings, make_codec(settings), metrics, partitions, replication)
+    worker = faust.Worker(
+        app,
+        http_service(app, health, metrics, settings.http_port),
+        loglevel=settings.log_level,
+        quiet=True,
+        redirect_stdouts=False,
+    )
+    worker.execute_from_commandline()  # returns only through SystemExit
+    return 0

@@ -1,0 +1,139 @@
+"""Settings: one frozen tree built at the entry point from env (STREAMPROC_*) and a config file."""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from streamproc.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_FILE_ENV = "STREAMPROC_CONFIG_FILE"
+
+
+class LLMProvider(StrEnum):
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+    NONE = "none"
+
+
+class BriefPII(StrEnum):
+    MASKED = "masked"
+    RESTORED = "restored"
+    REDACTED = "redacted"
+
+
+class Topics(BaseSettings):
+    """Topic names; the defaults are the product contract (SPEC)."""
+
+    model_config = SettingsConfigDict(frozen=True)
+
+    transactions: str = "fraud.transactions.v1"
+    device_signals: str = "fraud.device-signals.v1"
+    alerts: str = "fraud.alerts.v1"
+    briefs: str = "fraud.case-briefs.v1"
+    audit: str = "fraud.llm-audit.v1"
+    dlq: str = "fraud.dlq.v1"
+    settle: str = "streamproc-settle"
+
+    @property
+    def inputs(self) -> tuple[str, str, str]:
+        return (self.transactions, self.device_signals, self.alerts)
+
+
+class Settings(BaseSettings):
+    """Everything the product reads from its environment. Built once, passed down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMPROC_", frozen=True, extra="ignore", case_sensitive=False
+    )
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    schema_registry_url: str | None = None
+    app_id: str = Field("streamproc", description="Consumer group and faust app id.")
+
+    llm_provider: LLMProvider = LLMProvider.NONE
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_api_key_file: Path | None = None
+    llm_timeout_s: float = 20.0
+    llm_max_concurrency: int = 8
+
+    http_port: int = 8000
+    case_settle_s: float = Field(5.0, ge=0, description="Wait after an alert before briefing.")
+    case_after_s: float = Field(
+        600.0, ge=0, description="Event-time horizon after the last alert that a case still takes."
+    )
+    lookback_h: float = Field(72.0, gt=0)
+    max_events_per_account: int = Field(500, ge=10)
+    brief_pii: BriefPII = BriefPII.MASKED
+
+    data_dir: Path = Path(".streamproc")
+    log_level: str = "info"
+    # Consumer-group timing. Kafka's defaults suit production; dev and tests set
+    # them low because the first join waits about half the rebalance timeout.
+    broker_rebalance_timeout_s: float = 60.0
+    broker_session_timeout_s: float = 45.0
+    broker_heartbeat_interval_s: float = 3.0
+
+    topics: Topics = Field(default_factory=Topics)
+
+    @field_validator("llm_base_url")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        return v.rstrip("/") if v else v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            sources.append(_YamlLowerKeys(settings_cls, yaml_file=config_file))
+        sources.append(file_secret_settings)
+        return tuple(sources)
+
+    def llm_api_key_value(self) -> str | None:
+        """The API key from LLM_API_KEY or LLM_API_KEY_FILE; never logged."""
+        if self.llm_api_key is not None:
+            return self.llm_api_key.get_secret_value()
+        if self.llm_api_key_file is not None:
+            try:
+                return self.llm_api_key_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"STREAMPROC_LLM_API_KEY_FILE cannot be read ({exc.strerror}); "
+                    "mount the secret or unset the variable"
+                ) from exc
+        return None
+
+
+class _YamlLowerKeys(YamlConfigSettingsSource):
+    """Config file with the same keys as the env vars, with or without prefix, any case."""
+
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        if not file_path.is_file():
+            raise ConfigError(f"config file {file_path} (from {CONFIG_FILE_ENV}) does not exist")
+        raw = super()._read_file(file_path)
+        out: dict[str, Any] = {}
+        for key, value in (raw or {}).items():
+            name = str(key).lower().removeprefix("streamproc_")
+            out[name] = value
+        return out

@@ -1,0 +1,1 @@
+"""Data contracts: Avro schemas, wire codec, JSON form, topic declarations."""

@@ -1,0 +1,130 @@
+"""Avro wire codec: Confluent framing with a registry, Avro single-object encoding without.
+
+Decoding accepts both framings whatever the settings say, so a topic can move
+from one to the other without a flag day. Errors never quote record content.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from typing import Any, Protocol
+
+from fastavro import schemaless_reader, schemaless_writer
+
+from streamproc.contracts.schemas import EventSchema, SchemaSet, load_schema_text
+from streamproc.errors import EventDecodeError, UnknownSchemaError
+
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = 0
+MAX_RECORD_BYTES = 1_000_000
+
+
+class Registry(Protocol):
+    """The part of a schema registry client the codec needs (seam for tests)."""
+
+    def register(self, subject: str, schema_text: str) -> int: ...
+
+    def schema_text(self, schema_id: int) -> str: ...
+
+
+class ConfluentRegistry:
+    """Confluent Schema Registry over confluent-kafka's client (ids and texts cached)."""
+
+    def __init__(self, url: str) -> None:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        self._client = SchemaRegistryClient({"url": url})
+
+    def register(self, subject: str, schema_text: str) -> int:
+        from confluent_kafka.schema_registry import Schema
+
+        return int(self._client.register_schema(subject, Schema(schema_text, "AVRO")))
+
+    def schema_text(self, schema_id: int) -> str:
+        return str(self._client.get_schema(schema_id).schema_str)
+
+
+class AvroCodec:
+    """Encodes records for a topic and decodes bytes from it into fastavro-native dicts."""
+
+    def __init__(self, schemas: SchemaSet, registry: Registry | None = None) -> None:
+        self.schemas = schemas
+        self.registry = registry
+        self._ids: dict[str, int] = {}  # topic → registered id of its current schema
+        self._by_id: dict[int, EventSchema] = {}
+
+    def encode(self, topic: str, record: dict[str, Any]) -> bytes:
+        schema = self.schemas.for_topic(topic)
+        out = io.BytesIO()
+        if self.registry is not None:
+            out.write(struct.pack(">bI", CONFLUENT_MAGIC, self._registered_id(topic, schema)))
+        else:
+            out.write(SINGLE_OBJECT_MAGIC + schema.fingerprint)
+        schemaless_writer(out, schema.parsed, record)
+        return out.getvalue()
+
+    def decode(self, topic: str, data: bytes | None) -> dict[str, Any]:
+        """Decode one record; raises EventDecodeError (or UnknownSchemaError) when it cannot."""
+        reader = self.schemas.for_topic(topic)
+        if not data:
+            raise EventDecodeError("empty record value")
+        if len(data) > MAX_RECORD_BYTES:
+            raise EventDecodeError(f"record is {len(data)} bytes, over {MAX_RECORD_BYTES}")
+        writer, offset = self._writer_schema(data)
+        buf = io.BytesIO(data)
+        buf.seek(offset)
+        try:
+            record = schemaless_reader(buf, writer.parsed, reader.parsed)
+        except (EOFError, StopIteration) as exc:
+            raise EventDecodeError("truncated Avro record") from exc
+        except UnicodeDecodeError as exc:
+            raise EventDecodeError("a string field is not valid UTF-8") from exc
+        except Exception as exc:  # fastavro raises plain ValueError/IndexError/... on bad bytes
+            raise EventDecodeError(f"Avro body does not match the writer schema ({type(exc).__name__})") from exc
+        if buf.tell() != len(data):
+            raise EventDecodeError(f"{len(data) - buf.tell()} trailing bytes after the Avro record")
+        if not isinstance(record, dict):
+            raise EventDecodeError("Avro body is not a record")
+        return record
+
+    def _writer_schema(self, data: bytes) -> tuple[EventSchema, int]:
+        if data[:2] == SINGLE_OBJECT_MAGIC:
+            if len(data) < 10:
+                raise EventDecodeError("single-object header is truncated")
+            fp = data[2:10]
+            schema = self.schemas.by_fingerprint.get(fp)
+            if schema is None:
+                raise UnknownSchemaError(f"unknown schema fingerprint {fp.hex()}")
+            return schema, 10
+        if data[0] == CONFLUENT_MAGIC:
+            if len(data) < 5:
+                raise EventDecodeError("Confluent header is truncated")
+            (schema_id,) = struct.unpack(">I", data[1:5])
+            return self._schema_for_id(schema_id), 5
+        raise EventDecodeError(
+            "not Avro: neither Confluent framing (0x00) nor single-object encoding (0xC3 0x01)"
+        )
+
+    def _schema_for_id(self, schema_id: int) -> EventSchema:
+        cached = self._by_id.get(schema_id)
+        if cached is not None:
+            return cached
+        if self.registry is None:
+            raise UnknownSchemaError(
+                f"record uses registry schema id {schema_id} but no "
+                "STREAMPROC_SCHEMA_REGISTRY_URL is set"
+            )
+        try:
+            text = self.registry.schema_text(schema_id)
+        except Exception as exc:  # the registry client raises its own error types
+            raise UnknownSchemaError(f"registry has no usable schema id {schema_id}") from exc
+        schema = load_schema_text(text, origin=f"registry id {schema_id}")
+        self._by_id[schema_id] = schema
+        return schema
+
+    def _registered_id(self, topic: str, schema: EventSchema) -> int:
+        if topic not in self._ids:
+            assert self.registry is not None
+            self._ids[topic] = self.registry.register(f"{topic}-value", schema.canonical_json)
+        return self._ids[topic]

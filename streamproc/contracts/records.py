@@ -1,0 +1,165 @@
+"""Records in and out of the wire: JSON form → Avro-ready dict, decoded → normalized, checks.
+
+A normalized record has every timestamp-millis field as integer epoch milliseconds
+(UTC). Checks beyond Avro's types (currency codes, ranges, plausible event time,
+sizes) live here so that `publish` and the worker reject exactly the same records.
+Error messages name the field and the rule, never the value.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from fastavro.validation import ValidationError, validate
+
+from streamproc.contracts.schemas import EventSchema
+from streamproc.errors import EventValidationError
+
+EPOCH_FLOOR_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+FUTURE_SKEW_MS = 24 * 3600 * 1000
+ID_FIELDS = frozenset(
+    {"event_id", "account_id", "transaction_id", "alert_id", "case_id", "device_id", "rule_id"}
+)
+MAX_ID_LEN = 128
+MAX_TEXT_LEN = 4000
+MAX_LIST_LEN = 1000
+_PATTERNS = {
+    "currency": (re.compile(r"[A-Z]{3}"), "an ISO-4217 code (3 capital letters)"),
+    "merchant_country": (re.compile(r"[A-Z]{2}"), "an ISO-3166 alpha-2 code"),
+    "geo_country": (re.compile(r"[A-Z]{2}"), "an ISO-3166 alpha-2 code"),
+    "merchant_category_code": (re.compile(r"[0-9]{4}"), "a 4-digit MCC"),
+}
+_UNIT_RANGE_FIELDS = frozenset({"risk_score", "score"})
+
+
+def from_json(schema: EventSchema, obj: Any, *, now_ms: int | None = None) -> dict[str, Any]:
+    """Turn one event in the SPEC's JSON form into a checked, Avro-ready record."""
+    if not isinstance(obj, Mapping):
+        raise EventValidationError("event must be a JSON object")
+    unknown = sorted(set(obj) - set(schema.fields))
+    if unknown:
+        raise EventValidationError(
+            f"unknown field(s) for {schema.name}: {', '.join(unknown)}", field=unknown[0]
+        )
+    record = dict(obj)
+    for name in schema.timestamp_fields:
+        if name in record:
+            record[name] = parse_timestamp(record[name], name)
+    for name, spec in schema.fields.items():
+        if name not in record:
+            if "default" not in spec:
+                raise EventValidationError(f"missing required field {name}", field=name)
+            record[name] = spec["default"]
+    _avro_validate(schema, record)
+    check(schema, record, now_ms=now_ms)
+    return record
+
+
+def normalize(schema: EventSchema, decoded: dict[str, Any], *, now_ms: int | None = None) -> dict[str, Any]:
+    """Turn a fastavro-decoded record into normalized form and check it."""
+    record = dict(decoded)
+    for name in schema.timestamp_fields:
+        value = record.get(name)
+        if isinstance(value, datetime):
+            record[name] = to_epoch_ms(value)
+    check(schema, record, now_ms=now_ms)
+    return record
+
+
+def parse_timestamp(value: Any, field: str) -> int:
+    """ISO-8601 with an offset, or integer epoch milliseconds → epoch milliseconds."""
+    if isinstance(value, bool):
+        raise EventValidationError(f"{field} must be ISO-8601 or epoch milliseconds", field=field)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise EventValidationError(f"{field} is not an ISO-8601 timestamp", field=field) from None
+        if parsed.tzinfo is None:
+            raise EventValidationError(f"{field} has no UTC offset", field=field)
+        return to_epoch_ms(parsed)
+    raise EventValidationError(f"{field} must be ISO-8601 or epoch milliseconds", field=field)
+
+
+def to_epoch_ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000) if value.tzinfo else int(value.replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def iso(ms: int) -> str:
+    """Epoch milliseconds → ISO-8601 UTC with millisecond precision."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def check(schema: EventSchema, record: Mapping[str, Any], *, now_ms: int | None = None) -> None:
+    """Contract checks beyond Avro types; raises EventValidationError naming the field."""
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    for name in schema.timestamp_fields:
+        ms = record.get(name)
+        if isinstance(ms, int) and not EPOCH_FLOOR_MS <= ms <= now + FUTURE_SKEW_MS:
+            raise EventValidationError(f"{name} is outside 2000-01-01 .. now+24h", field=name)
+    for name, value in record.items():
+        _check_field(schema, name, value)
+
+
+def _check_field(schema: EventSchema, name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, str):
+        limit = MAX_ID_LEN if name in ID_FIELDS else MAX_TEXT_LEN
+        if name in ID_FIELDS and not value.strip():
+            raise EventValidationError(f"{name} is empty", field=name)
+        if len(value) > limit:
+            raise EventValidationError(f"{name} is longer than {limit} characters", field=name)
+        rule = _PATTERNS.get(name)
+        if rule and not rule[0].fullmatch(value):
+            raise EventValidationError(f"{name} must be {rule[1]}", field=name)
+    elif isinstance(value, list):
+        if len(value) > MAX_LIST_LEN:
+            raise EventValidationError(f"{name} has more than {MAX_LIST_LEN} items", field=name)
+        for item in value:
+            if isinstance(item, str) and (not item.strip() or len(item) > MAX_ID_LEN):
+                raise EventValidationError(f"{name} has an empty or over-long item", field=name)
+    elif name == "amount_minor" and isinstance(value, int) and not 0 <= value <= 10**13:
+        raise EventValidationError("amount_minor must be between 0 and 10^13", field=name)
+    elif name in _UNIT_RANGE_FIELDS and isinstance(value, float) and not 0.0 <= value <= 1.0:
+        raise EventValidationError(f"{name} must be between 0 and 1", field=name)
+
+
+def _avro_validate(schema: EventSchema, record: dict[str, Any]) -> None:
+    try:
+        validate(record, schema.parsed, raise_errors=True)
+    except ValidationError as exc:
+        first = exc.errors[0] if exc.errors else None
+        field = str(getattr(first, "field", "") or "").rsplit(".", 1)[-1] or None
+        expected = _describe_type(getattr(first, "schema", None))
+        raise EventValidationError(f"field {field} must be {expected}", field=field) from None
+
+
+def _describe_type(avro_type: Any) -> str:
+    if isinstance(avro_type, dict):
+        if avro_type.get("type") == "enum":
+            return "one of " + "|".join(avro_type["symbols"])
+        return str(avro_type.get("logicalType") or avro_type.get("type"))
+    if isinstance(avro_type, list):
+        return " or ".join(_describe_type(t) for t in avro_type)
+    return str(avro_type)
+
+
+def to_jsonable(value: Any) -> Any:
+    """fastavro output → JSON-serializable (datetimes as ISO-8601 UTC, bytes as base64)."""
+    if isinstance(value, datetime):
+        return iso(to_epoch_ms(value))
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, Mapping):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    return value

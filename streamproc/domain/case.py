@@ -1,0 +1,101 @@
+"""A case: the alerts of one case_id and the account's events around them, frozen for briefing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamproc.domain.window import SIGNAL, TXN, Window
+
+BRIEF_ID_NAMESPACE = uuid.UUID("4f7d0a52-8d0e-4e0c-9a51-5e2b8f1c7a11")
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Case:
+    case_id: str
+    account_id: str
+    alerts: tuple[Record, ...]
+    transactions: tuple[Record, ...]
+    signals: tuple[Record, ...]
+    window_start_ms: int
+    window_end_ms: int
+    data_gaps: tuple[str, ...] = ()
+    event_ids: frozenset[str] = field(default=frozenset(), compare=False)
+
+    @property
+    def alert_ids(self) -> list[str]:
+        return [a["alert_id"] for a in self.alerts]
+
+    def content_hash(self) -> str:
+        """SHA-256 over what the case is made of: ids only, order-independent."""
+        content = {
+            "case_id": self.case_id,
+            "alerts": sorted(a["event_id"] for a in self.alerts),
+            "transactions": sorted(t["event_id"] for t in self.transactions),
+            "signals": sorted(s["event_id"] for s in self.signals),
+            "gaps": sorted(self.data_gaps),
+        }
+        blob = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def brief_id(self) -> str:
+        """Stable for the same case content, so a replay yields the same id."""
+        return str(uuid.uuid5(BRIEF_ID_NAMESPACE, self.content_hash()))
+
+
+def assemble_case(
+    case_id: str,
+    account_id: str,
+    alerts: Iterable[Record],
+    window: Window,
+    *,
+    lookback_ms: int,
+    after_ms: int,
+) -> Case:
+    """Freeze the case: alerts, plus the account's events from lookback before the first
+    alert to `after_ms` past the last one. Says what is missing in data_gaps."""
+    alerts = sorted(alerts, key=lambda a: (a["occurred_at"], a["event_id"]))
+    if not alerts:
+        raise ValueError("a case needs at least one alert")
+    start = alerts[0]["occurred_at"] - lookback_ms
+    end = alerts[-1]["occurred_at"] + after_ms
+    txns = _in_range(window[TXN].values(), start, end)
+    signals = _in_range(window[SIGNAL].values(), start, end)
+    gaps = _data_gaps(alerts, txns, signals, window, start)
+    ids = frozenset(r["event_id"] for r in (*alerts, *txns, *signals))
+    return Case(case_id, account_id, tuple(alerts), txns, signals, start, end, gaps, ids)
+
+
+def _in_range(records: Iterable[Record], start: int, end: int) -> tuple[Record, ...]:
+    picked = [r for r in records if start <= r["occurred_at"] <= end]
+    picked.sort(key=lambda r: (r["occurred_at"], r["event_id"]))
+    return tuple(picked)
+
+
+def _data_gaps(
+    alerts: list[Record], txns: tuple[Record, ...], signals: tuple[Record, ...],
+    window: Window, start: int,
+) -> tuple[str, ...]:
+    gaps = []
+    have = {t["transaction_id"] for t in txns}
+    named = sorted({tid for a in alerts for tid in a.get("transaction_ids") or ()})
+    missing = [tid for tid in named if tid not in have]
+    if missing:
+        shown = ", ".join(missing[:10]) + (" …" if len(missing) > 10 else "")
+        gaps.append(f"{len(missing)} transaction(s) named by the alert not received: {shown}")
+    if window.get("cut") and window.get("cut_ms", 0) >= start:
+        gaps.append(
+            f"history cut: {window['cut']} older event(s) of this account were dropped by the "
+            "per-account bound"
+        )
+    if not txns:
+        gaps.append("no transactions in the case window")
+    if not signals:
+        gaps.append("no device signals in the case window")
+    return tuple(gaps)

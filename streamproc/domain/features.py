@@ -1,0 +1,268 @@
+"""Features of a case: each detector returns a Finding that cites the events proving it.
+
+Thresholds are named constants so analysts can read what a reason code means.
+All functions are pure and deterministic: same case, same findings, same order.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from streamproc.brief.model import ReasonCode
+from streamproc.domain.case import Case, Record
+from streamproc.domain.money import fmt_amount
+
+MINUTE_MS = 60_000
+HOUR_MS = 60 * MINUTE_MS
+
+SMALL_AMOUNT_MINOR = 500          # card testing probes: ≤ 5.00 in the card's currency
+CARD_TESTING_MIN_PROBES = 5
+CARD_TESTING_MIN_MERCHANTS = 3
+VELOCITY_WINDOW_MS = 10 * MINUTE_MS
+VELOCITY_MIN_TXNS = 6
+HIGH_AMOUNT_RATIO = 5.0           # versus the account's median debit
+HIGH_AMOUNT_ABSOLUTE_MINOR = 500_000
+HIGH_AMOUNT_MIN_HISTORY = 3
+DEVICE_RISK_SCORE = 0.7
+FAILED_AUTH_MIN = 3
+TAKEOVER_HORIZON_MS = 24 * HOUR_MS
+NEW_PAYEE_HORIZON_MS = 24 * HOUR_MS
+IMPOSSIBLE_TRAVEL_MS = 2 * HOUR_MS
+MULE_HORIZON_MS = 48 * HOUR_MS
+MULE_MIN_SOURCES = 2
+MULE_OUT_SHARE = 0.7
+RECENT_MS = 24 * HOUR_MS
+HIGH_RISK_MCC = frozenset({"4829", "6051", "6540", "7995", "5967"})
+CARD_CHANNELS = frozenset({"CARD_NOT_PRESENT", "WALLET"})
+TAKEOVER_SIGNALS = frozenset({"PASSWORD_RESET", "PROFILE_CHANGE", "NEW_DEVICE", "MFA_FAILED"})
+FAILED_AUTH = frozenset({"LOGIN_FAILED", "MFA_FAILED"})
+
+
+@dataclass(frozen=True)
+class Finding:
+    reason: ReasonCode
+    text: str
+    evidence: tuple[str, ...]
+
+
+def ids(records: Iterable[Record]) -> tuple[str, ...]:
+    return tuple(r["event_id"] for r in records)
+
+
+def alert_transactions(case: Case) -> list[Record]:
+    named = {tid for a in case.alerts for tid in a.get("transaction_ids") or ()}
+    return [t for t in case.transactions if t["transaction_id"] in named]
+
+
+def card_testing(case: Case) -> Finding | None:
+    probes = [t for t in case.transactions if t["channel"] in CARD_CHANNELS
+              and t["direction"] == "DEBIT" and t["amount_minor"] <= SMALL_AMOUNT_MINOR]
+    merchants = {t.get("merchant_category_code") or t.get("merchant_name") for t in probes}
+    if len(probes) < CARD_TESTING_MIN_PROBES or len(merchants) < CARD_TESTING_MIN_MERCHANTS:
+        return None
+    declined = sum(1 for t in probes if t["status"] == "DECLINED")
+    span_min = (probes[-1]["occurred_at"] - probes[0]["occurred_at"]) / MINUTE_MS
+    return Finding(
+        ReasonCode.CARD_TESTING,
+        f"{len(probes)} small card-not-present debits (≤ {SMALL_AMOUNT_MINOR / 100:.2f}) at "
+        f"{len(merchants)} merchants within {span_min:.0f} min, {declined} declined",
+        ids(probes),
+    )
+
+
+def velocity_spike(case: Case) -> Finding | None:
+    txns = [t for t in case.transactions if t["direction"] == "DEBIT"]
+    best: list[Record] = []
+    lo = 0
+    for hi, t in enumerate(txns):
+        while t["occurred_at"] - txns[lo]["occurred_at"] > VELOCITY_WINDOW_MS:
+            lo += 1
+        if hi - lo + 1 > len(best):
+            best = txns[lo : hi + 1]
+    if len(best) < VELOCITY_MIN_TXNS:
+        return None
+    return Finding(
+        ReasonCode.VELOCITY_SPIKE,
+        f"{len(best)} debits within {VELOCITY_WINDOW_MS // MINUTE_MS} minutes",
+        ids(best),
+    )
+
+
+def high_amount(case: Case) -> Finding | None:
+    flagged = [t for t in alert_transactions(case) if t["direction"] == "DEBIT"]
+    if not flagged:
+        return None
+    top = max(flagged, key=lambda t: t["amount_minor"])
+    history = [t["amount_minor"] for t in case.transactions
+               if t["direction"] == "DEBIT" and t["event_id"] != top["event_id"]
+               and t["currency"] == top["currency"] and t["occurred_at"] < top["occurred_at"]]
+    if len(history) >= HIGH_AMOUNT_MIN_HISTORY:
+        median = statistics.median(history)
+        if median > 0 and top["amount_minor"] >= HIGH_AMOUNT_RATIO * median:
+            return Finding(
+                ReasonCode.HIGH_AMOUNT,
+                f"flagged debit of {fmt_amount(top['amount_minor'], top['currency'])} is "
+                f"{top['amount_minor'] / median:.0f}× the account's median debit "
+                f"({fmt_amount(int(median), top['currency'])})",
+                (top["event_id"],),
+            )
+        return None
+    if top["amount_minor"] >= HIGH_AMOUNT_ABSOLUTE_MINOR:
+        return Finding(
+            ReasonCode.HIGH_AMOUNT,
+            f"flagged debit of {fmt_amount(top['amount_minor'], top['currency'])} with little "
+            "history to compare",
+            (top["event_id"],),
+        )
+    return None
+
+
+def new_device(case: Case) -> Finding | None:
+    new = [s for s in case.signals if s["signal_type"] == "NEW_DEVICE"]
+    if not new:
+        return None
+    devices = sorted({s["device_id"] for s in new})
+    return Finding(ReasonCode.NEW_DEVICE,
+                   f"{len(devices)} new device(s) registered: {', '.join(devices[:3])}", ids(new))
+
+
+def device_risk(case: Case) -> Finding | None:
+    risky = [s for s in case.signals if s.get("is_emulator") or s.get("is_vpn")
+             or (s.get("risk_score") or 0.0) >= DEVICE_RISK_SCORE]
+    failed = [s for s in case.signals if s["signal_type"] in FAILED_AUTH]
+    parts = []
+    if any(s.get("is_emulator") for s in risky):
+        parts.append("emulator")
+    if any(s.get("is_vpn") for s in risky):
+        parts.append("VPN")
+    if any((s.get("risk_score") or 0.0) >= DEVICE_RISK_SCORE for s in risky):
+        parts.append(f"vendor risk score ≥ {DEVICE_RISK_SCORE}")
+    evidence = list(risky)
+    if len(failed) >= FAILED_AUTH_MIN:
+        parts.append(f"{len(failed)} failed logins/MFA")
+        evidence += failed
+    if not parts:
+        return None
+    return Finding(ReasonCode.DEVICE_RISK, "device risk: " + ", ".join(parts),
+                   ids(sorted({r["event_id"]: r for r in evidence}.values(),
+                              key=lambda r: (r["occurred_at"], r["event_id"]))))
+
+
+def _located(case: Case) -> list[tuple[int, str, str]]:
+    """(time, country, event_id) for events that place the customer somewhere."""
+    points = [(t["occurred_at"], t["merchant_country"], t["event_id"]) for t in case.transactions
+              if t["channel"] in {"CARD_PRESENT", "ATM"} and t.get("merchant_country")]
+    points += [(s["occurred_at"], s["geo_country"], s["event_id"]) for s in case.signals
+               if s.get("geo_country") and not s.get("is_vpn")]
+    return sorted(points)
+
+
+def geo_mismatch(case: Case) -> Finding | None:
+    points = _located(case)
+    anchor = case.alerts[-1]["occurred_at"]
+    older = [c for at, c, _ in points if at < anchor - RECENT_MS]
+    home_pool = older or [c for _, c, _ in points]
+    if not home_pool:
+        return None
+    home = Counter(home_pool).most_common(1)[0][0]
+    away = [(at, c, eid) for at, c, eid in points if at >= anchor - RECENT_MS and c != home]
+    if not away:
+        return None
+    countries = sorted({c for _, c, _ in away})
+    return Finding(ReasonCode.GEO_MISMATCH,
+                   f"activity from {', '.join(countries)} while the account's usual country is "
+                   f"{home}", tuple(eid for _, _, eid in away))
+
+
+def impossible_travel(case: Case) -> Finding | None:
+    points = _located(case)
+    for (t1, c1, e1), (t2, c2, e2) in zip(points, points[1:], strict=False):
+        if c1 != c2 and t2 - t1 <= IMPOSSIBLE_TRAVEL_MS:
+            return Finding(ReasonCode.IMPOSSIBLE_TRAVEL,
+                           f"present in {c1} then {c2} within {(t2 - t1) / MINUTE_MS:.0f} minutes",
+                           (e1, e2))
+    return None
+
+
+def _outbound_transfers(case: Case) -> list[Record]:
+    return [t for t in case.transactions if t["direction"] == "DEBIT"
+            and t["channel"] == "TRANSFER" and t["status"] != "DECLINED"]
+
+
+def account_takeover(case: Case) -> Finding | None:
+    changes = [s for s in case.signals if s["signal_type"] in TAKEOVER_SIGNALS]
+    if not changes:
+        return None
+    first = changes[0]["occurred_at"]
+    payees = [s for s in case.signals if s["signal_type"] == "PAYEE_ADDED"
+              and first <= s["occurred_at"] <= first + TAKEOVER_HORIZON_MS]
+    outs = [t for t in _outbound_transfers(case) if first <= t["occurred_at"] <= first + TAKEOVER_HORIZON_MS]
+    if not payees and not outs:
+        return None
+    kinds = sorted({s["signal_type"] for s in changes})
+    then = []
+    if payees:
+        then.append(f"{len(payees)} payee(s) added")
+    if outs:
+        then.append(f"{len(outs)} outbound transfer(s)")
+    return Finding(ReasonCode.ACCOUNT_TAKEOVER,
+                   f"credential/device change ({', '.join(kinds)}) followed within 24 h by "
+                   + " and ".join(then), ids(changes) + ids(payees) + ids(outs))
+
+
+def new_payee(case: Case) -> Finding | None:
+    for payee in (s for s in case.signals if s["signal_type"] == "PAYEE_ADDED"):
+        outs = [t for t in _outbound_transfers(case)
+                if payee["occurred_at"] <= t["occurred_at"] <= payee["occurred_at"] + NEW_PAYEE_HORIZON_MS]
+        if outs:
+            total = sum(t["amount_minor"] for t in outs)
+            return Finding(ReasonCode.NEW_PAYEE,
+                           f"payee added, then {len(outs)} transfer(s) totalling "
+                           f"{fmt_amount(total, outs[0]['currency'])} within 24 h",
+                           (payee["event_id"], *ids(outs)))
+    return None
+
+
+def mule_activity(case: Case) -> Finding | None:
+    credits = [t for t in case.transactions if t["direction"] == "CREDIT" and t["status"] == "APPROVED"]
+    sources = {t.get("counterparty_iban") or t.get("counterparty_name") or t["transaction_id"]
+               for t in credits}
+    if len(credits) < MULE_MIN_SOURCES or len(sources) < MULE_MIN_SOURCES:
+        return None
+    first_in = credits[0]["occurred_at"]
+    inbound = sum(t["amount_minor"] for t in credits)
+    outs = [t for t in _outbound_transfers(case)
+            if first_in <= t["occurred_at"] <= first_in + MULE_HORIZON_MS]
+    outbound = sum(t["amount_minor"] for t in outs)
+    if not outs or outbound < MULE_OUT_SHARE * inbound:
+        return None
+    cur = credits[0]["currency"]
+    return Finding(ReasonCode.MULE_ACTIVITY,
+                   f"{len(credits)} credits from {len(sources)} sources "
+                   f"({fmt_amount(inbound, cur)}) moved out within 48 h "
+                   f"({fmt_amount(outbound, cur)}, {100 * outbound / inbound:.0f}%)",
+                   ids(credits) + ids(outs))
+
+
+def merchant_risk(case: Case) -> Finding | None:
+    risky = [t for t in case.transactions if t.get("merchant_category_code") in HIGH_RISK_MCC]
+    if not risky:
+        return None
+    mccs = sorted({t["merchant_category_code"] for t in risky})
+    return Finding(ReasonCode.MERCHANT_RISK,
+                   f"{len(risky)} transaction(s) at high-risk merchant categories (MCC "
+                   f"{', '.join(mccs)})", ids(risky))
+
+
+DETECTORS: tuple[Callable[[Case], Finding | None], ...] = (
+    card_testing, account_takeover, mule_activity, impossible_travel, velocity_spike,
+    high_amount, device_risk, new_device, new_payee, geo_mismatch, merchant_risk,
+)
+
+
+def find_all(case: Case) -> list[Finding]:
+    """Every finding of the case, in a fixed order (strongest patterns first)."""
+    return [f for f in (d(case) for d in DETECTORS) if f is not None]

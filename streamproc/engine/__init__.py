@@ -1,0 +1,1 @@
+"""The stream engine: the case processor (plain code) and the faust app around it."""

@@ -1,0 +1,178 @@
+"""The faust app: three tables, one agent over the inputs and settle ticks, one timer.
+
+faust acks an event even when the agent raises, so the agent never lets an
+exception escape: a record that fails goes to the DLQ with the reason. Writes to
+tables happen only inside the agent (faust needs the current event to pick the
+changelog partition); the timer therefore sends settle ticks to the case's own
+partition and the agent briefs the case when the tick comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from mode import Service
+
+from streamproc.config import Settings
+from streamproc.contracts.codec import AvroCodec
+from streamproc.engine.dlq import InMessage, Outgoing, dead_letter
+from streamproc.engine.processor import CaseProcessor
+from streamproc.ops.http import HttpServer, build_http_app
+from streamproc.ops.metrics import Metrics
+
+log = logging.getLogger(__name__)
+TABLES = ("windows", "cases", "pending")
+TIMER_INTERVAL_S = 0.25
+BROKER_PROBE_INTERVAL_S = 5.0
+
+
+@dataclass
+class Health:
+    """What /readyz reports; updated by the worker as it runs."""
+
+    started: bool = False
+    broker_ok: bool = False
+
+    def check(self, app: faust.App) -> tuple[bool, dict[str, bool]]:
+        checks = {
+            "started": self.started,
+            "broker_reachable": self.broker_ok,
+            "not_rebalancing": not app.rebalancing,
+        }
+        return all(checks.values()), checks
+
+
+def changelog_topics(settings: Settings) -> list[str]:
+    return [f"{settings.app_id}-{name}-changelog" for name in TABLES]
+
+
+def build_app(
+    settings: Settings, codec: AvroCodec, metrics: Metrics, partitions: int, replication: int
+) -> tuple[faust.App, Health]:
+    """The faust app for `partitions` co-partitioned input partitions."""
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        datadir=str(settings.data_dir),
+        web_enabled=False,
+        topic_partitions=partitions,
+        topic_replication_factor=replication,
+        broker_rebalance_timeout=settings.broker_rebalance_timeout_s,
+        broker_session_timeout=settings.broker_session_timeout_s,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
+        consumer_auto_offset_reset="earliest",
+        key_serializer="json",  # for the tables; the source topic says raw itself
+        value_serializer="json",
+        producer_acks=-1,
+    )
+    tables = {
+        name: app.Table(name, partitions=partitions) for name in TABLES
+    }
+    processor = CaseProcessor(settings, codec, metrics, tables["windows"], tables["cases"],
+                              tables["pending"])
+    topics = settings.topics
+    source = app.topic(*topics.inputs, topics.settle, key_type=bytes, value_type=bytes,
+                       key_serializer="raw", value_serializer="raw")
+    health = Health()
+
+    async def send(out: Outgoing) -> None:
+        fut = await app.producer.send(out.topic, out.key, out.value, out.partition, None,
+                                      out.headers)
+        await fut  # delivered before the input offset can be committed
+        if out.topic == topics.dlq:
+            metrics.dlq_published.inc()
+
+    async def handle(msg: InMessage) -> None:
+        if msg.topic == topics.settle:
+            plan = processor.prepare_brief(msg)
+            if plan is not None:
+                await send(plan.output)
+                processor.finalize_brief(plan)
+            return
+        for out in processor.on_input(msg):
+            await send(out)
+
+    @app.agent(source, name="account-processor")
+    async def account_processor(stream: Any) -> None:
+        async for event in stream.events():
+            msg = to_in_message(event.message)
+            try:
+                await handle(msg)
+            except Exception as exc:  # never escape: faust would ack and lose the event
+                metrics.processing_errors.labels("process").inc()
+                log.exception("record failed; dead-lettering it",
+                              extra={"topic": msg.topic, "partition": msg.partition,
+                                     "offset": msg.offset})
+                await send(dead_letter(topics.dlq, msg, exc, stage="process"))
+
+    @app.timer(TIMER_INTERVAL_S)
+    async def settle_timer() -> None:
+        active = {tp.partition for tp in app.assignor.assigned_actives()
+                  if tp.topic == topics.alerts}
+        for tick in processor.due_ticks(active):
+            await send(processor.tick_message(tick))
+        processor.observe_state()
+
+    @app.timer(BROKER_PROBE_INTERVAL_S)
+    async def broker_probe() -> None:
+        health.broker_ok = await broker_reachable(settings.kafka_bootstrap)
+
+    @app.task
+    async def on_started() -> None:
+        health.broker_ok = await broker_reachable(settings.kafka_bootstrap)
+        health.started = True
+
+    return app, health
+
+
+def to_in_message(message: Any) -> InMessage:
+    headers = message.headers
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    return InMessage(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        headers=list(headers or ()),
+        timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
+    )
+
+
+async def broker_reachable(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    """True when at least one bootstrap address accepts a TCP connection."""
+    for hostport in bootstrap.split(","):
+        host, _, port = hostport.strip().rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
+        except (OSError, TimeoutError, ValueError):
+            continue
+        writer.close()
+        return True
+    return False
+
+
+class HttpService(Service):
+    """/metrics, /healthz, /readyz on STREAMPROC_HTTP_PORT, living as long as the worker."""
+
+    def __init__(self, server: HttpServer, **kwargs: Any) -> None:
+        self.server = server
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        await self.server.start()
+        log.info("HTTP endpoints on port %d: /metrics /healthz /readyz", self.server.port)
+
+    async def on_stop(self) -> None:
+        await self.server.stop()
+
+
+def http_service(app: faust.App, health: Health, metrics: Metrics, port: int) -> HttpService:
+    web_app = build_http_app(metrics, lambda: health.check(app))
+    return HttpService(HttpServer(web_app, "0.0.0.0", port))  # noqa: S104 - pods expose it

@@ -1,0 +1,88 @@
+"""Exception tree of streamproc; every error the product raises derives from one root.
+
+    StreamprocError
+    ├── ConfigError                  operator-facing: bad settings or environment
+    ├── TopologyError                topics missing or not co-partitioned
+    ├── BrokerError                  embedded broker could not start
+    ├── EventError                   permanent: one record is bad (goes to the DLQ)
+    │   ├── EventDecodeError         bytes are not Avro we can read
+    │   │   └── UnknownSchemaError   fingerprint or registry id not known
+    │   └── EventValidationError     decoded, but breaks the contract
+    ├── BriefValidationError         permanent: a brief breaks its own contract
+    └── LLMError                     the model as a dependency (issue 4)
+        ├── LLMTransportError        retryable: connection, 5xx
+        ├── LLMTimeout               retryable
+        └── LLMRateLimited           retryable after `retry_after` seconds
+
+Messages never quote field values: a record's content may be personal data.
+"""
+
+from __future__ import annotations
+
+
+class StreamprocError(Exception):
+    """Root of every error streamproc raises on purpose."""
+
+
+class ConfigError(StreamprocError):
+    """Settings or environment are wrong; the message says what to change."""
+
+
+class TopologyError(StreamprocError):
+    """Topics are missing or not co-partitioned; the worker refuses to run."""
+
+
+class BrokerError(StreamprocError):
+    """The embedded broker could not be started or reached."""
+
+
+class EventError(StreamprocError):
+    """One record cannot be used. Carries a short, bounded `reason` for metrics."""
+
+    reason = "invalid"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class EventDecodeError(EventError):
+    """The bytes are not an Avro record this worker can read."""
+
+    reason = "decode_error"
+
+
+class UnknownSchemaError(EventDecodeError):
+    """The record names a writer schema (fingerprint or registry id) we do not know."""
+
+    reason = "unknown_schema"
+
+
+class EventValidationError(EventError):
+    """The record decoded but breaks the data contract (a field is missing or out of range)."""
+
+    reason = "validation_error"
+
+
+class BriefValidationError(StreamprocError):
+    """A brief does not satisfy its own contract."""
+
+
+class LLMError(StreamprocError):
+    """The language model failed as a dependency."""
+
+
+class LLMTransportError(LLMError):
+    """Connection failure or a 5xx answer; retryable."""
+
+
+class LLMTimeout(LLMError):
+    """The provider did not answer in time; retryable."""
+
+
+class LLMRateLimited(LLMError):
+    """429 from the provider; retry after `retry_after` seconds (None when not given)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -1,0 +1,1 @@
+"""Thin wrappers over Kafka clients: admin, embedded broker, client configs."""

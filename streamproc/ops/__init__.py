@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics and the HTTP endpoints (/metrics, /healthz, /readyz)."""
