@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from enum import StrEnum
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +129,8 @@ class Settings(BaseSettings):
 class _YamlLowerKeys(YamlConfigSettingsSource):
     """Config file with the same keys as the env vars, with or without prefix, any case."""
 
-    def _read_file(self, file_path: Path) -> dict[str, Any]:
-        if not file_path.is_file():
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        if not file_path.is_file():  # a missing file is an operator error, not an empty config
             raise ConfigError(f"config file {file_path} (from {CONFIG_FILE_ENV}) does not exist")
         raw = super()._read_file(file_path)
         out: dict[str, Any] = {}

@@ -34,20 +34,39 @@ TIMELINE_MAX = 200
 SEVERITY_POINTS = {"LOW": 5, "MEDIUM": 10, "HIGH": 20, "CRITICAL": 30}
 ALERT_SCORE_POINTS = 10  # × the rule's own score (0..1)
 REASON_POINTS = {
-    ReasonCode.CARD_TESTING: 40, ReasonCode.ACCOUNT_TAKEOVER: 40, ReasonCode.MULE_ACTIVITY: 40,
-    ReasonCode.IMPOSSIBLE_TRAVEL: 25, ReasonCode.VELOCITY_SPIKE: 15, ReasonCode.HIGH_AMOUNT: 15,
-    ReasonCode.DEVICE_RISK: 15, ReasonCode.NEW_DEVICE: 10, ReasonCode.NEW_PAYEE: 10,
-    ReasonCode.GEO_MISMATCH: 10, ReasonCode.MERCHANT_RISK: 10,
+    ReasonCode.CARD_TESTING: 40,
+    ReasonCode.ACCOUNT_TAKEOVER: 40,
+    ReasonCode.MULE_ACTIVITY: 40,
+    ReasonCode.IMPOSSIBLE_TRAVEL: 25,
+    ReasonCode.VELOCITY_SPIKE: 15,
+    ReasonCode.HIGH_AMOUNT: 15,
+    ReasonCode.DEVICE_RISK: 15,
+    ReasonCode.NEW_DEVICE: 10,
+    ReasonCode.NEW_PAYEE: 10,
+    ReasonCode.GEO_MISMATCH: 10,
+    ReasonCode.MERCHANT_RISK: 10,
 }
 LEVEL_FLOORS = ((75, RiskLevel.CRITICAL), (50, RiskLevel.HIGH), (25, RiskLevel.MEDIUM))
-STRONG = frozenset({ReasonCode.CARD_TESTING, ReasonCode.ACCOUNT_TAKEOVER,
-                    ReasonCode.MULE_ACTIVITY, ReasonCode.IMPOSSIBLE_TRAVEL})
+STRONG = frozenset(
+    {
+        ReasonCode.CARD_TESTING,
+        ReasonCode.ACCOUNT_TAKEOVER,
+        ReasonCode.MULE_ACTIVITY,
+        ReasonCode.IMPOSSIBLE_TRAVEL,
+    }
+)
 ACTIONS_FOR = {
     ReasonCode.CARD_TESTING: (Action.BLOCK_CARD,),
-    ReasonCode.ACCOUNT_TAKEOVER: (Action.VERIFY_DEVICE, Action.CONTACT_CUSTOMER,
-                                  Action.HOLD_PENDING_REVIEW),
-    ReasonCode.MULE_ACTIVITY: (Action.ESCALATE_AML, Action.HOLD_PENDING_REVIEW,
-                               Action.REQUEST_DOCUMENTS),
+    ReasonCode.ACCOUNT_TAKEOVER: (
+        Action.VERIFY_DEVICE,
+        Action.CONTACT_CUSTOMER,
+        Action.HOLD_PENDING_REVIEW,
+    ),
+    ReasonCode.MULE_ACTIVITY: (
+        Action.ESCALATE_AML,
+        Action.HOLD_PENDING_REVIEW,
+        Action.REQUEST_DOCUMENTS,
+    ),
     ReasonCode.IMPOSSIBLE_TRAVEL: (Action.CONTACT_CUSTOMER,),
     ReasonCode.DEVICE_RISK: (Action.VERIFY_DEVICE,),
     ReasonCode.NEW_DEVICE: (Action.VERIFY_DEVICE,),
@@ -80,8 +99,9 @@ def assess(case: Case) -> Assessment:
     score = min(score, 100)
     level = level_for(score)
     reasons = (*(f.reason for f in findings), ReasonCode.RULE_HIT)
-    return Assessment(score, level, reasons, findings, _confidence(case, findings),
-                      _actions(level, reasons))
+    return Assessment(
+        score, level, reasons, findings, _confidence(case, findings), _actions(level, reasons)
+    )
 
 
 def _confidence(case: Case, findings: Iterable[Finding]) -> Confidence:
@@ -109,8 +129,10 @@ def build_brief(
 ) -> CaseBrief:
     """The complete deterministic brief for a case."""
     a = assess(case)
-    facts = [_alert_fact(case), *(KeyFact(text=f.text, evidence_event_ids=list(f.evidence))
-                                  for f in a.findings)]
+    facts = [
+        _alert_fact(case),
+        *(KeyFact(text=f.text, evidence_event_ids=list(f.evidence)) for f in a.findings),
+    ]
     return CaseBrief(
         brief_id=case.brief_id(),
         brief_version=version,
@@ -129,18 +151,26 @@ def build_brief(
         recommended_actions=list(a.actions),
         confidence=a.confidence,
         data_gaps=list(case.data_gaps) + _timeline_gap(case),
-        generation=Generation(method=Method.FALLBACK, fallback_reason=fallback_reason,
-                              generator_version=GENERATOR_VERSION),
+        generation=Generation(
+            method=Method.FALLBACK,
+            fallback_reason=fallback_reason,
+            generator_version=GENERATOR_VERSION,
+        ),
         redaction={},
-        counts=CaseCounts(transactions=len(case.transactions),
-                          device_signals=len(case.signals), alerts=len(case.alerts)),
+        counts=CaseCounts(
+            transactions=len(case.transactions),
+            device_signals=len(case.signals),
+            alerts=len(case.alerts),
+        ),
     )
 
 
 def _alert_fact(case: Case) -> KeyFact:
     rules = sorted({f"{a['rule_id']} ({a['severity']})" for a in case.alerts})
-    return KeyFact(text=f"{len(case.alerts)} alert(s) raised by rule(s) {', '.join(rules)}",
-                   evidence_event_ids=[a["event_id"] for a in case.alerts])
+    return KeyFact(
+        text=f"{len(case.alerts)} alert(s) raised by rule(s) {', '.join(rules)}",
+        evidence_event_ids=[a["event_id"] for a in case.alerts],
+    )
 
 
 def _summary(case: Case, a: Assessment) -> str:
@@ -162,10 +192,14 @@ def describe(kind: EventKind, r: Record) -> str:
     if kind is EventKind.TRANSACTION:
         where = f" MCC {r['merchant_category_code']}" if r.get("merchant_category_code") else ""
         country = f" in {r['merchant_country']}" if r.get("merchant_country") else ""
-        return (f"{r['direction']} {fmt_amount(r['amount_minor'], r['currency'])} "
-                f"{r['channel']}{where}{country}: {r['status']}")
+        return (
+            f"{r['direction']} {fmt_amount(r['amount_minor'], r['currency'])} "
+            f"{r['channel']}{where}{country}: {r['status']}"
+        )
     if kind is EventKind.DEVICE_SIGNAL:
-        flags = [x for x, on in (("emulator", r.get("is_emulator")), ("VPN", r.get("is_vpn"))) if on]
+        flags = [
+            x for x, on in (("emulator", r.get("is_emulator")), ("VPN", r.get("is_vpn"))) if on
+        ]
         geo = f" from {r['geo_country']}" if r.get("geo_country") else ""
         extra = f" [{', '.join(flags)}]" if flags else ""
         return f"{r['signal_type']} on device {r['device_id']}{geo}{extra}"
@@ -184,11 +218,17 @@ def _timeline(case: Case, a: Assessment) -> list[TimelineEntry]:
     if len(items) > TIMELINE_MAX:
         keep = {e for f in a.findings for e in f.evidence} | {r["event_id"] for r in case.alerts}
         keep |= {t["event_id"] for t in alert_transactions(case)}
-        ranked = sorted(items, key=lambda it: (it[1]["event_id"] not in keep, -it[1]["occurred_at"]))
+        ranked = sorted(
+            items, key=lambda it: (it[1]["event_id"] not in keep, -it[1]["occurred_at"])
+        )
         items = ranked[:TIMELINE_MAX]
     items.sort(key=lambda it: (it[1]["occurred_at"], it[1]["event_id"]))
-    return [TimelineEntry(occurred_at=r["occurred_at"], event_id=r["event_id"], kind=k,
-                          description=describe(k, r)) for k, r in items]
+    return [
+        TimelineEntry(
+            occurred_at=r["occurred_at"], event_id=r["event_id"], kind=k, description=describe(k, r)
+        )
+        for k, r in items
+    ]
 
 
 def _timeline_gap(case: Case) -> list[str]:

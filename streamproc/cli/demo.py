@@ -96,18 +96,22 @@ def _publish_scenario(settings: Settings, sc: Scenario) -> None:
     publish_events(settings, t.device_signals, sc.signals, codec)
     produce_raw(settings, t.transactions, b"acct-noise-00", b"\x00garbage, not Avro")
     publish_events(settings, t.alerts, sc.alerts, codec)
-    say(f"④ published {len(sc.transactions)} transactions, {len(sc.signals)} device signals, "
-        f"{len(sc.alerts)} alerts and 1 poison record; waiting for briefs…\n")
+    say(
+        f"④ published {len(sc.transactions)} transactions, {len(sc.signals)} device signals, "
+        f"{len(sc.alerts)} alerts and 1 poison record; waiting for briefs…\n"
+    )
 
 
-def _follow_briefs(settings: Settings, sc: Scenario, port: int, *, follow: bool,
-                   timeout_s: float) -> int:
+def _follow_briefs(
+    settings: Settings, sc: Scenario, port: int, *, follow: bool, timeout_s: float
+) -> int:
     wanted = {e.case_id: e.versions for e in sc.expected}
     seen: dict[str, int] = {}
     follow_up_sent = False
     deadline = None if follow else timeout_s
-    for brief in read_records(settings, settings.topics.briefs,
-                              timeout_s=deadline if deadline is not None else 10**9):
+    for brief in read_records(
+        settings, settings.topics.briefs, timeout_s=deadline if deadline is not None else 10**9
+    ):
         say(render_brief(brief) + "\n")
         seen[brief["case_id"]] = max(seen.get(brief["case_id"], 0), brief["brief_version"])
         if not follow_up_sent and all(c in seen for c in wanted):
@@ -136,8 +140,12 @@ def _summary(port: int, seen: dict[str, int]) -> None:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2.0).text
     except httpx.HTTPError:
         return
-    wanted = ("streamproc_briefs_published_total", "streamproc_events_rejected_total",
-              "streamproc_cases_opened_total", "streamproc_brief_latency_seconds_count")
+    wanted = (
+        "streamproc_briefs_published_total",
+        "streamproc_events_rejected_total",
+        "streamproc_cases_opened_total",
+        "streamproc_brief_latency_seconds_count",
+    )
     say(f"metrics (http://127.0.0.1:{port}/metrics):")
     for line in text.splitlines():
         if line.startswith(wanted):

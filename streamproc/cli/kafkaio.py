@@ -20,9 +20,10 @@ from streamproc.errors import BrokerError, ConfigError, EventError
 from streamproc.kafka.clients import base_config, producer_config
 
 
-
 def make_codec(settings: Settings) -> AvroCodec:
-    registry = ConfluentRegistry(settings.schema_registry_url) if settings.schema_registry_url else None
+    registry = (
+        ConfluentRegistry(settings.schema_registry_url) if settings.schema_registry_url else None
+    )
     return AvroCodec(SchemaSet(settings.topics), registry)
 
 
@@ -36,8 +37,9 @@ class PublishReport:
         return not self.errors
 
 
-def publish_lines(settings: Settings, topic: str, lines: Iterable[str],
-                  codec: AvroCodec | None = None) -> PublishReport:
+def publish_lines(
+    settings: Settings, topic: str, lines: Iterable[str], codec: AvroCodec | None = None
+) -> PublishReport:
     """Validate and produce JSONL; bad lines are reported by number, good ones still sent."""
     codec = codec or make_codec(settings)
     schema = codec.schemas.for_topic(topic)
@@ -63,8 +65,12 @@ def publish_lines(settings: Settings, topic: str, lines: Iterable[str],
         except EventError as exc:
             report.errors.append((lineno, str(exc)))
             continue
-        producer.produce(topic, key=str(record[key_field]).encode(),
-                         value=codec.encode(topic, record), on_delivery=on_delivery)
+        producer.produce(
+            topic,
+            key=str(record[key_field]).encode(),
+            value=codec.encode(topic, record),
+            on_delivery=on_delivery,
+        )
         producer.poll(0)
         report.sent += 1
     if producer.flush(30.0):
@@ -74,13 +80,19 @@ def publish_lines(settings: Settings, topic: str, lines: Iterable[str],
     return report
 
 
-def publish_events(settings: Settings, topic: str, events: Iterable[dict[str, Any]],
-                   codec: AvroCodec | None = None) -> PublishReport:
+def publish_events(
+    settings: Settings, topic: str, events: Iterable[dict[str, Any]], codec: AvroCodec | None = None
+) -> PublishReport:
     return publish_lines(settings, topic, (json.dumps(e) for e in events), codec)
 
 
-def produce_raw(settings: Settings, topic: str, key: bytes | None, value: bytes,
-                headers: list[tuple[str, bytes]] | None = None) -> None:
+def produce_raw(
+    settings: Settings,
+    topic: str,
+    key: bytes | None,
+    value: bytes,
+    headers: list[tuple[str, str | bytes | None]] | None = None,
+) -> None:
     """Produce bytes as they are (for poison-record tests and demos)."""
     producer = Producer(producer_config(settings))
     producer.produce(topic, key=key, value=value, headers=headers or [])
@@ -88,14 +100,25 @@ def produce_raw(settings: Settings, topic: str, key: bytes | None, value: bytes,
         raise BrokerError(f"record to {topic} not delivered within 30s")
 
 
-def read_records(settings: Settings, topic: str, *, max_records: int | None = None,
-                 timeout_s: float = 10.0, codec: AvroCodec | None = None,
-                 ) -> Iterator[dict[str, Any]]:
+def read_records(
+    settings: Settings,
+    topic: str,
+    *,
+    max_records: int | None = None,
+    timeout_s: float = 10.0,
+    codec: AvroCodec | None = None,
+) -> Iterator[dict[str, Any]]:
     """Yield decoded records from the start of every partition (no consumer group join)."""
     codec = codec or make_codec(settings)
     has_schema = topic in codec.schemas.by_topic
-    consumer = Consumer({**base_config(settings), "group.id": f"streamproc-tail-{uuid.uuid4()}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            **base_config(settings),
+            "group.id": f"streamproc-tail-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
     try:
         md = consumer.list_topics(topic, timeout=10.0)
         meta = md.topics.get(topic)
@@ -107,10 +130,11 @@ def read_records(settings: Settings, topic: str, *, max_records: int | None = No
             msg = consumer.poll(min(0.5, max(0.0, deadline - time.monotonic())))
             if msg is None:
                 continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
                     continue
-                raise BrokerError(f"reading {topic}: {msg.error().str()}")
+                raise BrokerError(f"reading {topic}: {error.str()}")
             count += 1
             yield _decoded(codec, topic, has_schema, msg)
     finally:
@@ -133,7 +157,8 @@ def _raw(msg: Any) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError):
         decoded = None
     out: dict[str, Any] = {
-        "partition": msg.partition(), "offset": msg.offset(),
+        "partition": msg.partition(),
+        "offset": msg.offset(),
         "key": msg.key().decode("utf-8", "replace") if msg.key() else None,
         "headers": {k: (v or b"").decode("utf-8", "replace") for k, v in (msg.headers() or [])},
     }

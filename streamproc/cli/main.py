@@ -28,8 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     tail = sub.add_parser("tail", help="print decoded records, one JSON object per line")
     tail.add_argument("topic")
     tail.add_argument("--max", type=int, default=None, dest="max_records")
-    tail.add_argument("--timeout", type=float, default=10.0, metavar="S",
-                      help="stop after S seconds (default 10)")
+    tail.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="stop after S seconds (default 10)"
+    )
     demo = sub.add_parser("demo", help="broker, topics, worker and synthetic traffic, all embedded")
     demo.add_argument("--follow", action="store_true", help="keep running after the scenario")
     demo.add_argument("--timeout", type=float, default=180.0, metavar="S")
@@ -89,8 +90,10 @@ def _broker(listen: str) -> int:
     host, _, port = listen.rpartition(":")
     broker = EmbeddedBroker(host or "127.0.0.1", int(port))
     with broker.running():
-        print(f"embedded broker (Tansu, memory storage) on {broker.bootstrap}; Ctrl-C stops it",
-              flush=True)
+        print(
+            f"embedded broker (Tansu, memory storage) on {broker.bootstrap}; Ctrl-C stops it",
+            flush=True,
+        )
         while broker.proc is not None and broker.proc.poll() is None:
             time.sleep(0.5)
     return 0
@@ -110,8 +113,10 @@ def _publish(settings: Settings, topic: str, file: str) -> int:
             report = publish_lines(settings, topic, fh)
     for lineno, message in report.errors:
         print(f"{file}:{lineno}: {message}", file=sys.stderr)
-    print(f"published {report.sent} record(s) to {topic}; {len(report.errors)} bad line(s)",
-          file=sys.stderr)
+    print(
+        f"published {report.sent} record(s) to {topic}; {len(report.errors)} bad line(s)",
+        file=sys.stderr,
+    )
     return 0 if report.ok else 1
 
 
@@ -123,7 +128,9 @@ def _tail(settings: Settings, topic: str, max_records: int | None, timeout_s: fl
         print(json.dumps(record, ensure_ascii=False), flush=True)
         count += 1
     if max_records is not None and count < max_records:
-        print(f"streamproc: timeout after {timeout_s:g}s with {count} of {max_records} record(s)",
-              file=sys.stderr)
+        print(
+            f"streamproc: timeout after {timeout_s:g}s with {count} of {max_records} record(s)",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -6,12 +6,12 @@ import logging
 
 import faust
 
+from streamproc.cli.kafkaio import make_codec
 from streamproc.config import LLMProvider, Settings
 from streamproc.engine.app import build_app, changelog_topics, http_service
 from streamproc.errors import TopologyError
 from streamproc.kafka.admin import admin_client, broker_count, check_copartitioned, partition_counts
 from streamproc.ops.metrics import Metrics
-from streamproc.cli.kafkaio import make_codec
 
 log = logging.getLogger("streamproc.worker")
 
@@ -33,10 +33,16 @@ def check_topology(settings: Settings) -> tuple[int, int]:
 def run_worker(settings: Settings) -> int:
     partitions, replication = check_topology(settings)
     if settings.llm_provider is LLMProvider.NONE:
-        print("streamproc: STREAMPROC_LLM_PROVIDER is unset or 'none': every brief is the "
-              "deterministic brief (method=FALLBACK).", flush=True)
-    print(f"streamproc: {partitions} co-partitioned input partitions; briefs to "
-          f"{settings.topics.briefs}; HTTP on :{settings.http_port}", flush=True)
+        print(
+            "streamproc: STREAMPROC_LLM_PROVIDER is unset or 'none': every brief is the "
+            "deterministic brief (method=FALLBACK).",
+            flush=True,
+        )
+    print(
+        f"streamproc: {partitions} co-partitioned input partitions; briefs to "
+        f"{settings.topics.briefs}; HTTP on :{settings.http_port}",
+        flush=True,
+    )
     metrics = Metrics()
     app, health = build_app(settings, make_codec(settings), metrics, partitions, replication)
     worker = faust.Worker(

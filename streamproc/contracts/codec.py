@@ -81,7 +81,9 @@ class AvroCodec:
         except UnicodeDecodeError as exc:
             raise EventDecodeError("a string field is not valid UTF-8") from exc
         except Exception as exc:  # fastavro raises plain ValueError/IndexError/... on bad bytes
-            raise EventDecodeError(f"Avro body does not match the writer schema ({type(exc).__name__})") from exc
+            raise EventDecodeError(
+                f"Avro body does not match the writer schema ({type(exc).__name__})"
+            ) from exc
         if buf.tell() != len(data):
             raise EventDecodeError(f"{len(data) - buf.tell()} trailing bytes after the Avro record")
         if not isinstance(record, dict):

@@ -60,7 +60,9 @@ def from_json(schema: EventSchema, obj: Any, *, now_ms: int | None = None) -> di
     return record
 
 
-def normalize(schema: EventSchema, decoded: dict[str, Any], *, now_ms: int | None = None) -> dict[str, Any]:
+def normalize(
+    schema: EventSchema, decoded: dict[str, Any], *, now_ms: int | None = None
+) -> dict[str, Any]:
     """Turn a fastavro-decoded record into normalized form and check it."""
     record = dict(decoded)
     for name in schema.timestamp_fields:
@@ -81,7 +83,9 @@ def parse_timestamp(value: Any, field: str) -> int:
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            raise EventValidationError(f"{field} is not an ISO-8601 timestamp", field=field) from None
+            raise EventValidationError(
+                f"{field} is not an ISO-8601 timestamp", field=field
+            ) from None
         if parsed.tzinfo is None:
             raise EventValidationError(f"{field} has no UTC offset", field=field)
         return to_epoch_ms(parsed)
@@ -89,12 +93,20 @@ def parse_timestamp(value: Any, field: str) -> int:
 
 
 def to_epoch_ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000) if value.tzinfo else int(value.replace(tzinfo=UTC).timestamp() * 1000)
+    return (
+        int(value.timestamp() * 1000)
+        if value.tzinfo
+        else int(value.replace(tzinfo=UTC).timestamp() * 1000)
+    )
 
 
 def iso(ms: int) -> str:
     """Epoch milliseconds → ISO-8601 UTC with millisecond precision."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        datetime.fromtimestamp(ms / 1000, tz=UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 def check(schema: EventSchema, record: Mapping[str, Any], *, now_ms: int | None = None) -> None:

@@ -79,8 +79,11 @@ def _in_range(records: Iterable[Record], start: int, end: int) -> tuple[Record, 
 
 
 def _data_gaps(
-    alerts: list[Record], txns: tuple[Record, ...], signals: tuple[Record, ...],
-    window: Window, start: int,
+    alerts: list[Record],
+    txns: tuple[Record, ...],
+    signals: tuple[Record, ...],
+    window: Window,
+    start: int,
 ) -> tuple[str, ...]:
     gaps = []
     have = {t["transaction_id"] for t in txns}

@@ -6,6 +6,7 @@ All functions are pure and deterministic: same case, same findings, same order.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -18,12 +19,12 @@ from streamproc.domain.money import fmt_amount
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 
-SMALL_AMOUNT_MINOR = 500          # card testing probes: ≤ 5.00 in the card's currency
+SMALL_AMOUNT_MINOR = 500  # card testing probes: ≤ 5.00 in the card's currency
 CARD_TESTING_MIN_PROBES = 5
 CARD_TESTING_MIN_MERCHANTS = 3
 VELOCITY_WINDOW_MS = 10 * MINUTE_MS
 VELOCITY_MIN_TXNS = 6
-HIGH_AMOUNT_RATIO = 5.0           # versus the account's median debit
+HIGH_AMOUNT_RATIO = 5.0  # versus the account's median debit
 HIGH_AMOUNT_ABSOLUTE_MINOR = 500_000
 HIGH_AMOUNT_MIN_HISTORY = 3
 DEVICE_RISK_SCORE = 0.7
@@ -58,8 +59,13 @@ def alert_transactions(case: Case) -> list[Record]:
 
 
 def card_testing(case: Case) -> Finding | None:
-    probes = [t for t in case.transactions if t["channel"] in CARD_CHANNELS
-              and t["direction"] == "DEBIT" and t["amount_minor"] <= SMALL_AMOUNT_MINOR]
+    probes = [
+        t
+        for t in case.transactions
+        if t["channel"] in CARD_CHANNELS
+        and t["direction"] == "DEBIT"
+        and t["amount_minor"] <= SMALL_AMOUNT_MINOR
+    ]
     merchants = {t.get("merchant_category_code") or t.get("merchant_name") for t in probes}
     if len(probes) < CARD_TESTING_MIN_PROBES or len(merchants) < CARD_TESTING_MIN_MERCHANTS:
         return None
@@ -96,9 +102,14 @@ def high_amount(case: Case) -> Finding | None:
     if not flagged:
         return None
     top = max(flagged, key=lambda t: t["amount_minor"])
-    history = [t["amount_minor"] for t in case.transactions
-               if t["direction"] == "DEBIT" and t["event_id"] != top["event_id"]
-               and t["currency"] == top["currency"] and t["occurred_at"] < top["occurred_at"]]
+    history = [
+        t["amount_minor"]
+        for t in case.transactions
+        if t["direction"] == "DEBIT"
+        and t["event_id"] != top["event_id"]
+        and t["currency"] == top["currency"]
+        and t["occurred_at"] < top["occurred_at"]
+    ]
     if len(history) >= HIGH_AMOUNT_MIN_HISTORY:
         median = statistics.median(history)
         if median > 0 and top["amount_minor"] >= HIGH_AMOUNT_RATIO * median:
@@ -125,13 +136,21 @@ def new_device(case: Case) -> Finding | None:
     if not new:
         return None
     devices = sorted({s["device_id"] for s in new})
-    return Finding(ReasonCode.NEW_DEVICE,
-                   f"{len(devices)} new device(s) registered: {', '.join(devices[:3])}", ids(new))
+    return Finding(
+        ReasonCode.NEW_DEVICE,
+        f"{len(devices)} new device(s) registered: {', '.join(devices[:3])}",
+        ids(new),
+    )
 
 
 def device_risk(case: Case) -> Finding | None:
-    risky = [s for s in case.signals if s.get("is_emulator") or s.get("is_vpn")
-             or (s.get("risk_score") or 0.0) >= DEVICE_RISK_SCORE]
+    risky = [
+        s
+        for s in case.signals
+        if s.get("is_emulator")
+        or s.get("is_vpn")
+        or (s.get("risk_score") or 0.0) >= DEVICE_RISK_SCORE
+    ]
     failed = [s for s in case.signals if s["signal_type"] in FAILED_AUTH]
     parts = []
     if any(s.get("is_emulator") for s in risky):
@@ -146,17 +165,30 @@ def device_risk(case: Case) -> Finding | None:
         evidence += failed
     if not parts:
         return None
-    return Finding(ReasonCode.DEVICE_RISK, "device risk: " + ", ".join(parts),
-                   ids(sorted({r["event_id"]: r for r in evidence}.values(),
-                              key=lambda r: (r["occurred_at"], r["event_id"]))))
+    return Finding(
+        ReasonCode.DEVICE_RISK,
+        "device risk: " + ", ".join(parts),
+        ids(
+            sorted(
+                {r["event_id"]: r for r in evidence}.values(),
+                key=lambda r: (r["occurred_at"], r["event_id"]),
+            )
+        ),
+    )
 
 
 def _located(case: Case) -> list[tuple[int, str, str]]:
     """(time, country, event_id) for events that place the customer somewhere."""
-    points = [(t["occurred_at"], t["merchant_country"], t["event_id"]) for t in case.transactions
-              if t["channel"] in {"CARD_PRESENT", "ATM"} and t.get("merchant_country")]
-    points += [(s["occurred_at"], s["geo_country"], s["event_id"]) for s in case.signals
-               if s.get("geo_country") and not s.get("is_vpn")]
+    points = [
+        (t["occurred_at"], t["merchant_country"], t["event_id"])
+        for t in case.transactions
+        if t["channel"] in {"CARD_PRESENT", "ATM"} and t.get("merchant_country")
+    ]
+    points += [
+        (s["occurred_at"], s["geo_country"], s["event_id"])
+        for s in case.signals
+        if s.get("geo_country") and not s.get("is_vpn")
+    ]
     return sorted(points)
 
 
@@ -172,24 +204,31 @@ def geo_mismatch(case: Case) -> Finding | None:
     if not away:
         return None
     countries = sorted({c for _, c, _ in away})
-    return Finding(ReasonCode.GEO_MISMATCH,
-                   f"activity from {', '.join(countries)} while the account's usual country is "
-                   f"{home}", tuple(eid for _, _, eid in away))
+    return Finding(
+        ReasonCode.GEO_MISMATCH,
+        f"activity from {', '.join(countries)} while the account's usual country is {home}",
+        tuple(eid for _, _, eid in away),
+    )
 
 
 def impossible_travel(case: Case) -> Finding | None:
     points = _located(case)
-    for (t1, c1, e1), (t2, c2, e2) in zip(points, points[1:], strict=False):
+    for (t1, c1, e1), (t2, c2, e2) in itertools.pairwise(points):
         if c1 != c2 and t2 - t1 <= IMPOSSIBLE_TRAVEL_MS:
-            return Finding(ReasonCode.IMPOSSIBLE_TRAVEL,
-                           f"present in {c1} then {c2} within {(t2 - t1) / MINUTE_MS:.0f} minutes",
-                           (e1, e2))
+            return Finding(
+                ReasonCode.IMPOSSIBLE_TRAVEL,
+                f"present in {c1} then {c2} within {(t2 - t1) / MINUTE_MS:.0f} minutes",
+                (e1, e2),
+            )
     return None
 
 
 def _outbound_transfers(case: Case) -> list[Record]:
-    return [t for t in case.transactions if t["direction"] == "DEBIT"
-            and t["channel"] == "TRANSFER" and t["status"] != "DECLINED"]
+    return [
+        t
+        for t in case.transactions
+        if t["direction"] == "DEBIT" and t["channel"] == "TRANSFER" and t["status"] != "DECLINED"
+    ]
 
 
 def account_takeover(case: Case) -> Finding | None:
@@ -197,9 +236,17 @@ def account_takeover(case: Case) -> Finding | None:
     if not changes:
         return None
     first = changes[0]["occurred_at"]
-    payees = [s for s in case.signals if s["signal_type"] == "PAYEE_ADDED"
-              and first <= s["occurred_at"] <= first + TAKEOVER_HORIZON_MS]
-    outs = [t for t in _outbound_transfers(case) if first <= t["occurred_at"] <= first + TAKEOVER_HORIZON_MS]
+    payees = [
+        s
+        for s in case.signals
+        if s["signal_type"] == "PAYEE_ADDED"
+        and first <= s["occurred_at"] <= first + TAKEOVER_HORIZON_MS
+    ]
+    outs = [
+        t
+        for t in _outbound_transfers(case)
+        if first <= t["occurred_at"] <= first + TAKEOVER_HORIZON_MS
+    ]
     if not payees and not outs:
         return None
     kinds = sorted({s["signal_type"] for s in changes})
@@ -208,43 +255,62 @@ def account_takeover(case: Case) -> Finding | None:
         then.append(f"{len(payees)} payee(s) added")
     if outs:
         then.append(f"{len(outs)} outbound transfer(s)")
-    return Finding(ReasonCode.ACCOUNT_TAKEOVER,
-                   f"credential/device change ({', '.join(kinds)}) followed within 24 h by "
-                   + " and ".join(then), ids(changes) + ids(payees) + ids(outs))
+    return Finding(
+        ReasonCode.ACCOUNT_TAKEOVER,
+        f"credential/device change ({', '.join(kinds)}) followed within 24 h by "
+        + " and ".join(then),
+        ids(changes) + ids(payees) + ids(outs),
+    )
 
 
 def new_payee(case: Case) -> Finding | None:
     for payee in (s for s in case.signals if s["signal_type"] == "PAYEE_ADDED"):
-        outs = [t for t in _outbound_transfers(case)
-                if payee["occurred_at"] <= t["occurred_at"] <= payee["occurred_at"] + NEW_PAYEE_HORIZON_MS]
+        outs = [
+            t
+            for t in _outbound_transfers(case)
+            if payee["occurred_at"]
+            <= t["occurred_at"]
+            <= payee["occurred_at"] + NEW_PAYEE_HORIZON_MS
+        ]
         if outs:
             total = sum(t["amount_minor"] for t in outs)
-            return Finding(ReasonCode.NEW_PAYEE,
-                           f"payee added, then {len(outs)} transfer(s) totalling "
-                           f"{fmt_amount(total, outs[0]['currency'])} within 24 h",
-                           (payee["event_id"], *ids(outs)))
+            return Finding(
+                ReasonCode.NEW_PAYEE,
+                f"payee added, then {len(outs)} transfer(s) totalling "
+                f"{fmt_amount(total, outs[0]['currency'])} within 24 h",
+                (payee["event_id"], *ids(outs)),
+            )
     return None
 
 
 def mule_activity(case: Case) -> Finding | None:
-    credits = [t for t in case.transactions if t["direction"] == "CREDIT" and t["status"] == "APPROVED"]
-    sources = {t.get("counterparty_iban") or t.get("counterparty_name") or t["transaction_id"]
-               for t in credits}
+    credits = [
+        t for t in case.transactions if t["direction"] == "CREDIT" and t["status"] == "APPROVED"
+    ]
+    sources = {
+        t.get("counterparty_iban") or t.get("counterparty_name") or t["transaction_id"]
+        for t in credits
+    }
     if len(credits) < MULE_MIN_SOURCES or len(sources) < MULE_MIN_SOURCES:
         return None
     first_in = credits[0]["occurred_at"]
     inbound = sum(t["amount_minor"] for t in credits)
-    outs = [t for t in _outbound_transfers(case)
-            if first_in <= t["occurred_at"] <= first_in + MULE_HORIZON_MS]
+    outs = [
+        t
+        for t in _outbound_transfers(case)
+        if first_in <= t["occurred_at"] <= first_in + MULE_HORIZON_MS
+    ]
     outbound = sum(t["amount_minor"] for t in outs)
     if not outs or outbound < MULE_OUT_SHARE * inbound:
         return None
     cur = credits[0]["currency"]
-    return Finding(ReasonCode.MULE_ACTIVITY,
-                   f"{len(credits)} credits from {len(sources)} sources "
-                   f"({fmt_amount(inbound, cur)}) moved out within 48 h "
-                   f"({fmt_amount(outbound, cur)}, {100 * outbound / inbound:.0f}%)",
-                   ids(credits) + ids(outs))
+    return Finding(
+        ReasonCode.MULE_ACTIVITY,
+        f"{len(credits)} credits from {len(sources)} sources "
+        f"({fmt_amount(inbound, cur)}) moved out within 48 h "
+        f"({fmt_amount(outbound, cur)}, {100 * outbound / inbound:.0f}%)",
+        ids(credits) + ids(outs),
+    )
 
 
 def merchant_risk(case: Case) -> Finding | None:
@@ -252,14 +318,25 @@ def merchant_risk(case: Case) -> Finding | None:
     if not risky:
         return None
     mccs = sorted({t["merchant_category_code"] for t in risky})
-    return Finding(ReasonCode.MERCHANT_RISK,
-                   f"{len(risky)} transaction(s) at high-risk merchant categories (MCC "
-                   f"{', '.join(mccs)})", ids(risky))
+    return Finding(
+        ReasonCode.MERCHANT_RISK,
+        f"{len(risky)} transaction(s) at high-risk merchant categories (MCC {', '.join(mccs)})",
+        ids(risky),
+    )
 
 
 DETECTORS: tuple[Callable[[Case], Finding | None], ...] = (
-    card_testing, account_takeover, mule_activity, impossible_travel, velocity_spike,
-    high_amount, device_risk, new_device, new_payee, geo_mismatch, merchant_risk,
+    card_testing,
+    account_takeover,
+    mule_activity,
+    impossible_travel,
+    velocity_spike,
+    high_amount,
+    device_risk,
+    new_device,
+    new_payee,
+    geo_mismatch,
+    merchant_risk,
 )
 
 

@@ -60,8 +60,11 @@ def _bound(window: Window, max_events: int) -> None:
     excess = len(window[TXN]) + len(window[SIGNAL]) - max_events
     if excess <= 0:
         return
-    everything = [(rec["occurred_at"], eid, kind) for kind in (TXN, SIGNAL)
-                  for eid, rec in window[kind].items()]
+    everything = [
+        (rec["occurred_at"], eid, kind)
+        for kind in (TXN, SIGNAL)
+        for eid, rec in window[kind].items()
+    ]
     everything.sort()
     for at, eid, kind in everything[:excess]:
         del window[kind][eid]

@@ -70,19 +70,25 @@ def build_app(
         value_serializer="json",
         producer_acks=-1,
     )
-    tables = {
-        name: app.Table(name, partitions=partitions) for name in TABLES
-    }
-    processor = CaseProcessor(settings, codec, metrics, tables["windows"], tables["cases"],
-                              tables["pending"])
+    tables = {name: app.Table(name, partitions=partitions) for name in TABLES}
+    processor = CaseProcessor(
+        settings, codec, metrics, tables["windows"], tables["cases"], tables["pending"]
+    )
     topics = settings.topics
-    source = app.topic(*topics.inputs, topics.settle, key_type=bytes, value_type=bytes,
-                       key_serializer="raw", value_serializer="raw")
+    source = app.topic(
+        *topics.inputs,
+        topics.settle,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
     health = Health()
 
     async def send(out: Outgoing) -> None:
-        fut = await app.producer.send(out.topic, out.key, out.value, out.partition, None,
-                                      out.headers)
+        fut = await app.producer.send(
+            out.topic, out.key, out.value, out.partition, None, out.headers
+        )
         await fut  # delivered before the input offset can be committed
         if out.topic == topics.dlq:
             metrics.dlq_published.inc()
@@ -105,15 +111,17 @@ def build_app(
                 await handle(msg)
             except Exception as exc:  # never escape: faust would ack and lose the event
                 metrics.processing_errors.labels("process").inc()
-                log.exception("record failed; dead-lettering it",
-                              extra={"topic": msg.topic, "partition": msg.partition,
-                                     "offset": msg.offset})
+                log.exception(
+                    "record failed; dead-lettering it",
+                    extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset},
+                )
                 await send(dead_letter(topics.dlq, msg, exc, stage="process"))
 
     @app.timer(TIMER_INTERVAL_S)
     async def settle_timer() -> None:
-        active = {tp.partition for tp in app.assignor.assigned_actives()
-                  if tp.topic == topics.alerts}
+        active = {
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.alerts
+        }
         for tick in processor.due_ticks(active):
             await send(processor.tick_message(tick))
         processor.observe_state()
@@ -175,4 +183,4 @@ class HttpService(Service):
 
 def http_service(app: faust.App, health: Health, metrics: Metrics, port: int) -> HttpService:
     web_app = build_http_app(metrics, lambda: health.check(app))
-    return HttpService(HttpServer(web_app, "0.0.0.0", port))  # noqa: S104 - pods expose it
+    return HttpService(HttpServer(web_app, "0.0.0.0", port))

@@ -73,7 +73,7 @@ class CaseProcessor:
         self.lookback_ms = int(settings.lookback_h * 3600 * 1000)
         self.after_ms = int(settings.case_after_s * 1000)
         self._kinds = {self.topics.transactions: TXN, self.topics.device_signals: SIGNAL}
-        self._ticked: dict[str, float] = {}
+        self._ticked: dict[tuple[str, float], float] = {}
 
     # -- input records ---------------------------------------------------------------
 
@@ -104,8 +104,13 @@ class CaseProcessor:
     def _on_event(self, topic: str, record: dict[str, Any]) -> None:
         account = record["account_id"]
         window = self.windows.get(account) or empty_window()
-        outcome = add_event(window, self._kinds[topic], record, lookback_ms=self.lookback_ms,
-                            max_events=self.s.max_events_per_account)
+        outcome = add_event(
+            window,
+            self._kinds[topic],
+            record,
+            lookback_ms=self.lookback_ms,
+            max_events=self.s.max_events_per_account,
+        )
         if outcome is AddOutcome.ADDED:
             self.windows[account] = window
         elif outcome is AddOutcome.DUPLICATE:
@@ -123,33 +128,45 @@ class CaseProcessor:
             self.metrics.events_duplicate.labels(self.topics.alerts).inc()
             return
         if case["account_id"] != account:
-            log.warning("alert joins a case opened on another account; kept on the first account",
-                        extra={"case_id": case_id})
+            log.warning(
+                "alert joins a case opened on another account; kept on the first account",
+                extra={"case_id": case_id},
+            )
         case["alerts"][alert["event_id"]] = alert
         self.cases[case_id] = case
         if case_id not in self.pending:
             now = self.clock()
-            self.pending[case_id] = {"account_id": case["account_id"], "partition": partition,
-                                     "due": now + self.s.case_settle_s, "since": now}
+            self.pending[case_id] = {
+                "account_id": case["account_id"],
+                "partition": partition,
+                "due": now + self.s.case_settle_s,
+                "since": now,
+            }
 
     # -- settle ticks ------------------------------------------------------------------
 
     def due_ticks(self, active_partitions: Iterable[int]) -> list[Tick]:
         """Cases on our partitions whose settle delay is over (resent if no brief follows)."""
         now, active = self.clock(), set(active_partitions)
-        ticks = []
+        ticks, live = [], set()
         for case_id, p in list(self.pending.items()):
-            if p["partition"] in active and p["due"] <= now:
-                if now - self._ticked.get(case_id, 0.0) >= TICK_RESEND_S:
-                    self._ticked[case_id] = now
-                    ticks.append(Tick(case_id, p["account_id"], p["partition"]))
-        for case_id in [c for c in self._ticked if c not in self.pending]:
-            del self._ticked[case_id]
+            key = (case_id, p["since"])  # a new pending cycle of the case is ticked afresh
+            live.add(key)
+            due = p["partition"] in active and p["due"] <= now
+            if due and now - self._ticked.get(key, 0.0) >= TICK_RESEND_S:
+                self._ticked[key] = now
+                ticks.append(Tick(case_id, p["account_id"], p["partition"]))
+        for key in self._ticked.keys() - live:
+            del self._ticked[key]
         return ticks
 
     def tick_message(self, tick: Tick) -> Outgoing:
-        return Outgoing(self.topics.settle, tick.account_id.encode(),
-                        json.dumps({"case_id": tick.case_id}).encode(), partition=tick.partition)
+        return Outgoing(
+            self.topics.settle,
+            tick.account_id.encode(),
+            json.dumps({"case_id": tick.case_id}).encode(),
+            partition=tick.partition,
+        )
 
     def prepare_brief(self, msg: InMessage) -> BriefPlan | None:
         """For a settle tick: the brief to publish, or None (not due, gone, or unchanged)."""
@@ -162,18 +179,31 @@ class CaseProcessor:
         if pend is None or case is None or pend["due"] > self.clock():
             return None
         window = self.windows.get(case["account_id"]) or empty_window()
-        assembled = assemble_case(case_id, case["account_id"], case["alerts"].values(), window,
-                                  lookback_ms=self.lookback_ms, after_ms=self.after_ms)
+        assembled = assemble_case(
+            case_id,
+            case["account_id"],
+            case["alerts"].values(),
+            window,
+            lookback_ms=self.lookback_ms,
+            after_ms=self.after_ms,
+        )
         if assembled.brief_id() == case["last_brief_id"]:
             del self.pending[case_id]
             self.metrics.briefs_unchanged.inc()
             return None
-        brief = build_brief(assembled, version=case["version"] + 1,
-                            generated_at_ms=int(self.clock() * 1000))
+        brief = build_brief(
+            assembled, version=case["version"] + 1, generated_at_ms=int(self.clock() * 1000)
+        )
         value = self.codec.encode(self.topics.briefs, brief.to_avro())
-        out = Outgoing(self.topics.briefs, case_id.encode(), value,
-                       [("brief_id", brief.brief_id.encode()),
-                        ("method", brief.generation.method.value.encode())])
+        out = Outgoing(
+            self.topics.briefs,
+            case_id.encode(),
+            value,
+            [
+                ("brief_id", brief.brief_id.encode()),
+                ("method", brief.generation.method.value.encode()),
+            ],
+        )
         return BriefPlan(case_id, brief, out, pend["since"])
 
     def finalize_brief(self, plan: BriefPlan) -> None:

@@ -6,7 +6,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported without __all__
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 
 from streamproc.config import Settings
 from streamproc.contracts.topics import TopicSpec
@@ -65,7 +71,8 @@ def apply_topics(admin: AdminClient, specs: Iterable[TopicSpec]) -> ApplyResult:
             kept.append(spec.name)
             if existing[spec.name] != spec.partitions:
                 warnings.append(
-                    f"{spec.name} has {existing[spec.name]} partitions, declared {spec.partitions}; "
+                    f"{spec.name} has {existing[spec.name]} partitions, "
+                    f"declared {spec.partitions}; "
                     "left as is (changing it would move accounts between partitions)"
                 )
             warnings.extend(_align_config(admin, spec))
@@ -83,8 +90,6 @@ def _align_config(admin: AdminClient, spec: TopicSpec) -> list[str]:
     drift = {k: v for k, v in spec.config.items() if k in current and current[k].value != v}
     if not drift:
         return []
-    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry
-
     resource = ConfigResource(
         "topic",
         spec.name,
@@ -95,14 +100,17 @@ def _align_config(admin: AdminClient, spec: TopicSpec) -> list[str]:
     try:
         admin.incremental_alter_configs([resource])[resource].result(timeout=TIMEOUT_S)
     except KafkaException as exc:
-        return [f"{spec.name}: configs {sorted(drift)} differ and cannot be altered ({exc.args[0].str()})"]
+        return [
+            f"{spec.name}: configs {sorted(drift)} differ and cannot be altered "
+            f"({exc.args[0].str()})"
+        ]
     return []
 
 
 def check_copartitioned(
     counts: dict[str, int], inputs: Iterable[str], internal: Iterable[str] = ()
 ) -> int:
-    """Return the shared partition count of the inputs, or raise TopologyError saying what to fix."""
+    """The inputs' shared partition count, or TopologyError saying what to fix."""
     inputs = list(inputs)
     missing = [t for t in inputs if t not in counts]
     if missing:

@@ -52,15 +52,16 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def spawn_child(args: list[str], *, env: dict[str, str] | None = None,
-                log: IO[bytes] | int | None = None) -> subprocess.Popen[bytes]:
+def spawn_child(
+    args: list[str], *, env: dict[str, str] | None = None, log: IO[bytes] | int | None = None
+) -> subprocess.Popen[bytes]:
     """Start a child process that dies with us (used for the broker and demo workers)."""
-    return subprocess.Popen(  # noqa: S603 - arguments are ours, not user input
+    return subprocess.Popen(
         args,
         env=env,
         stdout=log if log is not None else subprocess.DEVNULL,
         stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets a signal on Linux
+        preexec_fn=_die_with_parent,
     )
 
 
@@ -79,8 +80,9 @@ def stop_child(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> int:
 class EmbeddedBroker:
     """A memory-storage Tansu broker on a loopback port, started and stopped by us."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None,
-                 log_path: Path | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int | None = None, log_path: Path | None = None
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.log_path = log_path
@@ -92,11 +94,22 @@ class EmbeddedBroker:
 
     def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
-        args = [broker_binary(), "broker", "--listener-url", url,
-                "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
-        log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
+        args = [
+            broker_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        self.proc = spawn_child(args, env=env, log=log)
+        if self.log_path is None:
+            self.proc = spawn_child(args, env=env)
+        else:
+            with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+                self.proc = spawn_child(args, env=env, log=log)
         try:
             wait_for_port(self.host, self.port, timeout_s)
         except BrokerError:

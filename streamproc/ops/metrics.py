@@ -15,40 +15,64 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.events_consumed = Counter(
-            "streamproc_events_consumed", "Input records consumed, by topic.", ["topic"], registry=r)
+            "streamproc_events_consumed", "Input records consumed, by topic.", ["topic"], registry=r
+        )
         self.events_rejected = Counter(
             "streamproc_events_rejected",
-            "Input records sent to the DLQ, by topic and reason class.", ["topic", "reason"],
-            registry=r)
+            "Input records sent to the DLQ, by topic and reason class.",
+            ["topic", "reason"],
+            registry=r,
+        )
         self.events_duplicate = Counter(
-            "streamproc_events_duplicate", "Input events ignored as duplicates of an event_id.",
-            ["topic"], registry=r)
+            "streamproc_events_duplicate",
+            "Input events ignored as duplicates of an event_id.",
+            ["topic"],
+            registry=r,
+        )
         self.events_expired = Counter(
             "streamproc_events_expired",
             "Input events older than the lookback behind the account's newest event.",
-            ["topic"], registry=r)
+            ["topic"],
+            registry=r,
+        )
         self.dlq_published = Counter(
-            "streamproc_dlq_published", "Records written to the dead-letter topic.", registry=r)
+            "streamproc_dlq_published", "Records written to the dead-letter topic.", registry=r
+        )
         self.cases_opened = Counter(
-            "streamproc_cases_opened", "Cases opened by a first alert.", registry=r)
+            "streamproc_cases_opened", "Cases opened by a first alert.", registry=r
+        )
         self.briefs_published = Counter(
-            "streamproc_briefs_published", "Briefs published, by generation method.", ["method"],
-            registry=r)
+            "streamproc_briefs_published",
+            "Briefs published, by generation method.",
+            ["method"],
+            registry=r,
+        )
         self.briefs_unchanged = Counter(
             "streamproc_briefs_unchanged",
-            "Settled cases whose content equals the last brief (nothing republished).", registry=r)
+            "Settled cases whose content equals the last brief (nothing republished).",
+            registry=r,
+        )
         self.brief_latency = Histogram(
             "streamproc_brief_latency_seconds",
-            "Alert consumed → brief published, settle delay included.", buckets=LATENCY_BUCKETS,
-            registry=r)
+            "Alert consumed → brief published, settle delay included.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.cases_pending = Gauge(
-            "streamproc_cases_pending", "Cases waiting for their settle delay on this worker.",
-            registry=r)
+            "streamproc_cases_pending",
+            "Cases waiting for their settle delay on this worker.",
+            registry=r,
+        )
         self.state_size = Gauge(
-            "streamproc_state_entries", "Entries held in each state table on this worker.",
-            ["table"], registry=r)
+            "streamproc_state_entries",
+            "Entries held in each state table on this worker.",
+            ["table"],
+            registry=r,
+        )
         self.processing_errors = Counter(
             "streamproc_processing_errors",
             "Unexpected errors while handling a record (record dead-lettered), by stage.",
-            ["stage"], registry=r)
+            ["stage"],
+            registry=r,
+        )
         self.ready = Gauge("streamproc_ready", "1 when /readyz answers ready.", registry=r)

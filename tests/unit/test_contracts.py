@@ -1,0 +1,86 @@
+"""Data contracts in files agree with each other and with the code that reads them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from streamproc.brief import model
+from streamproc.brief.model import CaseBrief, json_schema
+from streamproc.config import Settings, Topics
+from streamproc.contracts.schemas import SCHEMA_DIR, SchemaSet, topic_schema_files
+from streamproc.contracts.topics import load_topics
+from streamproc.engine.app import changelog_topics
+
+SPEC_PII = {
+    "fraud.transactions.v1": {"card_pan", "counterparty_name", "counterparty_iban", "ip_address"},
+    "fraud.device-signals.v1": {"ip_address"},
+    "fraud.alerts.v1": {"customer_name", "customer_email", "customer_phone"},
+}
+SPEC_FREE_TEXT = {
+    "fraud.transactions.v1": {"memo", "merchant_name"},
+    "fraud.device-signals.v1": {"user_agent"},
+    "fraud.alerts.v1": {"analyst_note", "rule_name"},
+}
+
+
+def test_pii_and_free_text_are_marked_in_the_schemas(schemas: SchemaSet) -> None:
+    for topic, fields in SPEC_PII.items():
+        assert set(schemas.for_topic(topic).pii_fields) == fields
+        assert set(schemas.for_topic(topic).free_text_fields) == SPEC_FREE_TEXT[topic]
+
+
+def test_topic_declarations_match_schemas_and_are_copartitioned() -> None:
+    specs = {s.name: s for s in load_topics()}
+    for topic, fname in topic_schema_files(Topics()).items():
+        assert specs[topic].schema == fname
+    inputs = [s for s in specs.values() if s.role == "input"]
+    assert {s.name for s in inputs} == set(Topics().inputs)
+    n = {s.partitions for s in inputs}
+    assert len(n) == 1
+    for name in [Topics().settle, *changelog_topics(Settings())]:
+        assert specs[name].partitions in n, name
+    for name in (Topics().briefs, Topics().dlq, Topics().audit):
+        assert name in specs
+
+
+def _avro_fields(record: dict[str, Any]) -> dict[str, Any]:
+    return {f["name"]: f["type"] for f in record["fields"]}
+
+
+def _enum_symbols(avro_type: Any) -> list[str] | None:
+    if isinstance(avro_type, dict):
+        if avro_type.get("type") == "enum":
+            return list(avro_type["symbols"])
+        if avro_type.get("type") == "array":
+            return _enum_symbols(avro_type["items"])
+    return None
+
+
+def test_avro_brief_and_pydantic_brief_have_the_same_fields_and_enums() -> None:
+    avro = json.loads((SCHEMA_DIR / "case_brief.avsc").read_text())
+    fields = _avro_fields(avro)
+    assert list(fields) == list(CaseBrief.model_fields)
+    enums = {
+        "risk_level": model.RiskLevel,
+        "reason_codes": model.ReasonCode,
+        "recommended_actions": model.Action,
+        "confidence": model.Confidence,
+    }
+    for name, enum in enums.items():
+        assert _enum_symbols(fields[name]) == [e.value for e in enum], name
+    nested = {
+        "key_facts": model.KeyFact,
+        "timeline": model.TimelineEntry,
+        "generation": model.Generation,
+        "counts": model.CaseCounts,
+    }
+    for name, cls in nested.items():
+        t = fields[name]
+        record = t["items"] if t.get("type") == "array" else t
+        assert list(_avro_fields(record)) == list(cls.model_fields), name
+
+
+def test_json_schema_export_is_current() -> None:
+    on_disk = json.loads((SCHEMA_DIR / "case_brief.schema.json").read_text())
+    assert on_disk == json.loads(json.dumps(json_schema())), "run `make schemas`"

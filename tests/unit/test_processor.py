@@ -1,0 +1,217 @@
+"""The case processor on plain dicts: inputs, DLQ, settle ticks, versions, crash safety."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from streamproc.config import Settings
+from streamproc.contracts.codec import AvroCodec
+from streamproc.contracts.records import normalize
+from streamproc.engine.dlq import InMessage
+from streamproc.engine.processor import CaseProcessor
+from streamproc.ops.metrics import Metrics
+from streamproc.sim.scenario import Scenario
+from tests.conftest import ALERT_TOPIC, SIG_TOPIC, TXN_TOPIC
+
+SETTLE = 5.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    def __init__(self, codec: AvroCodec) -> None:
+        self.clock = Clock()
+        self.metrics = Metrics()
+        self.tables: dict[str, dict[str, Any]] = {"windows": {}, "cases": {}, "pending": {}}
+        settings = Settings(case_settle_s=SETTLE, lookback_h=100_000)
+        self.p = CaseProcessor(
+            settings,
+            codec,
+            self.metrics,
+            self.tables["windows"],
+            self.tables["cases"],
+            self.tables["pending"],
+            clock=self.clock,
+        )
+        self.codec = codec
+        self.offset = 0
+
+    def msg(self, topic: str, value: bytes, key: bytes | None, partition: int = 0) -> InMessage:
+        self.offset += 1
+        return InMessage(topic, partition, self.offset, key, value, [("trace", b"t-1")])
+
+    def send(self, topic: str, events: list[dict[str, Any]], partition: int = 0) -> list[Any]:
+        outs = []
+        for e in events:
+            data = self.codec.encode(topic, _avro_ready(self.codec, topic, e))
+            outs += self.p.on_input(self.msg(topic, data, e["account_id"].encode(), partition))
+        return outs
+
+    def settle(self, partitions: tuple[int, ...] = (0,)) -> list[Any]:
+        """Run due ticks through prepare+finalize like the agent does; return the briefs."""
+        briefs = []
+        for tick in self.p.due_ticks(partitions):
+            out = self.p.tick_message(tick)
+            plan = self.p.prepare_brief(
+                self.msg(out.topic, out.value or b"", out.key, tick.partition)
+            )
+            if plan is not None:
+                self.p.finalize_brief(plan)
+                briefs.append(plan.brief)
+        return briefs
+
+    def count(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels or None) or 0.0
+
+
+def _avro_ready(codec: AvroCodec, topic: str, event: dict[str, Any]) -> dict[str, Any]:
+    from streamproc.contracts.records import from_json
+
+    return from_json(codec.schemas.for_topic(topic), event)
+
+
+def _account(sc: Scenario, account: str) -> tuple[list[Any], list[Any], list[Any]]:
+    pick = lambda evs: [e for e in evs if e["account_id"] == account]  # noqa: E731
+    return pick(sc.transactions), pick(sc.signals), pick(sc.alerts)
+
+
+@pytest.fixture()
+def h(codec: AvroCodec) -> Harness:
+    return Harness(codec)
+
+
+def test_alert_is_briefed_once_after_the_settle_delay(h: Harness, scenario: Scenario) -> None:
+    txns, sigs, alerts = _account(scenario, "acct-ct-001")
+    assert h.send(TXN_TOPIC, txns) == [] and h.send(SIG_TOPIC, sigs) == []
+    h.send(ALERT_TOPIC, alerts)
+    assert h.count("streamproc_cases_opened_total") == 1
+    assert h.settle() == []  # not due yet
+    h.clock.now += SETTLE
+    [brief] = h.settle()
+    assert brief.case_id == "case-ct-001" and brief.brief_version == 1
+    assert "CARD_TESTING" in brief.reason_codes
+    assert h.tables["pending"] == {}
+    h.clock.now += 60
+    assert h.settle() == []
+    assert h.count("streamproc_briefs_published_total", method="FALLBACK") == 1
+    assert h.count("streamproc_brief_latency_seconds_count") == 1
+
+
+def test_alerts_within_settle_are_briefed_together_and_later_ones_bump_version(
+    h: Harness, scenario: Scenario
+) -> None:
+    txns, sigs, alerts = _account(scenario, "acct-ato-001")
+    h.send(TXN_TOPIC, txns)
+    h.send(SIG_TOPIC, sigs)
+    twin = {**alerts[0], "event_id": "evt-twin", "alert_id": "alr-twin"}
+    h.send(ALERT_TOPIC, [alerts[0], twin])
+    h.clock.now += SETTLE
+    [v1] = h.settle()
+    assert sorted(v1.alert_ids) == sorted([alerts[0]["alert_id"], "alr-twin"])
+    h.send(TXN_TOPIC, scenario.follow_up["transactions"])
+    h.send(ALERT_TOPIC, scenario.follow_up["alerts"])
+    h.clock.now += SETTLE
+    [v2] = h.settle()
+    assert v2.brief_version == 2 and len(v2.alert_ids) == 3 and v2.brief_id != v1.brief_id
+
+
+def test_replayed_alert_is_a_duplicate_not_a_new_brief(h: Harness, scenario: Scenario) -> None:
+    txns, _sigs, alerts = _account(scenario, "acct-benign-001")
+    h.send(TXN_TOPIC, txns)
+    h.send(ALERT_TOPIC, alerts)
+    h.clock.now += SETTLE
+    [first] = h.settle()
+    h.send(TXN_TOPIC, txns)  # upstream redelivers everything
+    h.send(ALERT_TOPIC, alerts)
+    h.clock.now += SETTLE
+    assert h.settle() == []
+    assert h.count("streamproc_events_duplicate_total", topic=ALERT_TOPIC) == 1
+    assert first.brief_version == 1
+
+
+def test_crash_between_publish_and_finalize_rebriefs_with_same_id(
+    h: Harness, scenario: Scenario
+) -> None:
+    txns, _sigs, alerts = _account(scenario, "acct-mule-001")
+    h.send(TXN_TOPIC, txns)
+    h.send(ALERT_TOPIC, alerts)
+    h.clock.now += SETTLE
+    [tick] = h.p.due_ticks([0])
+    out = h.p.tick_message(tick)
+    plan = h.p.prepare_brief(h.msg(out.topic, out.value or b"", out.key))
+    assert plan is not None  # published, then the worker died before finalize
+    h.clock.now += 30
+    [again] = h.settle()
+    assert again.brief_id == plan.brief.brief_id and again.brief_version == plan.brief.brief_version
+
+
+def test_ticks_only_for_active_partitions(h: Harness, scenario: Scenario) -> None:
+    _, _, alerts = _account(scenario, "acct-benign-001")
+    h.send(ALERT_TOPIC, alerts, partition=3)
+    h.clock.now += SETTLE
+    assert h.p.due_ticks([0, 1]) == []
+    [tick] = h.p.due_ticks([3])
+    assert tick.partition == 3 and h.p.tick_message(tick).partition == 3
+    assert h.p.due_ticks([3]) == []  # not resent while the first tick is in flight
+
+
+@pytest.mark.parametrize("value", [b"junk", b"", b"\xc3\x01" + b"\0" * 8])
+def test_bad_records_become_dead_letters_with_context(h: Harness, value: bytes) -> None:
+    msg = h.msg(SIG_TOPIC, value, b"acct-1", partition=2)
+    [dlq] = h.p.on_input(msg)
+    headers = dict(dlq.headers)
+    assert dlq.topic == "fraud.dlq.v1" and dlq.value == value and dlq.key == b"acct-1"
+    assert headers["__connect.errors.topic"] == SIG_TOPIC.encode()
+    assert headers["__connect.errors.partition"] == b"2"
+    assert headers["__connect.errors.offset"] == str(msg.offset).encode()
+    assert headers["__connect.errors.exception.class.name"] in (
+        b"EventDecodeError",
+        b"UnknownSchemaError",
+    )
+    assert headers["__connect.errors.exception.message"]
+    assert headers["trace"] == b"t-1"  # original headers kept
+    assert (
+        sum(
+            h.count("streamproc_events_rejected_total", topic=SIG_TOPIC, reason=r)
+            for r in ("decode_error", "unknown_schema")
+        )
+        == 1
+    )
+
+
+def test_record_keyed_by_something_else_is_rejected(h: Harness, scenario: Scenario) -> None:
+    e = scenario.transactions[0]
+    data = h.codec.encode(TXN_TOPIC, _avro_ready(h.codec, TXN_TOPIC, e))
+    [dlq] = h.p.on_input(h.msg(TXN_TOPIC, data, b"not-the-account"))
+    assert dict(dlq.headers)["streamproc.errors.field"] == b"account_id"
+    assert h.tables["windows"] == {}
+
+
+def test_malformed_tick_is_ignored(h: Harness) -> None:
+    assert h.p.prepare_brief(h.msg("streamproc-settle", b"{}", b"a")) is None
+    assert (
+        h.p.prepare_brief(
+            h.msg("streamproc-settle", json.dumps({"case_id": "nope"}).encode(), b"a")
+        )
+        is None
+    )
+
+
+def test_decoded_state_is_normalized(h: Harness, scenario: Scenario) -> None:
+    txns, _, _ = _account(scenario, "acct-ct-001")
+    h.send(TXN_TOPIC, txns[:1])
+    stored = next(iter(h.tables["windows"]["acct-ct-001"]["t"].values()))
+    assert isinstance(stored["occurred_at"], int)
+    assert stored == normalize(
+        h.codec.schemas.for_topic(TXN_TOPIC),
+        h.codec.decode(TXN_TOPIC, h.codec.encode(TXN_TOPIC, stored)),
+    )
