@@ -7,6 +7,7 @@ versions); `--follow` keeps printing briefs until Ctrl-C. Children die with us.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,13 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run_demo(settings: Settings, *, follow: bool, timeout_s: float, seed: int) -> int:
+    signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored
+    signal.signal(signal.SIGTERM, _interrupt)
     data_dir = Path(settings.data_dir).resolve() / "demo"
     data_dir.mkdir(parents=True, exist_ok=True)
     broker = EmbeddedBroker(log_path=data_dir / "broker.log")
@@ -61,6 +68,7 @@ def run_demo(settings: Settings, *, follow: bool, timeout_s: float, seed: int) -
         say("\ninterrupted; stopping worker and broker")
         return 130
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip clean-up
         if worker is not None:
             stop_child(worker, 15.0)
         broker.stop()

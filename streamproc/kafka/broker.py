@@ -55,12 +55,14 @@ def _die_with_parent() -> None:
 def spawn_child(
     args: list[str], *, env: dict[str, str] | None = None, log: IO[bytes] | int | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start a child process that dies with us (used for the broker and demo workers)."""
+    """Start a child that dies with us, in its own session: a terminal's Ctrl-C reaches
+    only us, so we stop the children in order (worker before broker)."""
     return subprocess.Popen(
         args,
         env=env,
         stdout=log if log is not None else subprocess.DEVNULL,
         stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
+        start_new_session=True,
         preexec_fn=_die_with_parent,
     )
 
