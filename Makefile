@@ -24,8 +24,8 @@ test-unit: venv
 	$(BIN)/python -m pytest tests/unit $(ARGS)
 
 lint: venv
-	$(BIN)/ruff check streamproc tests
-	$(BIN)/ruff format --check streamproc tests
+	$(BIN)/ruff check streamproc tests bench
+	$(BIN)/ruff format --check streamproc tests bench
 
 typecheck: venv
 	$(BIN)/mypy
@@ -36,3 +36,7 @@ schemas: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# Throughput, latency and memory of the case engine, with its ceiling and a peer.
+bench: venv
+	$(BIN)/python -m bench.run $(ARGS)

@@ -75,7 +75,9 @@ class AvroCodec:
         buf = io.BytesIO(data)
         buf.seek(offset)
         try:
-            record = schemaless_reader(buf, writer.parsed, reader.parsed)
+            # Schema resolution costs ~2x; skip it when the writer is the reader schema.
+            resolve_to = None if writer is reader else reader.parsed
+            record = schemaless_reader(buf, writer.parsed, resolve_to)
         except (EOFError, StopIteration) as exc:
             raise EventDecodeError("truncated Avro record") from exc
         except UnicodeDecodeError as exc:

@@ -21,12 +21,16 @@ from streamproc.config import Settings
 from streamproc.contracts.codec import AvroCodec
 from streamproc.engine.dlq import InMessage, Outgoing, dead_letter
 from streamproc.engine.processor import CaseProcessor
+from streamproc.engine.state import ConfluentChangelog, WriteBackTable
+from streamproc.kafka.clients import producer_config
 from streamproc.ops.http import HttpServer, build_http_app
 from streamproc.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 TABLES = ("windows", "cases", "pending")
-TIMER_INTERVAL_S = 0.25
+TIMER_INTERVAL_S = 0.1
+BATCH_MAX = 2000  # records per batch: changelog writes are coalesced per key within one
+BATCH_WITHIN_S = 0.05
 BROKER_PROBE_INTERVAL_S = 5.0
 
 
@@ -69,8 +73,15 @@ def build_app(
         key_serializer="json",  # for the tables; the source topic says raw itself
         value_serializer="json",
         producer_acks=-1,
+        # Fetch and buffer more per round trip: the agent takes batches anyway.
+        stream_buffer_maxsize=32_768,
+        broker_max_poll_records=10_000,
+        consumer_max_fetch_size=8 * 1024 * 1024,
     )
-    tables = {name: app.Table(name, partitions=partitions) for name in TABLES}
+    changelog = ConfluentChangelog(producer_config(settings))
+    tables = {
+        name: WriteBackTable(app.Table(name, partitions=partitions), changelog) for name in TABLES
+    }
     processor = CaseProcessor(
         settings, codec, metrics, tables["windows"], tables["cases"], tables["pending"]
     )
@@ -103,10 +114,11 @@ def build_app(
         for out in processor.on_input(msg):
             await send(out)
 
-    @app.agent(source, name="account-processor")
-    async def account_processor(stream: Any) -> None:
-        async for event in stream.events():
+    async def handle_batch(events: list[Any]) -> None:
+        for event in events:
             msg = to_in_message(event.message)
+            for table in tables.values():
+                table.partition = msg.partition
             try:
                 await handle(msg)
             except Exception as exc:  # never escape: faust would ack and lose the event
@@ -116,6 +128,14 @@ def build_app(
                     extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset},
                 )
                 await send(dead_letter(topics.dlq, msg, exc, stage="process"))
+        # Changelog writes go out before faust acks the batch (the acks follow this return).
+        if sum(table.flush() for table in tables.values()):
+            await asyncio.to_thread(changelog.flush)
+
+    @app.agent(source, name="account-processor")
+    async def account_processor(stream: Any) -> None:
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            await handle_batch(events)
 
     @app.timer(TIMER_INTERVAL_S)
     async def settle_timer() -> None:

@@ -1,0 +1,123 @@
+"""`make bench`: measure the case engine against its ceiling and a peer; write a report.
+
+Writes bench/results/report.md and report.json. Targets come from the case-engine
+issue; the report states each measured figure against them, met or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import stages
+from bench.workload import events, produce_all
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGETS = {"engine_events_per_s": 25_000, "p99_ms": 250, "rss_mib": 1536}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=400_000)
+    ap.add_argument("--accounts", type=int, default=200_000)
+    ap.add_argument("--latency-seconds", type=float, default=20.0)
+    ap.add_argument("--skip-peer", action="store_true")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="streamproc-bench-"))
+    t_all = time.monotonic()
+    print(f"encoding {args.events} events over {args.accounts} accounts…", flush=True)
+    records = list(events(args.events, args.accounts))
+    result: dict[str, Any] = {
+        "input": {"events": args.events, "accounts": args.accounts},
+        "machine": {"cpus": _cpus(), "python": platform.python_version()},
+    }
+
+    broker = stages.fresh_broker(work / "broker.log")
+    try:
+        produce_all(broker.bootstrap, records)
+        print("1/4 ceiling: plain confluent-kafka consumer + Avro decode", flush=True)
+        result["ceiling"] = stages.ceiling(broker.bootstrap, args.events)
+        print(f"    {result['ceiling']}", flush=True)
+        print("2/4 case engine ingest with durable state (+ RSS)", flush=True)
+        result["engine"] = stages.engine_ingest(broker.bootstrap, args.events, work)
+        print(f"    {result['engine']}", flush=True)
+        if not args.skip_peer:
+            print("4/4 peer: Quix Streams, RocksDB state with changelog", flush=True)
+            result["peer_quix"] = stages.peer_quix(broker.bootstrap, args.events, work)
+            print(f"    {result['peer_quix']}", flush=True)
+    finally:
+        broker.stop()
+
+    rate = max(1.0, 0.5 * result["engine"]["events_per_s"])
+    broker = stages.fresh_broker(work / "broker-latency.log")
+    try:
+        print(f"3/4 alert-to-brief latency at 50% of max ({rate:.0f} events/s)", flush=True)
+        result["latency"] = stages.latency(
+            broker.bootstrap, rate, args.latency_seconds, work, args.accounts
+        )
+        print(f"    {result['latency']}", flush=True)
+    finally:
+        broker.stop()
+    result["wall_seconds"] = round(time.monotonic() - t_all, 1)
+    _write(result)
+    return 0
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+def _verdict(value: float, target: float, higher_is_better: bool) -> str:
+    ok = value >= target if higher_is_better else value <= target
+    return "met" if ok else "NOT met"
+
+
+def _write(r: dict[str, Any]) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "report.json").write_text(json.dumps(r, indent=2) + "\n")
+    eng, ceil, lat = r["engine"], r["ceiling"], r["latency"]
+    peer = r.get("peer_quix", {})
+    lines = [
+        "# streamproc benchmark",
+        "",
+        f"Input: {r['input']['events']:,} events (3 transactions : 1 device signal) over "
+        f"{r['input']['accounts']:,} accounts, Avro single-object encoded, 6 partitions, "
+        f"embedded broker (Tansu, memory storage), {r['machine']['cpus']} cores, "
+        f"Python {r['machine']['python']}. One run; wall time {r['wall_seconds']} s.",
+        "",
+        "| measure | value | target | verdict |",
+        "| --- | --- | --- | --- |",
+        f"| ceiling: confluent-kafka consumer + decode | {ceil['events_per_s']:,} events/s "
+        "| — | — |",
+        f"| case engine ingest, durable state | {eng['events_per_s']:,} events/s "
+        f"({eng['events_per_s'] / ceil['events_per_s']:.1%} of ceiling) | "
+        f"≥ {TARGETS['engine_events_per_s']:,} | "
+        f"{_verdict(eng['events_per_s'], TARGETS['engine_events_per_s'], True)} |",
+        f"| alert→brief p50 / p95 / p99 at {lat['achieved_rate']:,} events/s | "
+        f"{lat['p50_ms']:.0f} / {lat['p95_ms']:.0f} / {lat['p99_ms']:.0f} ms "
+        f"({lat['briefed']}/{lat['alerts']} briefed) | p99 < {TARGETS['p99_ms']} ms | "
+        f"{_verdict(lat['p99_ms'], TARGETS['p99_ms'], False)} |",
+        f"| worker RSS after {r['input']['accounts']:,} accounts | {eng['rss_mib']} MiB | "
+        f"< {TARGETS['rss_mib']} MiB | {_verdict(eng['rss_mib'], TARGETS['rss_mib'], False)} |",
+    ]
+    if "events_per_s" in peer:
+        lines.append(
+            f"| peer: Quix Streams (RocksDB + changelog) | {peer['events_per_s']:,} events/s | "
+            f"engine/peer = {eng['events_per_s'] / peer['events_per_s']:.2f} | — |"
+        )
+    elif peer:
+        lines.append(f"| peer: Quix Streams | failed: {peer.get('error', '')[:200]!r} | | |")
+    lines += ["", "Raw figures: `report.json`. Re-run: `make bench`."]
+    (RESULTS / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
