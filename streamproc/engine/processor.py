@@ -74,12 +74,20 @@ class CaseProcessor:
         self.after_ms = int(settings.case_after_s * 1000)
         self._kinds = {self.topics.transactions: TXN, self.topics.device_signals: SIGNAL}
         self._ticked: dict[tuple[str, float], float] = {}
+        self._consumed_children: dict[str, Any] = {}
+
+    def _consumed(self, topic: str) -> Any:
+        """The labelled counter child, cached: `labels()` costs more than the increment."""
+        child = self._consumed_children.get(topic)
+        if child is None:
+            child = self._consumed_children[topic] = self.metrics.events_consumed.labels(topic)
+        return child
 
     # -- input records ---------------------------------------------------------------
 
     def on_input(self, msg: InMessage) -> list[Outgoing]:
         """Decode, check and apply one input record; a bad record becomes a DLQ record."""
-        self.metrics.events_consumed.labels(msg.topic).inc()
+        self._consumed(msg.topic).inc()
         try:
             record = self._decode(msg)
         except EventError as exc:

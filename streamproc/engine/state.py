@@ -9,9 +9,10 @@ would send one changelog record per assignment and pick the partition from its
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, MutableMapping
 from typing import Any, Protocol
+
+import orjson
 
 _DELETED = object()
 
@@ -76,13 +77,13 @@ class WriteBackTable(MutableMapping[str, Any]):
         data, n = self.table.data, len(self._dirty)
         for key, (value, partition) in self._dirty.items():
             # JSON like faust's own "json" serializer, so faust's recovery reads it back.
-            raw_key = json.dumps(key).encode()
+            raw_key = orjson.dumps(key)
             if value is _DELETED:
                 data.pop(key, None)
                 self.sink.produce(self.topic, partition, raw_key, None)
             else:
                 data[key] = value
-                self.sink.produce(self.topic, partition, raw_key, json.dumps(value).encode())
+                self.sink.produce(self.topic, partition, raw_key, orjson.dumps(value))
         self._dirty.clear()
         return n
 
