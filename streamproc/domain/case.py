@@ -27,6 +27,7 @@ class Case:
     window_end_ms: int
     data_gaps: tuple[str, ...] = ()
     event_ids: frozenset[str] = field(default=frozenset(), compare=False)
+    missing_transaction_ids: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def alert_ids(self) -> list[str]:
@@ -67,9 +68,16 @@ def assemble_case(
     end = alerts[-1]["occurred_at"] + after_ms
     txns = _in_range(window[TXN].values(), start, end)
     signals = _in_range(window[SIGNAL].values(), start, end)
-    gaps = _data_gaps(alerts, txns, signals, window, start)
+    missing = _missing_named(alerts, txns)
+    gaps = _data_gaps(missing, txns, signals, window, start)
     ids = frozenset(r["event_id"] for r in (*alerts, *txns, *signals))
-    return Case(case_id, account_id, tuple(alerts), txns, signals, start, end, gaps, ids)
+    return Case(case_id, account_id, tuple(alerts), txns, signals, start, end, gaps, ids, missing)
+
+
+def _missing_named(alerts: list[Record], txns: tuple[Record, ...]) -> tuple[str, ...]:
+    have = {t["transaction_id"] for t in txns}
+    named = sorted({tid for a in alerts for tid in a.get("transaction_ids") or ()})
+    return tuple(tid for tid in named if tid not in have)
 
 
 def _in_range(records: Iterable[Record], start: int, end: int) -> tuple[Record, ...]:
@@ -79,16 +87,13 @@ def _in_range(records: Iterable[Record], start: int, end: int) -> tuple[Record, 
 
 
 def _data_gaps(
-    alerts: list[Record],
+    missing: tuple[str, ...],
     txns: tuple[Record, ...],
     signals: tuple[Record, ...],
     window: Window,
     start: int,
 ) -> tuple[str, ...]:
     gaps = []
-    have = {t["transaction_id"] for t in txns}
-    named = sorted({tid for a in alerts for tid in a.get("transaction_ids") or ()})
-    missing = [tid for tid in named if tid not in have]
     if missing:
         shown = ", ".join(missing[:10]) + (" …" if len(missing) > 10 else "")
         gaps.append(f"{len(missing)} transaction(s) named by the alert not received: {shown}")

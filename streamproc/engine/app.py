@@ -106,7 +106,7 @@ def build_app(
 
     async def handle(msg: InMessage) -> None:
         if msg.topic == topics.settle:
-            plan = processor.prepare_brief(msg)
+            plan = processor.on_tick(msg)
             if plan is not None:
                 await send(plan.output)
                 processor.finalize_brief(plan)

@@ -1,19 +1,19 @@
 """The case processor: what happens to each record, on plain mappings standing for tables.
 
-faust tables are MutableMappings whose writes go to a changelog only on assignment,
-so every change here is written back with `table[key] = value`. The same code runs
-on dicts in unit tests.
+faust tables are MutableMappings whose writes reach the changelog only on assignment,
+so every change here is written back with `table[key] = value`. The same code runs on
+dicts in unit tests.
 
-Tables (all keyed so that writes happen while handling a record of the account's
-partition, which keeps their changelogs co-partitioned with the inputs):
-    windows  account_id → window (domain.window)
-    cases    case_id → {"account_id", "alerts": {event_id: alert}, "version", "last_brief_id"}
+Tables (every write happens while handling a record of the account's partition, which
+keeps their changelogs co-partitioned with the inputs):
+    windows  account_id → window (domain.window) + "wt" (wall time of last write), "p"
+    cases    case_id → {"account_id", "partition", "alerts": {event_id: alert}, "version",
+                        "last_brief_id", "retire_at"}
     pending  case_id → {"account_id", "partition", "due", "since"}   (wall-clock seconds)
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, MutableMapping
@@ -25,15 +25,16 @@ from streamproc.brief.model import CaseBrief
 from streamproc.config import Settings
 from streamproc.contracts.codec import AvroCodec
 from streamproc.contracts.records import normalize
-from streamproc.domain.case import assemble_case
+from streamproc.domain.case import Case, assemble_case
 from streamproc.domain.window import SIGNAL, TXN, AddOutcome, add_event, empty_window
+from streamproc.engine import ticks
 from streamproc.engine.dlq import InMessage, Outgoing, dead_letter
 from streamproc.errors import EventError, EventValidationError
 from streamproc.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 Table = MutableMapping[str, Any]
-TICK_RESEND_S = 10.0
+RECHECK_S = 1.0  # while waiting for transactions an alert names
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,6 @@ class BriefPlan:
     brief: CaseBrief
     output: Outgoing
     since: float
-
-
-@dataclass(frozen=True)
-class Tick:
-    case_id: str
-    account_id: str
     partition: int
 
 
@@ -73,7 +68,8 @@ class CaseProcessor:
         self.lookback_ms = int(settings.lookback_h * 3600 * 1000)
         self.after_ms = int(settings.case_after_s * 1000)
         self._kinds = {self.topics.transactions: TXN, self.topics.device_signals: SIGNAL}
-        self._ticked: dict[tuple[str, float], float] = {}
+        self._scheduler = ticks.TickScheduler()
+        self._last_sweep = 0.0
         self._consumed_children: dict[str, Any] = {}
 
     def _consumed(self, topic: str) -> Any:
@@ -96,7 +92,7 @@ class CaseProcessor:
         if msg.topic == self.topics.alerts:
             self._on_alert(record, msg.partition)
         else:
-            self._on_event(msg.topic, record)
+            self._on_event(msg.topic, record, msg.partition)
         return []
 
     def _decode(self, msg: InMessage) -> dict[str, Any]:
@@ -109,7 +105,7 @@ class CaseProcessor:
             )
         return record
 
-    def _on_event(self, topic: str, record: dict[str, Any]) -> None:
+    def _on_event(self, topic: str, record: dict[str, Any], partition: int) -> None:
         account = record["account_id"]
         window = self.windows.get(account) or empty_window()
         outcome = add_event(
@@ -120,6 +116,7 @@ class CaseProcessor:
             max_events=self.s.max_events_per_account,
         )
         if outcome is AddOutcome.ADDED:
+            window["wt"], window["p"] = self.clock(), partition
             self.windows[account] = window
         elif outcome is AddOutcome.DUPLICATE:
             self.metrics.events_duplicate.labels(topic).inc()
@@ -130,17 +127,22 @@ class CaseProcessor:
         case_id, account = alert["case_id"], alert["account_id"]
         case = self.cases.get(case_id)
         if case is None:
-            case = {"account_id": account, "alerts": {}, "version": 0, "last_brief_id": None}
+            case = {
+                "account_id": account,
+                "partition": partition,
+                "alerts": {},
+                "version": 0,
+                "last_brief_id": None,
+                "retire_at": None,
+            }
             self.metrics.cases_opened.inc()
         if alert["event_id"] in case["alerts"]:
             self.metrics.events_duplicate.labels(self.topics.alerts).inc()
             return
         if case["account_id"] != account:
-            log.warning(
-                "alert joins a case opened on another account; kept on the first account",
-                extra={"case_id": case_id},
-            )
+            log.warning("alert joins a case opened on another account; kept on the first")
         case["alerts"][alert["event_id"]] = alert
+        case["retire_at"] = None  # an open case is never retired
         self.cases[case_id] = case
         if case_id not in self.pending:
             now = self.clock()
@@ -151,40 +153,61 @@ class CaseProcessor:
                 "since": now,
             }
 
-    # -- settle ticks ------------------------------------------------------------------
+    # -- ticks -----------------------------------------------------------------------
 
-    def due_ticks(self, active_partitions: Iterable[int]) -> list[Tick]:
-        """Cases on our partitions whose settle delay is over (resent if no brief follows)."""
+    def due_ticks(self, active_partitions: Iterable[int]) -> list[ticks.Tick]:
+        """Briefs due on our partitions, plus retire/expire work once per sweep interval."""
         now, active = self.clock(), set(active_partitions)
-        ticks, live = [], set()
-        for case_id, p in list(self.pending.items()):
-            key = (case_id, p["since"])  # a new pending cycle of the case is ticked afresh
-            live.add(key)
-            due = p["partition"] in active and p["due"] <= now
-            if due and now - self._ticked.get(key, 0.0) >= TICK_RESEND_S:
-                self._ticked[key] = now
-                ticks.append(Tick(case_id, p["account_id"], p["partition"]))
-        for key in self._ticked.keys() - live:
-            del self._ticked[key]
-        return ticks
+        due = self._scheduler.briefs(self.pending, active, now)
+        if now - self._last_sweep >= self.s.state_sweep_interval_s:
+            self._last_sweep = now
+            due += self._scheduler.sweep(
+                self.cases, self.windows, active, now, self.s.lookback_h * 3600
+            )
+        return due
 
-    def tick_message(self, tick: Tick) -> Outgoing:
-        return Outgoing(
-            self.topics.settle,
-            tick.account_id.encode(),
-            json.dumps({"case_id": tick.case_id}).encode(),
-            partition=tick.partition,
-        )
+    def tick_message(self, tick: ticks.Tick) -> Outgoing:
+        return tick.message(self.topics.settle)
 
-    def prepare_brief(self, msg: InMessage) -> BriefPlan | None:
-        """For a settle tick: the brief to publish, or None (not due, gone, or unchanged)."""
-        try:
-            case_id = str(json.loads(msg.value or b"")["case_id"])
-        except (ValueError, KeyError, TypeError):
-            log.error("malformed settle tick ignored", extra={"offset": msg.offset})
+    def on_tick(self, msg: InMessage) -> BriefPlan | None:
+        """Act on a tick: retire or expire state, or plan a brief to publish."""
+        parsed = ticks.parse(msg)
+        if parsed is None:
+            log.error(
+                "malformed settle tick ignored (partition %d offset %d)", msg.partition, msg.offset
+            )
             return None
+        op, key = parsed
+        if op is ticks.Op.RETIRE:
+            self._retire(key)
+            return None
+        if op is ticks.Op.EXPIRE:
+            self._expire(key)
+            return None
+        return self._plan_brief(key)
+
+    def _retire(self, case_id: str) -> None:
+        case = self.cases.get(case_id)
+        at = case.get("retire_at") if case else None
+        if (
+            case is not None
+            and at is not None
+            and at <= self.clock()
+            and case_id not in self.pending
+        ):
+            del self.cases[case_id]
+            self.metrics.state_expired.labels("cases").inc()
+
+    def _expire(self, account: str) -> None:
+        window = self.windows.get(account)
+        if window is not None and self.clock() - window.get("wt", 0.0) > self.s.lookback_h * 3600:
+            del self.windows[account]
+            self.metrics.state_expired.labels("windows").inc()
+
+    def _plan_brief(self, case_id: str) -> BriefPlan | None:
         pend, case = self.pending.get(case_id), self.cases.get(case_id)
-        if pend is None or case is None or pend["due"] > self.clock():
+        now = self.clock()
+        if pend is None or case is None or pend["due"] > now:
             return None
         window = self.windows.get(case["account_id"]) or empty_window()
         assembled = assemble_case(
@@ -195,30 +218,34 @@ class CaseProcessor:
             lookback_ms=self.lookback_ms,
             after_ms=self.after_ms,
         )
+        if self._should_wait(assembled, pend, now):
+            self.pending[case_id] = {**pend, "due": now + RECHECK_S}
+            return None
         if assembled.brief_id() == case["last_brief_id"]:
             del self.pending[case_id]
             self.metrics.briefs_unchanged.inc()
             return None
-        brief = build_brief(
-            assembled, version=case["version"] + 1, generated_at_ms=int(self.clock() * 1000)
-        )
+        brief = build_brief(assembled, version=case["version"] + 1, generated_at_ms=int(now * 1000))
         value = self.codec.encode(self.topics.briefs, brief.to_avro())
-        out = Outgoing(
-            self.topics.briefs,
-            case_id.encode(),
-            value,
-            [
-                ("brief_id", brief.brief_id.encode()),
-                ("method", brief.generation.method.value.encode()),
-            ],
-        )
-        return BriefPlan(case_id, brief, out, pend["since"])
+        headers = [
+            ("brief_id", brief.brief_id.encode()),
+            ("method", brief.generation.method.value.encode()),
+        ]
+        out = Outgoing(self.topics.briefs, case_id.encode(), value, headers)
+        return BriefPlan(case_id, brief, out, pend["since"], pend["partition"])
+
+    def _should_wait(self, case: Case, pend: dict[str, Any], now: float) -> bool:
+        """Wait (up to CASE_MAX_WAIT_S past the settle delay) for transactions the alert names."""
+        limit = pend["since"] + self.s.case_settle_s + self.s.case_max_wait_s
+        return bool(case.missing_transaction_ids) and now < limit
 
     def finalize_brief(self, plan: BriefPlan) -> None:
         """Record a delivered brief: the case is no longer pending, its version moves on."""
         case = self.cases[plan.case_id]
         case["version"] = plan.brief.brief_version
         case["last_brief_id"] = plan.brief.brief_id
+        case["partition"] = plan.partition
+        case["retire_at"] = self.clock() + self.s.case_retain_h * 3600
         self.cases[plan.case_id] = case
         self.pending.pop(plan.case_id, None)
         self.metrics.briefs_published.labels(plan.brief.generation.method.value).inc()

@@ -69,6 +69,12 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        self.state_expired = Counter(
+            "streamproc_state_expired",
+            "State entries removed: retired cases, windows of idle accounts.",
+            ["table"],
+            registry=r,
+        )
         self.processing_errors = Counter(
             "streamproc_processing_errors",
             "Unexpected errors while handling a record (record dead-lettered), by stage.",

@@ -61,9 +61,7 @@ class Harness:
         briefs = []
         for tick in self.p.due_ticks(partitions):
             out = self.p.tick_message(tick)
-            plan = self.p.prepare_brief(
-                self.msg(out.topic, out.value or b"", out.key, tick.partition)
-            )
+            plan = self.p.on_tick(self.msg(out.topic, out.value or b"", out.key, tick.partition))
             if plan is not None:
                 self.p.finalize_brief(plan)
                 briefs.append(plan.brief)
@@ -147,7 +145,7 @@ def test_crash_between_publish_and_finalize_rebriefs_with_same_id(
     h.clock.now += SETTLE
     [tick] = h.p.due_ticks([0])
     out = h.p.tick_message(tick)
-    plan = h.p.prepare_brief(h.msg(out.topic, out.value or b"", out.key))
+    plan = h.p.on_tick(h.msg(out.topic, out.value or b"", out.key))
     assert plan is not None  # published, then the worker died before finalize
     h.clock.now += 30
     [again] = h.settle()
@@ -197,11 +195,9 @@ def test_record_keyed_by_something_else_is_rejected(h: Harness, scenario: Scenar
 
 
 def test_malformed_tick_is_ignored(h: Harness) -> None:
-    assert h.p.prepare_brief(h.msg("streamproc-settle", b"{}", b"a")) is None
+    assert h.p.on_tick(h.msg("streamproc-settle", b"{}", b"a")) is None
     assert (
-        h.p.prepare_brief(
-            h.msg("streamproc-settle", json.dumps({"case_id": "nope"}).encode(), b"a")
-        )
+        h.p.on_tick(h.msg("streamproc-settle", json.dumps({"case_id": "nope"}).encode(), b"a"))
         is None
     )
 
@@ -215,3 +211,73 @@ def test_decoded_state_is_normalized(h: Harness, scenario: Scenario) -> None:
         h.codec.schemas.for_topic(TXN_TOPIC),
         h.codec.decode(TXN_TOPIC, h.codec.encode(TXN_TOPIC, stored)),
     )
+
+
+def test_brief_waits_for_a_named_transaction_that_arrives_late(
+    h: Harness, scenario: Scenario
+) -> None:
+    txns, _sigs, alerts = _account(scenario, "acct-ct-001")
+    named_last = next(t for t in txns if t["transaction_id"] == alerts[0]["transaction_ids"][-1])
+    h.send(TXN_TOPIC, [t for t in txns if t is not named_last])
+    h.send(ALERT_TOPIC, alerts)
+    h.clock.now += SETTLE
+    assert h.settle() == []  # the named transaction is missing: keep waiting
+    assert h.tables["pending"]["case-ct-001"]["due"] > h.clock.now
+    h.send(TXN_TOPIC, [named_last])
+    h.clock.now += 1.0
+    [brief] = h.settle()
+    assert brief.counts.transactions == len(txns)
+    assert not any("not received" in g for g in brief.data_gaps)
+
+
+def test_brief_goes_out_with_a_data_gap_when_the_transaction_never_comes(
+    h: Harness, scenario: Scenario
+) -> None:
+    txns, _, alerts = _account(scenario, "acct-benign-001")
+    alert = {**alerts[0], "transaction_ids": [*alerts[0]["transaction_ids"], "txn-lost"]}
+    h.send(TXN_TOPIC, txns)
+    h.send(ALERT_TOPIC, [alert])
+    waited = 0.0
+    briefs: list[Any] = []
+    while not briefs and waited < 120:
+        h.clock.now += 1.0
+        waited += 1.0
+        briefs = h.settle()
+    [brief] = briefs
+    assert SETTLE + h.p.s.case_max_wait_s <= waited <= SETTLE + h.p.s.case_max_wait_s + 2
+    assert any("txn-lost" in g for g in brief.data_gaps)
+
+
+def test_briefed_cases_retire_after_retention_and_open_ones_do_not(
+    h: Harness, scenario: Scenario
+) -> None:
+    _, _, benign = _account(scenario, "acct-benign-001")
+    _, _, mule = _account(scenario, "acct-mule-001")
+    h.send(ALERT_TOPIC, [{**a, "transaction_ids": []} for a in benign])
+    h.clock.now += SETTLE
+    [_] = h.settle()
+    h.clock.now += h.p.s.case_retain_h * 3600 + 1
+    h.send(ALERT_TOPIC, mule)  # opened now: pending, never retired
+    ticks = h.p.due_ticks([0])
+    retire = [t for t in ticks if t.op == "retire"]
+    assert [t.key for t in retire] == ["case-benign-001"]
+    for t in retire:
+        out = h.p.tick_message(t)
+        assert h.p.on_tick(h.msg(out.topic, out.value or b"", out.key)) is None
+    assert "case-benign-001" not in h.tables["cases"] and "case-mule-001" in h.tables["cases"]
+    assert h.count("streamproc_state_expired_total", table="cases") == 1
+
+
+def test_windows_of_idle_accounts_expire(h: Harness, scenario: Scenario) -> None:
+    txns, _, _ = _account(scenario, "acct-ct-001")
+    other, _, _ = _account(scenario, "acct-benign-001")
+    h.send(TXN_TOPIC, txns)
+    h.clock.now += h.p.s.lookback_h * 3600 + 1
+    h.send(TXN_TOPIC, other)  # touched now
+    expire = [t for t in h.p.due_ticks([0]) if t.op == "expire"]
+    assert [t.key for t in expire] == ["acct-ct-001"]
+    out = h.p.tick_message(expire[0])
+    h.p.on_tick(h.msg(out.topic, out.value or b"", out.key))
+    assert set(h.tables["windows"]) == {"acct-benign-001"}
+    assert h.count("streamproc_state_expired_total", table="windows") == 1
+    assert h.p.due_ticks([0]) == []  # nothing more to do, nothing resent
