@@ -19,8 +19,9 @@ from mode import Service
 
 from streamproc.config import Settings
 from streamproc.contracts.codec import AvroCodec
+from streamproc.engine import transport
 from streamproc.engine.dlq import InMessage, Outgoing, dead_letter
-from streamproc.engine.processor import CaseProcessor
+from streamproc.engine.processor import BriefPlan, CaseProcessor
 from streamproc.engine.state import ConfluentChangelog, WriteBackTable
 from streamproc.kafka.clients import producer_config
 from streamproc.ops.http import HttpServer, build_http_app
@@ -29,7 +30,7 @@ from streamproc.ops.metrics import Metrics
 log = logging.getLogger(__name__)
 TABLES = ("windows", "cases", "pending")
 TIMER_INTERVAL_S = 0.1
-BATCH_MAX = 2000  # records per batch: changelog writes are coalesced per key within one
+BATCH_MAX = 500  # records per batch: changelog writes are coalesced per key within one
 BATCH_WITHIN_S = 0.05
 BROKER_PROBE_INTERVAL_S = 5.0
 
@@ -79,6 +80,7 @@ def build_app(
         consumer_max_fetch_size=8 * 1024 * 1024,
     )
     changelog = ConfluentChangelog(producer_config(settings))
+    transport.install(app, settings.broker_fetch_max_wait_ms)
     tables = {
         name: WriteBackTable(app.Table(name, partitions=partitions), changelog) for name in TABLES
     }
@@ -106,13 +108,29 @@ def build_app(
 
     async def handle(msg: InMessage) -> None:
         if msg.topic == topics.settle:
-            plan = processor.on_tick(msg)
-            if plan is not None:
-                await send(plan.output)
-                processor.finalize_brief(plan)
+            await publish(processor.on_tick(msg))
             return
         for out in processor.on_input(msg):
             await send(out)
+
+    def active_partitions() -> set[int]:
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.alerts}
+
+    async def publish(plan: BriefPlan | None) -> None:
+        if plan is not None:
+            await send(plan.output)  # delivered before the case is recorded as briefed
+            processor.finalize_brief(plan)
+
+    async def brief_due_cases() -> None:
+        """Brief due cases without waiting for their tick's round trip through Kafka."""
+        for case_id, partition in processor.due_now(active_partitions()):
+            for table in tables.values():
+                table.partition = partition
+            try:
+                await publish(processor.plan_brief(case_id))
+            except Exception:  # the case stays pending; its tick retries it
+                metrics.processing_errors.labels("brief").inc()
+                log.exception("briefing a due case failed; its settle tick will retry")
 
     async def handle_batch(events: list[Any]) -> None:
         for event in events:
@@ -128,6 +146,7 @@ def build_app(
                     extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset},
                 )
                 await send(dead_letter(topics.dlq, msg, exc, stage="process"))
+        await brief_due_cases()
         # Changelog writes go out before faust acks the batch (the acks follow this return).
         if sum(table.flush() for table in tables.values()):
             await asyncio.to_thread(changelog.flush)
@@ -139,10 +158,7 @@ def build_app(
 
     @app.timer(TIMER_INTERVAL_S)
     async def settle_timer() -> None:
-        active = {
-            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.alerts
-        }
-        for tick in processor.due_ticks(active):
+        for tick in processor.due_ticks(active_partitions()):
             await send(processor.tick_message(tick))
         processor.observe_state()
 

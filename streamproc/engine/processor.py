@@ -166,6 +166,15 @@ class CaseProcessor:
             )
         return due
 
+    def due_now(self, active_partitions: Iterable[int]) -> list[tuple[str, int]]:
+        """(case_id, partition) of pending cases due now: the agent briefs them in line."""
+        now, active = self.clock(), set(active_partitions)
+        return [
+            (case_id, p["partition"])
+            for case_id, p in list(self.pending.items())
+            if p["due"] <= now and p["partition"] in active
+        ]
+
     def tick_message(self, tick: ticks.Tick) -> Outgoing:
         return tick.message(self.topics.settle)
 
@@ -184,7 +193,7 @@ class CaseProcessor:
         if op is ticks.Op.EXPIRE:
             self._expire(key)
             return None
-        return self._plan_brief(key)
+        return self.plan_brief(key)
 
     def _retire(self, case_id: str) -> None:
         case = self.cases.get(case_id)
@@ -204,7 +213,8 @@ class CaseProcessor:
             del self.windows[account]
             self.metrics.state_expired.labels("windows").inc()
 
-    def _plan_brief(self, case_id: str) -> BriefPlan | None:
+    def plan_brief(self, case_id: str) -> BriefPlan | None:
+        """The brief to publish for a due case, or None (not due, gone, waiting, unchanged)."""
         pend, case = self.pending.get(case_id), self.cases.get(case_id)
         now = self.clock()
         if pend is None or case is None or pend["due"] > now:

@@ -19,6 +19,7 @@ from typing import Any
 from streamproc.engine.dlq import InMessage, Outgoing
 
 RESEND_S = 10.0  # a tick not acted on (lost, or its worker died) is sent again after this
+GRACE_S = 0.25  # a busy agent briefs due cases itself; ticks are for cases it has not reached
 
 
 class Op(StrEnum):
@@ -65,7 +66,8 @@ class TickScheduler:
         for case_id, p in list(pending.items()):
             key = (Op.BRIEF.value, case_id, p["due"])  # a rescheduled case is ticked afresh
             live.add(key)
-            if p["partition"] in active and p["due"] <= now and self._fresh(key, now):
+            overdue = p["partition"] in active and p["due"] + GRACE_S <= now
+            if overdue and self._fresh(key, now):
                 ticks.append(Tick(Op.BRIEF, case_id, p["account_id"], p["partition"]))
         for key in [k for k in self._sent if k[0] == Op.BRIEF.value and k not in live]:
             del self._sent[key]

@@ -12,6 +12,7 @@ from streamproc.contracts.codec import AvroCodec
 from streamproc.contracts.records import normalize
 from streamproc.engine.dlq import InMessage
 from streamproc.engine.processor import CaseProcessor
+from streamproc.engine.ticks import GRACE_S, RESEND_S
 from streamproc.ops.metrics import Metrics
 from streamproc.sim.scenario import Scenario
 from tests.conftest import ALERT_TOPIC, SIG_TOPIC, TXN_TOPIC
@@ -57,11 +58,10 @@ class Harness:
         return outs
 
     def settle(self, partitions: tuple[int, ...] = (0,)) -> list[Any]:
-        """Run due ticks through prepare+finalize like the agent does; return the briefs."""
+        """Brief due cases as the agent does after each batch; return the briefs."""
         briefs = []
-        for tick in self.p.due_ticks(partitions):
-            out = self.p.tick_message(tick)
-            plan = self.p.on_tick(self.msg(out.topic, out.value or b"", out.key, tick.partition))
+        for case_id, _partition in self.p.due_now(partitions):
+            plan = self.p.plan_brief(case_id)
             if plan is not None:
                 self.p.finalize_brief(plan)
                 briefs.append(plan.brief)
@@ -142,7 +142,7 @@ def test_crash_between_publish_and_finalize_rebriefs_with_same_id(
     txns, _sigs, alerts = _account(scenario, "acct-mule-001")
     h.send(TXN_TOPIC, txns)
     h.send(ALERT_TOPIC, alerts)
-    h.clock.now += SETTLE
+    h.clock.now += SETTLE + GRACE_S
     [tick] = h.p.due_ticks([0])
     out = h.p.tick_message(tick)
     plan = h.p.on_tick(h.msg(out.topic, out.value or b"", out.key))
@@ -154,12 +154,24 @@ def test_crash_between_publish_and_finalize_rebriefs_with_same_id(
 
 def test_ticks_only_for_active_partitions(h: Harness, scenario: Scenario) -> None:
     _, _, alerts = _account(scenario, "acct-benign-001")
-    h.send(ALERT_TOPIC, alerts, partition=3)
+    h.send(ALERT_TOPIC, [{**a, "transaction_ids": []} for a in alerts], partition=3)
     h.clock.now += SETTLE
+    assert h.p.due_now([3]) == [("case-benign-001", 3)] and h.p.due_now([0]) == []
+    assert h.p.due_ticks([3]) == []  # the busy agent gets a grace period before any tick
+    h.clock.now += GRACE_S
     assert h.p.due_ticks([0, 1]) == []
     [tick] = h.p.due_ticks([3])
     assert tick.partition == 3 and h.p.tick_message(tick).partition == 3
     assert h.p.due_ticks([3]) == []  # not resent while the first tick is in flight
+    h.clock.now += RESEND_S
+    [again] = h.p.due_ticks([3])  # the tick was lost: sent again
+    assert again == tick
+    out = h.p.tick_message(again)
+    plan = h.p.on_tick(h.msg(out.topic, out.value or b"", out.key, again.partition))
+    assert plan is not None and plan.brief.case_id == "case-benign-001"
+    h.p.finalize_brief(plan)
+    h.clock.now += RESEND_S
+    assert h.p.due_ticks([3]) == [] and h.p.due_now([3]) == []
 
 
 @pytest.mark.parametrize("value", [b"junk", b"", b"\xc3\x01" + b"\0" * 8])
