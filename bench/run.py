@@ -27,7 +27,15 @@ def main() -> int:
     ap.add_argument("--accounts", type=int, default=200_000)
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument(
+        "--only",
+        choices=["engine", "latency"],
+        help="one stage, printed as JSON, no report (for optimisation steps)",
+    )
+    ap.add_argument("--rate", type=float, default=3600.0, help="with --only latency")
     args = ap.parse_args()
+    if args.only:
+        return _only(args)
     work = Path(tempfile.mkdtemp(prefix="streamproc-bench-"))
     t_all = time.monotonic()
     print(f"encoding {args.events} events over {args.accounts} accounts…", flush=True)
@@ -65,6 +73,23 @@ def main() -> int:
         broker.stop()
     result["wall_seconds"] = round(time.monotonic() - t_all, 1)
     _write(result)
+    return 0
+
+
+def _only(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="streamproc-bench-"))
+    broker = stages.fresh_broker(work / "broker.log")
+    try:
+        if args.only == "engine":
+            produce_all(broker.bootstrap, list(events(args.events, args.accounts)))
+            out = stages.engine_ingest(broker.bootstrap, args.events, work)
+        else:
+            out = stages.latency(
+                broker.bootstrap, args.rate, args.latency_seconds, work, args.accounts
+            )
+    finally:
+        broker.stop()
+    print(json.dumps(out))
     return 0
 
 
