@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +99,12 @@ def build_app(
     )
     health = Health()
 
+    async def dead_letter_or_die(msg: InMessage, exc: Exception) -> None:
+        try:
+            await send(dead_letter(topics.dlq, msg, exc, stage="process"))
+        except Exception:
+            die("a record could be neither processed nor dead-lettered")
+
     async def send(out: Outgoing) -> None:
         fut = await app.producer.send(
             out.topic, out.key, out.value, out.partition, None, out.headers
@@ -145,11 +152,14 @@ def build_app(
                     "record failed; dead-lettering it",
                     extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset},
                 )
-                await send(dead_letter(topics.dlq, msg, exc, stage="process"))
+                await dead_letter_or_die(msg, exc)
         await brief_due_cases()
         # Changelog writes go out before faust acks the batch (the acks follow this return).
         if sum(table.flush() for table in tables.values()):
-            await asyncio.to_thread(changelog.flush)
+            try:
+                await asyncio.to_thread(changelog.flush)
+            except Exception:
+                die("state changes could not be written to the changelog")
 
     @app.agent(source, name="account-processor")
     async def account_processor(stream: Any) -> None:
@@ -172,6 +182,22 @@ def build_app(
         health.started = True
 
     return app, health
+
+
+EXIT_UNDELIVERABLE = 75  # EX_TEMPFAIL: restart me; nothing was acknowledged
+
+
+def die(reason: str) -> None:
+    """Stop at once, without acknowledging the batch in hand.
+
+    faust acknowledges a batch whatever its handler raised (take_events acks in a
+    `finally`), so raising here would lose the records. The clients below already
+    retried until their delivery timeouts; exiting lets the orchestrator restart the
+    worker, which re-reads the unacknowledged records (at-least-once).
+    """
+    log.critical("%s; exiting with %d so the records are read again", reason, EXIT_UNDELIVERABLE)
+    logging.shutdown()
+    os._exit(EXIT_UNDELIVERABLE)
 
 
 def to_in_message(message: Any) -> InMessage:

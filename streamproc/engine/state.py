@@ -112,7 +112,7 @@ class ConfluentChangelog:
         if err is not None:
             self._errors.append(str(err))
 
-    def flush(self, timeout_s: float = 30.0) -> None:
+    def flush(self, timeout_s: float = 120.0) -> None:
         """Block until every changelog record is delivered; raise if any failed."""
         remaining = self._producer.flush(timeout_s)
         if remaining or self._errors:
