@@ -1,0 +1,1 @@
+"""Privacy: PII found and replaced by stable placeholders before anything reaches a model."""

@@ -1,0 +1,192 @@
+"""Redaction of a case before inference, and the brief PII policies after it.
+
+Every PII field (marked in the Avro schemas) and every PII found in free text becomes
+a placeholder such as `<PAN_1>` or `<PERSON_2>`, stable within the case: the same
+value, however spelt, is always the same placeholder, so a model can still reason
+that "the same card was used twice". The Vault keeps placeholder → original and never
+leaves the worker; the model and the audit topic see placeholders only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import phonenumbers
+
+from streamproc.config import BriefPII
+from streamproc.contracts.schemas import EventSchema
+from streamproc.privacy.detect import DEFAULT_REGIONS, Entity, digits, find_all
+
+PLACEHOLDER = re.compile(r"<(PAN|IBAN|EMAIL|PHONE|PERSON|IP)_(\d+)>")
+Record = dict[str, Any]
+
+
+def normal_form(entity: Entity, value: str) -> str:
+    """The identity of a value, so that spellings of one value share a placeholder."""
+    if entity is Entity.PAN:
+        return digits(value)
+    if entity is Entity.IBAN:
+        return re.sub(r"[\s\-]", "", value).upper()
+    if entity is Entity.EMAIL:
+        return value.strip().lower()
+    if entity is Entity.PHONE:
+        try:
+            parsed = phonenumbers.parse(value, "US" if not value.strip().startswith("+") else None)
+            return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        except phonenumbers.NumberParseException:
+            return digits(value)
+    if entity is Entity.IP:
+        try:
+            return ipaddress.ip_address(value.strip()).compressed
+        except ValueError:
+            return value.strip().lower()
+    return " ".join(value.split()).casefold()
+
+
+@dataclass
+class Vault:
+    """Placeholders of one case. Never serialised to Kafka, logs or metrics."""
+
+    _by_key: dict[tuple[Entity, str], str] = field(default_factory=dict)
+    originals: dict[str, str] = field(default_factory=dict)
+    entities: dict[str, Entity] = field(default_factory=dict)
+
+    def placeholder(self, entity: Entity, value: str) -> str:
+        key = (entity, normal_form(entity, value))
+        found = self._by_key.get(key)
+        if found is None:
+            n = sum(1 for e in self.entities.values() if e is entity) + 1
+            found = f"<{entity.value}_{n}>"
+            self._by_key[key] = found
+            self.originals[found] = value
+            self.entities[found] = entity
+        return found
+
+    def counts(self) -> dict[str, int]:
+        """Distinct redacted entities by type, for the brief and /metrics."""
+        return dict(Counter(e.value for e in self.entities.values()))
+
+
+class Redactor:
+    """Redacts the records of a case with the schemas' field annotations."""
+
+    def __init__(self, schemas: Mapping[str, EventSchema], regions: Iterable[str] = ()) -> None:
+        self.schemas = schemas  # kind ("transaction", "signal", "alert") → schema
+        self.regions = tuple(dict.fromkeys([*regions, *DEFAULT_REGIONS]))
+
+    def redact(
+        self, kinds: Mapping[str, Iterable[Record]]
+    ) -> tuple[dict[str, list[Record]], Vault]:
+        """Redacted copies of the records, by kind, and the case's vault."""
+        vault = Vault()
+        known: dict[str, Entity] = {}
+        for kind, records in kinds.items():
+            for record in records:
+                for name, etype in self.schemas[kind].pii_fields.items():
+                    value = record.get(name)
+                    if isinstance(value, str) and value.strip():
+                        known[value] = Entity(etype)
+                        vault.placeholder(Entity(etype), value)
+        self._add_name_parts(known)
+        regions = self._regions(kinds)
+        out: dict[str, list[Record]] = {}
+        for kind, records in kinds.items():
+            schema = self.schemas[kind]
+            out[kind] = [self._record(r, schema, vault, known, regions) for r in records]
+        return out, vault
+
+    def redact_text(
+        self,
+        text: str,
+        vault: Vault,
+        known: dict[str, Entity] | None = None,
+        regions: Iterable[str] | None = None,
+    ) -> str:
+        """Replace every PII span of `text` by its placeholder."""
+        spans = find_all(text, known or {}, regions or self.regions)
+        for span in reversed(spans):
+            text = text[: span.start] + vault.placeholder(span.entity, span.text) + text[span.end :]
+        return text
+
+    def _record(
+        self,
+        record: Record,
+        schema: EventSchema,
+        vault: Vault,
+        known: dict[str, Entity],
+        regions: tuple[str, ...],
+    ) -> Record:
+        out = dict(record)
+        for name, etype in schema.pii_fields.items():
+            value = out.get(name)
+            if isinstance(value, str) and value.strip():
+                out[name] = vault.placeholder(Entity(etype), value)
+        for name in schema.free_text_fields:
+            value = out.get(name)
+            if isinstance(value, str) and value:
+                out[name] = self.redact_text(value, vault, known, regions)
+        return out
+
+    @staticmethod
+    def _add_name_parts(known: dict[str, Entity]) -> None:
+        """A surname or first name on its own still names the person."""
+        for value, entity in list(known.items()):
+            if entity is Entity.PERSON:
+                for part in value.split():
+                    if len(part) >= 3 and part[0].isupper():
+                        known.setdefault(part, Entity.PERSON)
+
+    def _regions(self, kinds: Mapping[str, Iterable[Record]]) -> tuple[str, ...]:
+        countries = {
+            r.get(f)
+            for rs in kinds.values()
+            for r in rs
+            for f in ("merchant_country", "geo_country")
+        }
+        return tuple(dict.fromkeys([*(c for c in countries if isinstance(c, str)), *self.regions]))
+
+
+def mask(entity: Entity, value: str) -> str:
+    """Partly hidden form for `BRIEF_PII=masked`."""
+    if entity is Entity.PAN:
+        return f"•••• {digits(value)[-4:]}"
+    if entity is Entity.IBAN:
+        compact = normal_form(entity, value)
+        return f"{compact[:2]}•• •••• {compact[-4:]}"
+    if entity is Entity.EMAIL:
+        local, _, domain = value.strip().partition("@")
+        return f"{local[:1]}•••@{domain}"
+    if entity is Entity.PHONE:
+        number = normal_form(entity, value)
+        return f"{number[:3]}•••••{number[-2:]}"
+    if entity is Entity.IP:
+        ip = normal_form(entity, value)
+        return ".".join(ip.split(".")[:2]) + ".x.x" if "." in ip else ip.split(":")[0] + ":…"
+    return " ".join(f"{w[0]}." for w in value.split() if w)
+
+
+def apply_policy(text: str, vault: Vault, policy: BriefPII) -> tuple[str, int]:
+    """Placeholders in model output → masked, restored or kept; invented ones removed.
+
+    Returns the text and how many placeholders were not of this case (invented).
+    """
+    invented = 0
+
+    def swap(m: re.Match[str]) -> str:
+        nonlocal invented
+        original = vault.originals.get(m.group(0))
+        if original is None:
+            invented += 1
+            return "[removed]"
+        if policy is BriefPII.RESTORED:
+            return original
+        if policy is BriefPII.MASKED:
+            return mask(vault.entities[m.group(0)], original)
+        return m.group(0)
+
+    return PLACEHOLDER.sub(swap, text), invented
