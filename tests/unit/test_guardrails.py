@@ -1,0 +1,181 @@
+"""Guardrails hold whatever the model writes: hostile drafts against a real floor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from streamproc.brief.draft import BriefDraft, output_schema
+from streamproc.brief.fallback import build_brief
+from streamproc.brief.guardrails import CHECKS, merge
+from streamproc.brief.model import SUMMARY_MAX, CaseBrief, Generation, Method
+from streamproc.config import BriefPII
+from streamproc.contracts.schemas import SchemaSet
+from streamproc.domain.case import Case
+from streamproc.privacy.detect import Entity
+from streamproc.privacy.redact import Vault
+from tests.conftest import NOW_MS
+from tests.unit.test_case_and_brief import build_cases
+
+GEN = Generation(
+    method=Method.LLM,
+    provider="openai",
+    model="m",
+    prompt_version="brief-v1",
+    generator_version="det-1",
+)
+
+
+@pytest.fixture(scope="module")
+def ct(schemas: SchemaSet, scenario: Any) -> tuple[Case, CaseBrief]:
+    case = build_cases(schemas, scenario)["case-ct-001"]
+    return case, build_brief(case, version=1, generated_at_ms=NOW_MS)
+
+
+def draft(**over: Any) -> BriefDraft:
+    base = {
+        "risk_level": "LOW",
+        "risk_score": 5,
+        "reason_codes": ["OTHER"],
+        "summary": "Nothing to see.",
+        "key_facts": [],
+        "recommended_actions": ["CLOSE_AS_FALSE_POSITIVE"],
+        "confidence": "HIGH",
+    }
+    return BriefDraft.model_validate({**base, **over})
+
+
+def test_the_model_cannot_talk_the_risk_down(ct: tuple[Case, CaseBrief]) -> None:
+    case, floor = ct
+    brief, counts = merge(draft(), floor, case.event_ids, Vault(), BriefPII.MASKED, GEN)
+    assert brief.risk_level == floor.risk_level and brief.risk_score == floor.risk_score
+    assert set(floor.reason_codes) <= set(brief.reason_codes)
+    assert set(floor.recommended_actions) <= set(brief.recommended_actions)
+    assert counts["risk_floor"] == 1 and counts["reason_kept"] >= 1
+    assert set(counts) <= set(CHECKS)
+
+
+def test_the_model_may_raise_the_risk(ct: tuple[Case, CaseBrief]) -> None:
+    case, floor = ct
+    brief, counts = merge(
+        draft(risk_level="CRITICAL", risk_score=100),
+        floor,
+        case.event_ids,
+        Vault(),
+        BriefPII.MASKED,
+        GEN,
+    )
+    assert brief.risk_level == "CRITICAL" and brief.risk_score == 100 and not counts["risk_floor"]
+
+
+def test_evidence_outside_the_case_is_dropped(ct: tuple[Case, CaseBrief]) -> None:
+    case, floor = ct
+    real = sorted(case.event_ids)[:2]
+    facts = [
+        {"text": "mixed", "evidence_event_ids": [*real, "evt-made-up"]},
+        {"text": "invented", "evidence_event_ids": ["evt-nope"]},
+    ]
+    brief, counts = merge(
+        draft(key_facts=facts), floor, case.event_ids, Vault(), BriefPII.MASKED, GEN
+    )
+    assert [f.text for f in brief.key_facts] == ["mixed"]
+    assert brief.key_facts[0].evidence_event_ids == real
+    assert counts["evidence_dropped"] == 2 and counts["fact_dropped"] == 1
+
+
+def test_links_pii_and_invented_placeholders_are_removed(ct: tuple[Case, CaseBrief]) -> None:
+    case, floor = ct
+    vault = Vault()
+    person = vault.placeholder(Entity.PERSON, "Anna Schmidt")
+    pan = vault.placeholder(Entity.PAN, "4111 1111 1111 1111")
+    summary = (
+        f"{person} used {pan}. Verify at https://evil.example.com/x?c=1 or www.phish.io; "
+        "full card 5500 0000 0000 0004, mail boss@corp.com, and <PERSON_9> agrees."
+    )
+    fact = {"text": f"{person} at 203.0.113.7", "evidence_event_ids": [sorted(case.event_ids)[0]]}
+    brief, counts = merge(
+        draft(summary=summary, key_facts=[fact]), floor, case.event_ids, vault, BriefPII.MASKED, GEN
+    )
+    text = brief.summary + " " + brief.key_facts[0].text
+    for bad in (
+        "https://",
+        "www.",
+        "5500",
+        "boss@corp.com",
+        "203.0.113.7",
+        "<PERSON_9>",
+        "Anna",
+        "Schmidt",
+        "<PERSON_1>",
+        "4111 1111",
+    ):
+        assert bad not in text, bad
+    assert "A. S." in text and "•••• 1111" in text
+    assert counts["url_removed"] == 2 and counts["pii_removed"] == 3
+    assert counts["invented_placeholder"] == 1
+    assert brief.redaction == {"PERSON": 1, "PAN": 1}
+
+
+def test_policies_restore_or_keep_placeholders(ct: tuple[Case, CaseBrief]) -> None:
+    case, floor = ct
+    vault = Vault()
+    p = vault.placeholder(Entity.PERSON, "Anna Schmidt")
+    restored, _ = merge(
+        draft(summary=f"{p} called"), floor, case.event_ids, vault, BriefPII.RESTORED, GEN
+    )
+    redacted, _ = merge(
+        draft(summary=f"{p} called"), floor, case.event_ids, vault, BriefPII.REDACTED, GEN
+    )
+    assert restored.summary == "Anna Schmidt called" and redacted.summary == f"{p} called"
+
+
+def test_summary_is_bounded_and_the_rest_comes_from_events(ct: tuple[Case, CaseBrief]) -> None:
+    case, floor = ct
+    brief, counts = merge(
+        draft(summary="x" * 2000), floor, case.event_ids, Vault(), BriefPII.MASKED, GEN
+    )
+    assert len(brief.summary) == SUMMARY_MAX and counts["summary_truncated"] == 1
+    for kept in (
+        "brief_id",
+        "brief_version",
+        "case_id",
+        "timeline",
+        "counts",
+        "data_gaps",
+        "window_start",
+        "alert_ids",
+    ):
+        assert getattr(brief, kept) == getattr(floor, kept), kept
+    assert brief.generation.method is Method.LLM
+
+
+def test_unknown_enum_values_fail_validation_before_any_merge() -> None:
+    with pytest.raises(ValueError):
+        draft(reason_codes=["EXFILTRATE"])
+    with pytest.raises(ValueError):
+        draft(recommended_actions=["WIRE_FUNDS"])
+    with pytest.raises(ValueError):
+        BriefDraft.model_validate({**draft().model_dump(), "extra": "field"})
+
+
+def test_output_schema_is_strict() -> None:
+    schema = output_schema()
+
+    def objects(node: Any) -> list[dict[str, Any]]:
+        found = []
+        if isinstance(node, dict):
+            if node.get("type") == "object":
+                found.append(node)
+            for v in node.values():
+                found += objects(v)
+        elif isinstance(node, list):
+            for v in node:
+                found += objects(v)
+        return found
+
+    assert "$ref" not in str(schema)
+    for obj in objects(schema):
+        assert obj["additionalProperties"] is False
+        assert obj["required"] == sorted(obj["properties"])
+    assert "ACCOUNT_TAKEOVER" in schema["properties"]["reason_codes"]["items"]["enum"]
