@@ -9,10 +9,14 @@
     │   │   └── UnknownSchemaError   fingerprint or registry id not known
     │   └── EventValidationError     decoded, but breaks the contract
     ├── BriefValidationError         permanent: a brief breaks its own contract
-    └── LLMError                     the model as a dependency (issue 4)
-        ├── LLMTransportError        retryable: connection, 5xx
+    └── LLMError                     the model as a dependency
+        ├── LLMTransportError        retryable: connection, 408, 409, 5xx, 529
         ├── LLMTimeout               retryable
-        └── LLMRateLimited           retryable after `retry_after` seconds
+        ├── LLMRateLimited           retryable after `retry_after` seconds
+        ├── LLMQuotaExhausted        permanent: 429 insufficient_quota; not retried
+        ├── LLMRequestError          permanent: another 4xx (bad key, bad request)
+        ├── LLMCircuitOpen           the breaker is open: no request was sent
+        └── LLMOutputError           the answer is not the structured output asked for
 
 Messages never quote field values: a record's content may be personal data.
 """
@@ -86,3 +90,19 @@ class LLMRateLimited(LLMError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class LLMQuotaExhausted(LLMError):
+    """The account is out of quota (429 insufficient_quota): waiting will not help."""
+
+
+class LLMRequestError(LLMError):
+    """A 4xx other than 408/409/429: the request or the credentials are wrong."""
+
+
+class LLMCircuitOpen(LLMError):
+    """The circuit breaker is open after repeated failures; no request was sent."""
+
+
+class LLMOutputError(LLMError):
+    """The provider answered, but not with the structured output asked for."""

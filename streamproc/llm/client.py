@@ -1,0 +1,219 @@
+"""The LLM client: one retry loop, a circuit breaker and a concurrency cap over httpx.
+
+Retries (capped exponential backoff with full jitter) cover timeouts, connection
+errors, 408/409/5xx/529 and 429; a Retry-After (or retry-after-ms) is honoured up to
+`retry_after_cap_s`, beyond which the call fails at once so the case falls back
+instead of waiting. A quota-exhausted 429 and other 4xx are not retried. Retries
+live here only: nothing above or below this loop retries again. A call that still
+fails counts once towards the breaker, which then refuses calls until a probe
+succeeds. Errors from httpx are translated at this boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import httpx
+
+from streamproc.errors import (
+    LLMCircuitOpen,
+    LLMError,
+    LLMOutputError,
+    LLMQuotaExhausted,
+    LLMRateLimited,
+    LLMRequestError,
+    LLMTimeout,
+    LLMTransportError,
+)
+from streamproc.llm.providers import LLMRequest, LLMResponse, Provider
+
+RETRYABLE_STATUS = frozenset({408, 409, 500, 502, 503, 504, 529})
+
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Opens after `threshold` failed calls in a row; after `reset_after_s` lets one probe
+    through (half-open); the probe's outcome closes or re-opens it."""
+
+    def __init__(
+        self,
+        threshold: int = 5,
+        reset_after_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.threshold, self.reset_after_s, self.clock = threshold, reset_after_s, clock
+        self.failures = 0
+        self.opened_at: float | None = None
+        self._probing = False
+
+    @property
+    def state(self) -> CircuitState:
+        if self.opened_at is None:
+            return CircuitState.CLOSED
+        if self.clock() - self.opened_at >= self.reset_after_s:
+            return CircuitState.HALF_OPEN
+        return CircuitState.OPEN
+
+    def allow(self) -> bool:
+        state = self.state
+        if state is CircuitState.CLOSED:
+            return True
+        if state is CircuitState.HALF_OPEN and not self._probing:
+            self._probing = True
+            return True
+        return False
+
+    def success(self) -> None:
+        self.failures, self.opened_at, self._probing = 0, None, False
+
+    def failure(self) -> None:
+        self.failures += 1
+        self._probing = False
+        if self.failures >= self.threshold or self.opened_at is not None:
+            self.opened_at = self.clock()
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 3
+    base_s: float = 0.5
+    cap_s: float = 8.0
+    retry_after_cap_s: float = 20.0
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        return rng.uniform(0, min(self.cap_s, self.base_s * 2**attempt))
+
+
+@dataclass(frozen=True)
+class CallResult:
+    response: LLMResponse
+    retries: int
+    latency_ms: int
+
+
+class LLMClient:
+    def __init__(
+        self,
+        provider: Provider,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 20.0,
+        max_concurrency: int = 8,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.provider, self.model = provider, model
+        self._api_key = api_key
+        self.timeout_s = timeout_s
+        self.retry = retry or RetryPolicy()
+        self.breaker = breaker or CircuitBreaker()
+        self._limit = asyncio.Semaphore(max_concurrency)
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._http = httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout_s)
+        self.in_flight = 0
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def complete(self, req: LLMRequest) -> CallResult:
+        """One structured answer, or an LLMError saying why not (after the retries)."""
+        if not self.breaker.allow():
+            raise LLMCircuitOpen("circuit open after repeated LLM failures")
+        started = time.monotonic()
+        async with self._limit:
+            self.in_flight += 1
+            try:
+                response, retries = await self._with_retries(req)
+            except LLMOutputError:
+                self.breaker.success()  # the provider is up; a bad answer is for the repair step
+                raise
+            except LLMError:
+                self.breaker.failure()
+                raise
+            finally:
+                self.in_flight -= 1
+        self.breaker.success()
+        return CallResult(response, retries, int((time.monotonic() - started) * 1000))
+
+    async def _with_retries(self, req: LLMRequest) -> tuple[LLMResponse, int]:
+        for attempt in range(self.retry.max_retries + 1):
+            try:
+                return await self._once(req), attempt
+            except LLMRateLimited as exc:
+                wait = exc.retry_after
+                if wait is not None and wait > self.retry.retry_after_cap_s:
+                    raise  # waiting that long would stall the case: fall back now
+                if attempt == self.retry.max_retries:
+                    raise
+                await self._sleep(
+                    wait if wait is not None else self.retry.backoff(attempt, self._rng)
+                )
+            except (LLMTimeout, LLMTransportError):
+                if attempt == self.retry.max_retries:
+                    raise
+                await self._sleep(self.retry.backoff(attempt, self._rng))
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    async def _once(self, req: LLMRequest) -> LLMResponse:
+        path, headers, body = self.provider.build(req, self.model, self._api_key)
+        try:
+            r = await self._http.post(path, json=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise LLMTimeout(f"no answer within {self.timeout_s:g}s") from exc
+        except httpx.TransportError as exc:
+            raise LLMTransportError(f"connection failed ({type(exc).__name__})") from exc
+        if r.status_code == 200:
+            return self.provider.parse(r.text)
+        if r.status_code == 429:
+            if _is_quota(r):
+                raise LLMQuotaExhausted("provider quota exhausted (429 insufficient_quota)")
+            raise LLMRateLimited("rate limited (429)", retry_after=_retry_after(r.headers))
+        if r.status_code in RETRYABLE_STATUS:
+            raise LLMTransportError(f"provider answered {r.status_code}")
+        raise LLMRequestError(f"provider refused the request ({r.status_code})")
+
+
+def _is_quota(r: httpx.Response) -> bool:
+    try:
+        error = r.json().get("error") or {}
+    except ValueError:
+        return False
+    return "insufficient_quota" in (error.get("type"), error.get("code"))
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds to wait from retry-after-ms, or Retry-After (seconds or an HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None

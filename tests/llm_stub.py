@@ -1,0 +1,145 @@
+"""A stand-in LLM provider: a real HTTP server on loopback speaking the OpenAI
+chat-completions and Anthropic messages shapes, scripted per request with faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+GOOD_ANSWER: dict[str, Any] = {
+    "risk_level": "HIGH",
+    "risk_score": 80,
+    "reason_codes": ["CARD_TESTING"],
+    "summary": "Card testing, then a large purchase.",
+    "recommended_actions": ["BLOCK_CARD"],
+    "key_facts": [{"text": "Eight small probes", "evidence_event_ids": ["E1"]}],
+    "confidence": "HIGH",
+}
+MODES = (
+    "ok",
+    "429",
+    "429-ms",
+    "429-long",
+    "quota",
+    "500",
+    "529",
+    "hang",
+    "nonjson",
+    "badschema",
+    "refusal",
+)
+
+
+class StubLLM:
+    def __init__(self, answer: dict[str, Any] | None = None, delay_s: float = 0.0) -> None:
+        self.answer = answer or GOOD_ANSWER
+        self.delay_s = delay_s
+        self.script: list[str] = []  # one mode per request; "ok" once it is empty
+        self.requests: list[dict[str, Any]] = []
+        self.concurrent = self.max_concurrent = 0
+        self._runner: web.AppRunner | None = None
+        self._release = asyncio.Event()  # ends "hang" handlers when the stub stops
+        self.url = ""
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._openai)
+        app.router.add_post("/v1/messages", self._anthropic)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        self._release.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _enter(self, request: web.Request, shape: str) -> tuple[str, web.Response | None]:
+        self.requests.append(
+            {"shape": shape, "headers": dict(request.headers), "body": await request.json()}
+        )
+        mode = self.script.pop(0) if self.script else "ok"
+        self.concurrent += 1
+        self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        try:
+            if mode == "hang":
+                await asyncio.wait_for(self._release.wait(), 60)
+            else:
+                await asyncio.sleep(self.delay_s)
+        finally:
+            self.concurrent -= 1
+        return mode, _fault(mode, shape)
+
+    async def _openai(self, request: web.Request) -> web.Response:
+        mode, fault = await self._enter(request, "openai")
+        if fault is not None:
+            return fault
+        content = {"foo": 1} if mode == "badschema" else self.answer
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": json.dumps(content),
+            "refusal": None,
+        }
+        if mode == "refusal":
+            message = {"role": "assistant", "content": None, "refusal": "I can't help."}
+        return web.json_response(
+            {
+                "id": "c1",
+                "model": "stub-gpt",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1200, "completion_tokens": 150},
+            }
+        )
+
+    async def _anthropic(self, request: web.Request) -> web.Response:
+        mode, fault = await self._enter(request, "anthropic")
+        if fault is not None:
+            return fault
+        content = {"foo": 1} if mode == "badschema" else self.answer
+        blocks: list[dict[str, Any]] = [
+            {"type": "tool_use", "id": "t1", "name": "write_case_brief", "input": content}
+        ]
+        if mode == "refusal":
+            blocks = [{"type": "text", "text": "I can't help with that."}]
+        return web.json_response(
+            {
+                "id": "m1",
+                "model": "stub-claude",
+                "type": "message",
+                "content": blocks,
+                "stop_reason": "tool_use",
+                "usage": {"input_tokens": 1100, "output_tokens": 140},
+            }
+        )
+
+
+def _fault(mode: str, shape: str) -> web.Response | None:
+    err = {
+        "error": {
+            "type": "rate_limit_error" if shape == "anthropic" else "requests",
+            "code": "rate_limit_exceeded",
+            "message": "slow down",
+        }
+    }
+    if mode == "429":
+        return web.json_response(err, status=429, headers={"retry-after": "1"})
+    if mode == "429-ms":
+        return web.json_response(err, status=429, headers={"retry-after-ms": "250"})
+    if mode == "429-long":
+        return web.json_response(err, status=429, headers={"retry-after": "120"})
+    if mode == "quota":
+        return web.json_response(
+            {"error": {"type": "insufficient_quota", "code": "insufficient_quota"}}, status=429
+        )
+    if mode in ("500", "529"):
+        return web.json_response({"error": {"type": "overloaded_error"}}, status=int(mode))
+    if mode == "nonjson":
+        return web.Response(text="<html>gateway says hi</html>", content_type="text/html")
+    return None
