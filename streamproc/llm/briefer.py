@@ -1,0 +1,202 @@
+"""One case through the model: redact, prompt, call, validate (one repair), guard, merge.
+
+Whatever happens, a brief comes out: the model's, merged onto the deterministic floor
+by the guardrails, or the deterministic brief itself with `method=FALLBACK` and a
+bounded reason. The audit record holds what the model saw (redacted) and said.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from streamproc.brief.draft import BriefDraft, output_schema
+from streamproc.brief.guardrails import merge
+from streamproc.brief.model import CaseBrief, Generation, Method
+from streamproc.brief.prompt import Prompt, PromptTemplate, build_prompt, map_back
+from streamproc.config import BriefPII
+from streamproc.domain.case import Case
+from streamproc.errors import (
+    LLMCircuitOpen,
+    LLMError,
+    LLMOutputError,
+    LLMQuotaExhausted,
+    LLMRateLimited,
+    LLMRequestError,
+    LLMTimeout,
+)
+from streamproc.llm.client import LLMClient
+from streamproc.llm.providers import LLMRequest
+from streamproc.privacy.redact import Redactor
+
+# Bounded fallback reasons: also the label set of streamproc_llm_fallbacks_total{reason}.
+FALLBACK_REASONS = (
+    "circuit_open",
+    "timeout",
+    "rate_limited",
+    "quota_exhausted",
+    "provider_error",
+    "request_rejected",
+    "invalid_output",
+)
+
+
+def fallback_reason(exc: LLMError) -> str:
+    if isinstance(exc, LLMCircuitOpen):
+        return "circuit_open"
+    if isinstance(exc, LLMTimeout):
+        return "timeout"
+    if isinstance(exc, LLMRateLimited):
+        return "rate_limited"
+    if isinstance(exc, LLMQuotaExhausted):
+        return "quota_exhausted"
+    if isinstance(exc, LLMRequestError):
+        return "request_rejected"
+    if isinstance(exc, LLMOutputError):
+        return "invalid_output"
+    return "provider_error"
+
+
+@dataclass
+class BriefOutcome:
+    brief: CaseBrief
+    draft: dict[str, Any] | None  # the validated draft, for the replay cache
+    audit: dict[str, Any] | None  # None when no request was sent
+    violations: Counter[str] = field(default_factory=Counter)
+    redactions: dict[str, int] = field(default_factory=dict)
+
+
+class LLMBriefer:
+    def __init__(
+        self,
+        client: LLMClient,
+        template: PromptTemplate,
+        redactor: Redactor,
+        *,
+        policy: BriefPII,
+        max_prompt_tokens: int,
+    ) -> None:
+        self.client, self.template, self.redactor = client, template, redactor
+        self.policy, self.max_prompt_tokens = policy, max_prompt_tokens
+
+    async def brief(
+        self, case: Case, floor: CaseBrief, cached_draft: dict[str, Any] | None = None
+    ) -> BriefOutcome:
+        redacted, vault = self.redactor.redact(
+            {"alert": case.alerts, "transaction": case.transactions, "signal": case.signals}
+        )
+        prompt = build_prompt(self.template, redacted, floor, max_tokens=self.max_prompt_tokens)
+        gen = {
+            "provider": self.client.provider.name,
+            "model": self.client.model,
+            "prompt_version": prompt.version,
+            "generator_version": floor.generation.generator_version,
+        }
+        if cached_draft is not None:
+            draft = BriefDraft.model_validate(cached_draft)
+            brief, counts = merge(
+                draft,
+                floor,
+                case.event_ids,
+                vault,
+                self.policy,
+                Generation(method=Method.LLM, **gen),
+            )
+            return BriefOutcome(brief, cached_draft, None, counts, vault.counts())
+        audit = _audit(case, floor, prompt, self.client)
+        started = time.monotonic()
+        try:
+            draft = await self._ask(prompt, audit)
+        except LLMError as exc:
+            reason = fallback_reason(exc)
+            audit.update(
+                outcome="fallback",
+                fallback_reason=reason,
+                error=type(exc).__name__,
+                latency_ms=int((time.monotonic() - started) * 1000),
+            )
+            generation = Generation(
+                method=Method.FALLBACK,
+                fallback_reason=reason,
+                **gen,
+                prompt_tokens=audit["prompt_tokens"],
+                completion_tokens=audit["completion_tokens"],
+            )
+            brief = floor.model_copy(update={"generation": generation, "redaction": vault.counts()})
+            return BriefOutcome(brief, None, audit, Counter(), vault.counts())
+        latency = int((time.monotonic() - started) * 1000)
+        generation = Generation(
+            method=Method.LLM,
+            **gen,
+            prompt_tokens=audit["prompt_tokens"],
+            completion_tokens=audit["completion_tokens"],
+            latency_ms=latency,
+        )
+        brief, counts = merge(draft, floor, case.event_ids, vault, self.policy, generation)
+        audit.update(outcome="llm", latency_ms=latency, guardrail_violations=dict(counts))
+        return BriefOutcome(brief, draft.model_dump(mode="json"), audit, counts, vault.counts())
+
+    async def _ask(self, prompt: Prompt, audit: dict[str, Any]) -> BriefDraft:
+        """The draft, after at most one repair attempt; LLMOutputError when still invalid."""
+        request = LLMRequest(prompt.system, prompt.user, output_schema())
+        errors = ""
+        for attempt in ("first", "repair"):
+            try:
+                result = await self.client.complete(request)
+            except LLMOutputError as exc:
+                errors = str(exc)
+                audit["responses"].append({"attempt": attempt, "error": errors})
+            else:
+                audit["prompt_tokens"] += result.response.prompt_tokens
+                audit["completion_tokens"] += result.response.completion_tokens
+                audit["retries"] += result.retries
+                audit["responses"].append({"attempt": attempt, "raw": result.response.raw})
+                try:
+                    draft = BriefDraft.model_validate(
+                        map_back(result.response.content, prompt.refs)
+                    )
+                except ValidationError as exc:
+                    errors = _describe(exc)
+                else:
+                    audit["validation"] = "ok" if attempt == "first" else "repaired"
+                    return draft
+            audit["validation"] = "invalid"
+            request = LLMRequest(prompt.system, prompt.user + _repair_note(errors), output_schema())
+        raise LLMOutputError(f"answer invalid after one repair attempt: {errors[:200]}")
+
+
+def _describe(exc: ValidationError) -> str:
+    """Validation errors by field path and message, never the offending values."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+        for e in exc.errors(include_input=False)[:20]
+    )
+
+
+def _repair_note(errors: str) -> str:
+    return (
+        "\n\nYour previous answer was rejected: " + errors + ". Answer again with JSON "
+        "that follows the schema exactly; use only the given event references."
+    )
+
+
+def _audit(case: Case, floor: CaseBrief, prompt: Prompt, client: LLMClient) -> dict[str, Any]:
+    return {
+        "case_id": case.case_id,
+        "brief_id": floor.brief_id,
+        "brief_version": floor.brief_version,
+        "prompt_version": prompt.version,
+        "provider": client.provider.name,
+        "model": client.model,
+        "request": {"system": prompt.system, "user": prompt.user},
+        "responses": [],
+        "validation": None,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "retries": 0,
+        "estimated_prompt_tokens": prompt.estimated_tokens,
+    }

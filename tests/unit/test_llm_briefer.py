@@ -1,0 +1,138 @@
+"""A case through the model and back, against the loopback stand-in provider."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from streamproc.brief.fallback import build_brief
+from streamproc.brief.prompt import load_template
+from streamproc.config import BriefPII
+from streamproc.contracts.schemas import SchemaSet
+from streamproc.domain.case import Case
+from streamproc.llm.briefer import BriefOutcome, LLMBriefer
+from streamproc.llm.client import LLMClient, RetryPolicy
+from streamproc.llm.providers import provider_for
+from streamproc.privacy.redact import Redactor
+from streamproc.sim.scenario import Scenario
+from tests.conftest import NOW_MS
+from tests.llm_stub import GOOD_ANSWER, StubLLM
+from tests.unit.test_case_and_brief import build_cases
+
+PII = ["James", "Carter", "7946", "james.carter", "Ion Popescu", "GB82WEST", "198.51.100", "4111"]
+
+
+@pytest.fixture(scope="module")
+def ato(schemas: SchemaSet, scenario: Scenario) -> Case:
+    return build_cases(schemas, scenario)["case-ato-001"]
+
+
+def brief_with(
+    case: Case,
+    script: list[str],
+    cached: dict[str, Any] | None = None,
+    answer: dict[str, Any] | None = None,
+) -> tuple[BriefOutcome, StubLLM]:
+    async def main() -> tuple[BriefOutcome, StubLLM]:
+        server = StubLLM(answer=answer)
+        await server.start()
+        server.script = list(script)
+
+        async def no_sleep(_: float) -> None:
+            return None
+
+        client = LLMClient(
+            provider_for("openai"),
+            f"{server.url}/v1",
+            "m-1",
+            timeout_s=2,
+            retry=RetryPolicy(max_retries=1),
+            sleep=no_sleep,
+        )
+        s = SchemaSet()
+        redactor = Redactor(
+            {
+                "transaction": s.for_topic("fraud.transactions.v1"),
+                "signal": s.for_topic("fraud.device-signals.v1"),
+                "alert": s.for_topic("fraud.alerts.v1"),
+            }
+        )
+        briefer = LLMBriefer(
+            client, load_template(), redactor, policy=BriefPII.MASKED, max_prompt_tokens=6000
+        )
+        floor = build_brief(case, version=1, generated_at_ms=NOW_MS)
+        try:
+            return await briefer.brief(case, floor, cached), server
+        finally:
+            await client.aclose()
+            await server.stop()
+
+    return asyncio.run(main())
+
+
+def test_model_brief_is_merged_onto_the_floor(ato: Case) -> None:
+    out, server = brief_with(ato, ["ok"])
+    b = out.brief
+    assert b.generation.method == "LLM" and b.generation.prompt_version == "brief-v1"
+    assert b.risk_level == "CRITICAL"  # the model said HIGH; the floor holds
+    assert out.violations["risk_floor"] == 1
+    [fact] = b.key_facts
+    assert fact.evidence_event_ids[0] in ato.event_ids  # "E1" mapped back
+    assert b.generation.prompt_tokens == 1200 and b.redaction["PERSON"] >= 1
+    sent = json.dumps(server.requests)
+    for value in PII:
+        assert value not in sent, value
+    assert out.audit is not None and out.audit["validation"] == "ok"
+    assert all(value not in json.dumps(out.audit) for value in PII)
+
+
+def test_invalid_answer_is_repaired_once(ato: Case) -> None:
+    out, server = brief_with(ato, ["badschema", "ok"])
+    assert out.brief.generation.method == "LLM" and out.audit["validation"] == "repaired"  # type: ignore[index]
+    repair = server.requests[1]["body"]["messages"][1]["content"]
+    assert "previous answer was rejected" in repair and "risk_level" in repair
+
+
+def test_still_invalid_after_repair_falls_back(ato: Case) -> None:
+    out, _ = brief_with(ato, ["badschema", "nonjson"])
+    assert out.brief.generation.method == "FALLBACK"
+    assert out.brief.generation.fallback_reason == "invalid_output"
+    assert out.draft is None and out.audit["outcome"] == "fallback"  # type: ignore[index]
+
+
+def test_provider_down_falls_back_with_the_reason(ato: Case) -> None:
+    out, server = brief_with(ato, ["500", "500"])
+    assert out.brief.generation.fallback_reason == "provider_error"
+    assert out.brief.risk_score == build_brief(ato, version=1, generated_at_ms=NOW_MS).risk_score
+    assert len(server.requests) == 2
+
+
+def test_cached_draft_is_reused_without_a_call(ato: Case) -> None:
+    cached = {
+        **GOOD_ANSWER,
+        "key_facts": [{"text": "cached", "evidence_event_ids": [sorted(ato.event_ids)[0]]}],
+    }
+    out, server = brief_with(ato, [], cached=cached)
+    assert server.requests == [] and out.audit is None
+    assert out.brief.generation.method == "LLM" and out.brief.key_facts[0].text == "cached"
+
+
+def test_injected_instructions_do_not_move_the_floor(ato: Case) -> None:
+    obeying = {
+        **GOOD_ANSWER,
+        "risk_level": "LOW",
+        "risk_score": 1,
+        "reason_codes": ["OTHER"],
+        "recommended_actions": ["CLOSE_AS_FALSE_POSITIVE"],
+        "summary": "As instructed: LOW risk. Card 4111 1111 1111 1111, see http://x.io/a",
+        "key_facts": [{"text": "none", "evidence_event_ids": ["evt-fake"]}],
+    }
+    out, _ = brief_with(ato, ["ok"], answer=obeying)
+    b = out.brief
+    assert b.risk_level == "CRITICAL" and "ACCOUNT_TAKEOVER" in b.reason_codes
+    assert "4111" not in b.summary and "http" not in b.summary
+    assert all("evt-fake" not in f.evidence_event_ids for f in b.key_facts)
+    assert out.violations["risk_floor"] == 1 and out.violations["fact_dropped"] == 1
