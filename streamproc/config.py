@@ -69,7 +69,17 @@ class Settings(BaseSettings):
     llm_api_key: SecretStr | None = None
     llm_api_key_file: Path | None = None
     llm_timeout_s: float = 20.0
-    llm_max_concurrency: int = 8
+    llm_max_concurrency: int = Field(8, ge=1, description="LLM calls in flight per worker.")
+    llm_max_prompt_tokens: int = Field(6000, ge=1000)
+    llm_max_retries: int = Field(3, ge=0, le=10)
+    llm_retry_after_cap_s: float = Field(20.0, ge=0)
+    llm_case_deadline_s: float = Field(
+        60.0, gt=0, description="Longest a case waits for the model before it falls back."
+    )
+    llm_breaker_threshold: int = Field(5, ge=1)
+    llm_breaker_reset_s: float = Field(30.0, gt=0)
+    llm_price_prompt_per_1k: float = Field(0.0, ge=0, description="USD, for the cost estimate")
+    llm_price_completion_per_1k: float = Field(0.0, ge=0)
 
     http_port: int = 8000
     case_settle_s: float = Field(5.0, ge=0, description="Wait after an alert before briefing.")
@@ -120,6 +130,20 @@ class Settings(BaseSettings):
             sources.append(_YamlLowerKeys(settings_cls, yaml_file=config_file))
         sources.append(file_secret_settings)
         return tuple(sources)
+
+    def llm_endpoint(self) -> tuple[str, str]:
+        """(base URL, model) of the configured provider; ConfigError when incomplete."""
+        defaults = {
+            LLMProvider.OPENAI: "https://api.openai.com/v1",
+            LLMProvider.ANTHROPIC: "https://api.anthropic.com",
+        }
+        if self.llm_provider is LLMProvider.NONE:
+            raise ConfigError("no LLM provider configured")
+        if not self.llm_model:
+            raise ConfigError(
+                f"STREAMPROC_LLM_PROVIDER={self.llm_provider.value} needs STREAMPROC_LLM_MODEL"
+            )
+        return self.llm_base_url or defaults[self.llm_provider], self.llm_model
 
     def llm_api_key_value(self) -> str | None:
         """The API key from LLM_API_KEY or LLM_API_KEY_FILE; never logged."""

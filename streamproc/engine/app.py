@@ -22,6 +22,7 @@ from streamproc.config import Settings
 from streamproc.contracts.codec import AvroCodec
 from streamproc.engine import transport
 from streamproc.engine.dlq import InMessage, Outgoing, dead_letter
+from streamproc.engine.llm_stage import llm_stage
 from streamproc.engine.processor import BriefPlan, CaseProcessor
 from streamproc.engine.state import ConfluentChangelog, WriteBackTable
 from streamproc.kafka.clients import producer_config
@@ -29,7 +30,7 @@ from streamproc.ops.http import HttpServer, build_http_app
 from streamproc.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
-TABLES = ("windows", "cases", "pending")
+TABLES = ("windows", "cases", "pending", "llm_cache")
 TIMER_INTERVAL_S = 0.1
 BATCH_MAX = 500  # records per batch: changelog writes are coalesced per key within one
 BATCH_WITHIN_S = 0.05
@@ -115,7 +116,7 @@ def build_app(
 
     async def handle(msg: InMessage) -> None:
         if msg.topic == topics.settle:
-            await publish(processor.on_tick(msg))
+            await deliver(processor.on_tick(msg))
             return
         for out in processor.on_input(msg):
             await send(out)
@@ -123,27 +124,48 @@ def build_app(
     def active_partitions() -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.alerts}
 
-    async def publish(plan: BriefPlan | None) -> None:
-        if plan is not None:
-            await send(plan.output)  # delivered before the case is recorded as briefed
-            processor.finalize_brief(plan)
+    def use_partition(partition: int) -> None:
+        for table in tables.values():
+            table.partition = partition
+
+    async def publish(plan: BriefPlan) -> None:
+        await send(plan.output)  # delivered before the case is recorded as briefed
+        use_partition(plan.partition)  # no await between this and the writes below
+        processor.finalize_brief(plan)
+
+    async def persist(_partition: int) -> None:
+        """Changelog writes of an LLM task: it may finish while no batch is running."""
+        if sum(table.flush() for table in tables.values()):
+            await asyncio.to_thread(changelog.flush)
+
+    stage = llm_stage(settings, codec, metrics, tables["llm_cache"], publish, send, persist)
+
+    async def deliver(plan: BriefPlan | None) -> None:
+        if plan is None:
+            return
+        if stage is None:
+            await publish(plan)
+        else:
+            stage.offer(plan)  # the model writes it off the agent's path
 
     async def brief_due_cases() -> None:
         """Brief due cases without waiting for their tick's round trip through Kafka."""
         for case_id, partition in processor.due_now(active_partitions()):
-            for table in tables.values():
-                table.partition = partition
+            if stage is not None and case_id in stage.in_flight:
+                continue
+            use_partition(partition)
             try:
-                await publish(processor.plan_brief(case_id))
+                await deliver(processor.plan_brief(case_id))
             except Exception:  # the case stays pending; its tick retries it
                 metrics.processing_errors.labels("brief").inc()
                 log.exception("briefing a due case failed; its settle tick will retry")
+        if stage is not None:
+            stage.observe()
 
     async def handle_batch(events: list[Any]) -> None:
         for event in events:
             msg = to_in_message(event.message)
-            for table in tables.values():
-                table.partition = msg.partition
+            use_partition(msg.partition)
             try:
                 await handle(msg)
             except Exception as exc:  # never escape: faust would ack and lose the event

@@ -46,6 +46,21 @@ class BriefPlan:
     output: Outgoing
     since: float
     partition: int
+    case: Case
+
+    def with_brief(self, brief: CaseBrief, codec: AvroCodec, topic: str) -> BriefPlan:
+        """The same plan publishing another brief of the same case (the model's)."""
+        output = Outgoing(
+            topic, self.output.key, codec.encode(topic, brief.to_avro()), _brief_headers(brief)
+        )
+        return BriefPlan(self.case_id, brief, output, self.since, self.partition, self.case)
+
+
+def _brief_headers(brief: CaseBrief) -> list[tuple[str, bytes]]:
+    return [
+        ("brief_id", brief.brief_id.encode()),
+        ("method", brief.generation.method.value.encode()),
+    ]
 
 
 class CaseProcessor:
@@ -237,12 +252,8 @@ class CaseProcessor:
             return None
         brief = build_brief(assembled, version=case["version"] + 1, generated_at_ms=int(now * 1000))
         value = self.codec.encode(self.topics.briefs, brief.to_avro())
-        headers = [
-            ("brief_id", brief.brief_id.encode()),
-            ("method", brief.generation.method.value.encode()),
-        ]
-        out = Outgoing(self.topics.briefs, case_id.encode(), value, headers)
-        return BriefPlan(case_id, brief, out, pend["since"], pend["partition"])
+        out = Outgoing(self.topics.briefs, case_id.encode(), value, _brief_headers(brief))
+        return BriefPlan(case_id, brief, out, pend["since"], pend["partition"], assembled)
 
     def _should_wait(self, case: Case, pend: dict[str, Any], now: float) -> bool:
         """Wait (up to CASE_MAX_WAIT_S past the settle delay) for transactions the alert names."""
@@ -257,7 +268,17 @@ class CaseProcessor:
         case["partition"] = plan.partition
         case["retire_at"] = self.clock() + self.s.case_retain_h * 3600
         self.cases[plan.case_id] = case
-        self.pending.pop(plan.case_id, None)
+        briefed = {a["event_id"] for a in plan.case.alerts}
+        if set(case["alerts"]) - briefed:  # an alert came while this brief was being written
+            now = self.clock()
+            self.pending[plan.case_id] = {
+                "account_id": case["account_id"],
+                "partition": plan.partition,
+                "due": now,
+                "since": now,
+            }
+        else:
+            self.pending.pop(plan.case_id, None)
         self.metrics.briefs_published.labels(plan.brief.generation.method.value).inc()
         self.metrics.brief_latency.observe(max(0.0, self.clock() - plan.since))
 

@@ -61,6 +61,24 @@ def fallback_reason(exc: LLMError) -> str:
     return "provider_error"
 
 
+def fallback_brief(
+    floor: CaseBrief,
+    reason: str,
+    generation: dict[str, Any],
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+) -> CaseBrief:
+    """The deterministic brief, saying which model was tried and why it was not used."""
+    gen = Generation(
+        method=Method.FALLBACK,
+        fallback_reason=reason,
+        **generation,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+    )
+    return floor.model_copy(update={"generation": gen})
+
+
 @dataclass
 class BriefOutcome:
     brief: CaseBrief
@@ -90,12 +108,7 @@ class LLMBriefer:
             {"alert": case.alerts, "transaction": case.transactions, "signal": case.signals}
         )
         prompt = build_prompt(self.template, redacted, floor, max_tokens=self.max_prompt_tokens)
-        gen = {
-            "provider": self.client.provider.name,
-            "model": self.client.model,
-            "prompt_version": prompt.version,
-            "generator_version": floor.generation.generator_version,
-        }
+        gen = self.generation_fields(floor)
         if cached_draft is not None:
             draft = BriefDraft.model_validate(cached_draft)
             brief, counts = merge(
@@ -119,14 +132,9 @@ class LLMBriefer:
                 error=type(exc).__name__,
                 latency_ms=int((time.monotonic() - started) * 1000),
             )
-            generation = Generation(
-                method=Method.FALLBACK,
-                fallback_reason=reason,
-                **gen,
-                prompt_tokens=audit["prompt_tokens"],
-                completion_tokens=audit["completion_tokens"],
-            )
-            brief = floor.model_copy(update={"generation": generation, "redaction": vault.counts()})
+            brief = fallback_brief(
+                floor, reason, gen, audit["prompt_tokens"], audit["completion_tokens"]
+            ).model_copy(update={"redaction": vault.counts()})
             return BriefOutcome(brief, None, audit, Counter(), vault.counts())
         latency = int((time.monotonic() - started) * 1000)
         generation = Generation(
@@ -139,6 +147,15 @@ class LLMBriefer:
         brief, counts = merge(draft, floor, case.event_ids, vault, self.policy, generation)
         audit.update(outcome="llm", latency_ms=latency, guardrail_violations=dict(counts))
         return BriefOutcome(brief, draft.model_dump(mode="json"), audit, counts, vault.counts())
+
+    def generation_fields(self, floor: CaseBrief) -> dict[str, Any]:
+        """What a brief's `generation` says of the model, whichever way the brief went."""
+        return {
+            "provider": self.client.provider.name,
+            "model": self.client.model,
+            "prompt_version": self.template.version,
+            "generator_version": floor.generation.generator_version,
+        }
 
     async def _ask(self, prompt: Prompt, audit: dict[str, Any]) -> BriefDraft:
         """The draft, after at most one repair attempt; LLMOutputError when still invalid."""

@@ -82,3 +82,52 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("streamproc_ready", "1 when /readyz answers ready.", registry=r)
+        self.llm_duration = Histogram(
+            "streamproc_llm_request_duration_seconds",
+            "One case's model call, retries and repair included.",
+            ["provider", "model", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.llm_tokens = Counter(
+            "streamproc_llm_tokens", "Tokens used, by type.", ["type"], registry=r
+        )
+        self.llm_cost = Counter(
+            "streamproc_llm_cost_usd", "Estimated LLM cost from configured prices.", registry=r
+        )
+        self.llm_errors = Counter(
+            "streamproc_llm_errors", "Model calls that failed, by kind.", ["kind"], registry=r
+        )
+        self.llm_fallbacks = Counter(
+            "streamproc_llm_fallbacks",
+            "Briefs that fell back to the deterministic brief.",
+            ["reason"],
+            registry=r,
+        )
+        self.llm_retries = Counter("streamproc_llm_retries", "Retried model requests.", registry=r)
+        self.llm_circuit = Gauge(
+            "streamproc_llm_circuit_state", "0 closed, 1 half-open, 2 open.", registry=r
+        )
+        self.llm_in_flight = Gauge(
+            "streamproc_llm_in_flight", "Cases being briefed by the model now.", registry=r
+        )
+        self.llm_queue = Gauge(
+            "streamproc_llm_queue_depth", "Due cases waiting for a free model slot.", registry=r
+        )
+        self.llm_cache_hits = Counter(
+            "streamproc_llm_cache_hits",
+            "Briefs made from a stored answer (replay, restart).",
+            registry=r,
+        )
+        self.guardrail_violations = Counter(
+            "streamproc_guardrail_violations",
+            "Interventions of the guardrails, by check.",
+            ["check"],
+            registry=r,
+        )
+        self.pii_redactions = Counter(
+            "streamproc_pii_redactions",
+            "PII entities replaced before inference, by type.",
+            ["entity"],
+            registry=r,
+        )

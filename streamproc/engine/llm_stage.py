@@ -1,0 +1,181 @@
+"""The LLM stage: due cases briefed by the model without ever holding up ingestion.
+
+The agent hands a due case's plan (with its deterministic brief) to `offer`. When a
+slot is free a task briefs it; otherwise the case stays pending and is offered again
+after the next batch (backpressure, visible as streamproc_llm_queue_depth). The
+case's pending entry is removed only once its brief is delivered, so a crash mid-call
+re-briefs it; answers are kept in the `llm_cache` table (content hash, prompt
+version, model), so a restart or replay reuses them instead of paying again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from streamproc.brief.model import Method
+from streamproc.brief.prompt import load_template
+from streamproc.config import LLMProvider, Settings
+from streamproc.contracts.codec import AvroCodec
+from streamproc.engine.dlq import Outgoing
+from streamproc.engine.processor import BriefPlan
+from streamproc.engine.state import WriteBackTable
+from streamproc.llm.briefer import BriefOutcome, LLMBriefer, fallback_brief
+from streamproc.llm.client import CircuitBreaker, CircuitState, LLMClient, RetryPolicy
+from streamproc.llm.providers import provider_for
+from streamproc.ops.metrics import Metrics
+from streamproc.privacy.redact import Redactor
+
+log = logging.getLogger(__name__)
+CIRCUIT_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+
+
+class LLMStage:
+    def __init__(
+        self,
+        settings: Settings,
+        codec: AvroCodec,
+        metrics: Metrics,
+        briefer: LLMBriefer,
+        cache: WriteBackTable,
+        publish: Callable[[BriefPlan], Awaitable[None]],
+        send: Callable[[Outgoing], Awaitable[None]],
+        persist: Callable[[int], Awaitable[None]],
+    ) -> None:
+        self.s, self.codec, self.metrics, self.briefer = settings, codec, metrics, briefer
+        self.cache, self.publish, self.send, self.persist = cache, publish, send, persist
+        self.in_flight: dict[str, asyncio.Task[None]] = {}
+        self.waiting = 0
+
+    def offer(self, plan: BriefPlan) -> None:
+        """Start briefing `plan` if a slot is free; otherwise it waits as a pending case."""
+        if plan.case_id in self.in_flight:
+            return
+        if len(self.in_flight) >= self.s.llm_max_concurrency:
+            self.waiting += 1
+            return
+        task = asyncio.create_task(self._brief(plan), name=f"llm-brief-{plan.case_id}")
+        self.in_flight[plan.case_id] = task
+        task.add_done_callback(lambda _t: self.in_flight.pop(plan.case_id, None))
+
+    def observe(self) -> None:
+        """Gauges, once per offering round (the agent calls it after each batch)."""
+        self.metrics.llm_in_flight.set(len(self.in_flight))
+        self.metrics.llm_queue.set(self.waiting)
+        self.metrics.llm_circuit.set(CIRCUIT_VALUE[self.briefer.client.breaker.state])
+        self.waiting = 0
+
+    def cache_key(self, plan: BriefPlan) -> str:
+        version, model = self.briefer.template.version, self.briefer.client.model
+        return f"{plan.case.content_hash()}:{version}:{model}"
+
+    async def _brief(self, plan: BriefPlan) -> None:
+        key = self.cache_key(plan)
+        cached = self.cache.get(key)
+        try:
+            outcome = await asyncio.wait_for(
+                self.briefer.brief(plan.case, plan.brief, cached), self.s.llm_case_deadline_s
+            )
+        except TimeoutError:
+            outcome = self._fallback(plan, "timeout")
+        except Exception:  # a bug must not cost the case its brief
+            log.exception("LLM briefing failed unexpectedly; publishing the deterministic brief")
+            outcome = self._fallback(plan, "provider_error")
+        self._count(outcome, cached is not None)
+        try:
+            await self.publish(plan.with_brief(outcome.brief, self.codec, self.s.topics.briefs))
+            if outcome.audit is not None:
+                await self.send(
+                    Outgoing(
+                        self.s.topics.audit,
+                        plan.case_id.encode(),
+                        json.dumps(outcome.audit).encode(),
+                        [("brief_id", plan.brief.brief_id.encode())],
+                    )
+                )
+            if outcome.draft is not None and cached is None:
+                self.cache.partition = plan.partition
+                self.cache[key] = outcome.draft
+            await self.persist(plan.partition)
+        except Exception:  # stays pending: the next round offers it again
+            log.exception("publishing an LLM brief failed; the case stays pending")
+
+    def _fallback(self, plan: BriefPlan, reason: str) -> BriefOutcome:
+        fields = self.briefer.generation_fields(plan.brief)
+        return BriefOutcome(fallback_brief(plan.brief, reason, fields), None, None)
+
+    def _count(self, outcome: BriefOutcome, cache_hit: bool) -> None:
+        m, gen = self.metrics, outcome.brief.generation
+        if cache_hit:
+            m.llm_cache_hits.inc()
+        if gen.method is Method.FALLBACK:
+            m.llm_fallbacks.labels(gen.fallback_reason or "unknown").inc()
+            if outcome.audit is not None:
+                m.llm_errors.labels(gen.fallback_reason or "unknown").inc()
+        audit: dict[str, Any] = outcome.audit or {}
+        if audit:
+            m.llm_duration.labels(
+                gen.provider or "",
+                gen.model or "",
+                "ok" if gen.method is Method.LLM else "fallback",
+            ).observe(audit.get("latency_ms", 0) / 1000)
+            prompt, completion = audit.get("prompt_tokens", 0), audit.get("completion_tokens", 0)
+            m.llm_tokens.labels("prompt").inc(prompt)
+            m.llm_tokens.labels("completion").inc(completion)
+            m.llm_cost.inc(
+                prompt / 1000 * self.s.llm_price_prompt_per_1k
+                + completion / 1000 * self.s.llm_price_completion_per_1k
+            )
+            m.llm_retries.inc(audit.get("retries", 0))
+        for check, n in outcome.violations.items():
+            m.guardrail_violations.labels(check).inc(n)
+        if not cache_hit:
+            for entity, n in outcome.redactions.items():
+                m.pii_redactions.labels(entity).inc(n)
+
+
+def llm_stage(
+    settings: Settings,
+    codec: AvroCodec,
+    metrics: Metrics,
+    cache: WriteBackTable,
+    publish: Callable[[BriefPlan], Awaitable[None]],
+    send: Callable[[Outgoing], Awaitable[None]],
+    persist: Callable[[int], Awaitable[None]],
+) -> LLMStage | None:
+    """The LLM stage when a provider is configured; None for deterministic briefs only."""
+    if settings.llm_provider is LLMProvider.NONE:
+        return None
+    base_url, model = settings.llm_endpoint()
+    client = LLMClient(
+        provider_for(settings.llm_provider.value),
+        base_url,
+        model,
+        api_key=settings.llm_api_key_value(),
+        timeout_s=settings.llm_timeout_s,
+        max_concurrency=settings.llm_max_concurrency,
+        retry=RetryPolicy(
+            max_retries=settings.llm_max_retries, retry_after_cap_s=settings.llm_retry_after_cap_s
+        ),
+        breaker=CircuitBreaker(settings.llm_breaker_threshold, settings.llm_breaker_reset_s),
+    )
+    schemas = codec.schemas
+    t = settings.topics
+    redactor = Redactor(
+        {
+            "transaction": schemas.for_topic(t.transactions),
+            "signal": schemas.for_topic(t.device_signals),
+            "alert": schemas.for_topic(t.alerts),
+        }
+    )
+    briefer = LLMBriefer(
+        client,
+        load_template(),
+        redactor,
+        policy=settings.brief_pii,
+        max_prompt_tokens=settings.llm_max_prompt_tokens,
+    )
+    return LLMStage(settings, codec, metrics, briefer, cache, publish, send, persist)
