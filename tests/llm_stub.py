@@ -37,7 +37,8 @@ class StubLLM:
     def __init__(self, answer: dict[str, Any] | None = None, delay_s: float = 0.0) -> None:
         self.answer = answer or GOOD_ANSWER
         self.delay_s = delay_s
-        self.script: list[str] = []  # one mode per request; "ok" once it is empty
+        self.script: list[str] = []  # one mode per request; `default` once it is empty
+        self.default = "ok"
         self.requests: list[dict[str, Any]] = []
         self.concurrent = self.max_concurrent = 0
         self._runner: web.AppRunner | None = None
@@ -65,7 +66,7 @@ class StubLLM:
         self.requests.append(
             {"shape": shape, "headers": dict(request.headers), "body": await request.json()}
         )
-        mode = self.script.pop(0) if self.script else "ok"
+        mode = self.script.pop(0) if self.script else self.default
         self.concurrent += 1
         self.max_concurrent = max(self.max_concurrent, self.concurrent)
         try:
@@ -143,3 +144,25 @@ def _fault(mode: str, shape: str) -> web.Response | None:
     if mode == "nonjson":
         return web.Response(text="<html>gateway says hi</html>", content_type="text/html")
     return None
+
+
+class StubInThread:
+    """The stand-in provider on its own event loop in a thread, for worker processes."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        import threading
+
+        self.stub = StubLLM(**kwargs)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> StubLLM:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.stub.start(), self._loop).result(10)
+        return self.stub
+
+    def __exit__(self, *_: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.stub.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()

@@ -160,7 +160,7 @@ def build_app(
                 metrics.processing_errors.labels("brief").inc()
                 log.exception("briefing a due case failed; its settle tick will retry")
         if stage is not None:
-            stage.observe()
+            stage.end_round()
 
     async def handle_batch(events: list[Any]) -> None:
         for event in events:
@@ -193,6 +193,8 @@ def build_app(
         for tick in processor.due_ticks(active_partitions()):
             await send(processor.tick_message(tick))
         processor.observe_state()
+        if stage is not None:
+            stage.observe()
 
     @app.timer(BROKER_PROBE_INTERVAL_S)
     async def broker_probe() -> None:

@@ -61,12 +61,15 @@ class LLMStage:
         self.in_flight[plan.case_id] = task
         task.add_done_callback(lambda _t: self.in_flight.pop(plan.case_id, None))
 
-    def observe(self) -> None:
-        """Gauges, once per offering round (the agent calls it after each batch)."""
-        self.metrics.llm_in_flight.set(len(self.in_flight))
+    def end_round(self) -> None:
+        """After the agent offered the due cases of a batch: how many had to wait."""
         self.metrics.llm_queue.set(self.waiting)
-        self.metrics.llm_circuit.set(CIRCUIT_VALUE[self.briefer.client.breaker.state])
         self.waiting = 0
+
+    def observe(self) -> None:
+        """Gauges the timer refreshes, so an idle worker still reports them."""
+        self.metrics.llm_in_flight.set(len(self.in_flight))
+        self.metrics.llm_circuit.set(CIRCUIT_VALUE[self.briefer.client.breaker.state])
 
     def cache_key(self, plan: BriefPlan) -> str:
         version, model = self.briefer.template.version, self.briefer.client.model
