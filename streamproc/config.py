@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     )
     llm_breaker_threshold: int = Field(5, ge=1)
     llm_breaker_reset_s: float = Field(30.0, gt=0)
+    llm_requests_per_minute: int = Field(0, ge=0, description="0 = no limit")
+    llm_tokens_per_minute: int = Field(0, ge=0, description="0 = no limit")
+    llm_daily_token_budget: int = Field(0, ge=0, description="0 = no budget")
     llm_price_prompt_per_1k: float = Field(0.0, ge=0, description="USD, for the cost estimate")
     llm_price_completion_per_1k: float = Field(0.0, ge=0)
 

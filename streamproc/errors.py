@@ -16,6 +16,7 @@
         ├── LLMQuotaExhausted        permanent: 429 insufficient_quota; not retried
         ├── LLMRequestError          permanent: another 4xx (bad key, bad request)
         ├── LLMCircuitOpen           the breaker is open: no request was sent
+        ├── LLMBudgetExhausted       the day's token budget is spent: no request was sent
         └── LLMOutputError           the answer is not the structured output asked for
 
 Messages never quote field values: a record's content may be personal data.
@@ -102,6 +103,10 @@ class LLMRequestError(LLMError):
 
 class LLMCircuitOpen(LLMError):
     """The circuit breaker is open after repeated failures; no request was sent."""
+
+
+class LLMBudgetExhausted(LLMError):
+    """The configured daily token budget is spent; briefs fall back until the next UTC day."""
 
 
 class LLMOutputError(LLMError):

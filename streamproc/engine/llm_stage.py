@@ -24,7 +24,7 @@ from streamproc.engine.dlq import Outgoing
 from streamproc.engine.processor import BriefPlan
 from streamproc.engine.state import WriteBackTable
 from streamproc.llm.briefer import BriefOutcome, LLMBriefer, fallback_brief
-from streamproc.llm.client import CircuitBreaker, CircuitState, LLMClient, RetryPolicy
+from streamproc.llm.client import Budget, CircuitBreaker, CircuitState, LLMClient, RetryPolicy
 from streamproc.llm.providers import provider_for
 from streamproc.ops.metrics import Metrics
 from streamproc.privacy.redact import Redactor
@@ -89,6 +89,12 @@ class LLMStage:
             outcome = self._fallback(plan, "provider_error")
         self._count(outcome, cached is not None)
         try:
+            if outcome.draft is not None and cached is None:
+                # Stored before the brief goes out: a crash after this point re-briefs the
+                # case from the stored answer instead of paying for a second call.
+                self.cache.partition = plan.partition
+                self.cache[key] = outcome.draft
+                await self.persist(plan.partition)
             await self.publish(plan.with_brief(outcome.brief, self.codec, self.s.topics.briefs))
             if outcome.audit is not None:
                 await self.send(
@@ -99,9 +105,6 @@ class LLMStage:
                         [("brief_id", plan.brief.brief_id.encode())],
                     )
                 )
-            if outcome.draft is not None and cached is None:
-                self.cache.partition = plan.partition
-                self.cache[key] = outcome.draft
             await self.persist(plan.partition)
         except Exception:  # stays pending: the next round offers it again
             log.exception("publishing an LLM brief failed; the case stays pending")
@@ -164,6 +167,12 @@ def llm_stage(
             max_retries=settings.llm_max_retries, retry_after_cap_s=settings.llm_retry_after_cap_s
         ),
         breaker=CircuitBreaker(settings.llm_breaker_threshold, settings.llm_breaker_reset_s),
+        budget=Budget(
+            settings.llm_requests_per_minute,
+            settings.llm_tokens_per_minute,
+            settings.llm_daily_token_budget,
+            wait_cap_s=settings.llm_retry_after_cap_s,
+        ),
     )
     schemas = codec.schemas
     t = settings.topics

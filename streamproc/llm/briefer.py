@@ -21,6 +21,7 @@ from streamproc.brief.prompt import Prompt, PromptTemplate, build_prompt, map_ba
 from streamproc.config import BriefPII
 from streamproc.domain.case import Case
 from streamproc.errors import (
+    LLMBudgetExhausted,
     LLMCircuitOpen,
     LLMError,
     LLMOutputError,
@@ -39,6 +40,7 @@ FALLBACK_REASONS = (
     "timeout",
     "rate_limited",
     "quota_exhausted",
+    "budget_exhausted",
     "provider_error",
     "request_rejected",
     "invalid_output",
@@ -54,6 +56,8 @@ def fallback_reason(exc: LLMError) -> str:
         return "rate_limited"
     if isinstance(exc, LLMQuotaExhausted):
         return "quota_exhausted"
+    if isinstance(exc, LLMBudgetExhausted):
+        return "budget_exhausted"
     if isinstance(exc, LLMRequestError):
         return "request_rejected"
     if isinstance(exc, LLMOutputError):

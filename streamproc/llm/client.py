@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import httpx
+from aiolimiter import AsyncLimiter
 
 from streamproc.errors import (
+    LLMBudgetExhausted,
     LLMCircuitOpen,
     LLMError,
     LLMOutputError,
@@ -95,6 +97,43 @@ class RetryPolicy:
         return rng.uniform(0, min(self.cap_s, self.base_s * 2**attempt))
 
 
+class Budget:
+    """Request and token limits per minute (token buckets) and tokens per UTC day."""
+
+    def __init__(
+        self,
+        requests_per_minute: int = 0,
+        tokens_per_minute: int = 0,
+        tokens_per_day: int = 0,
+        wait_cap_s: float = 20.0,
+        today: Callable[[], str] = lambda: time.strftime("%Y-%m-%d", time.gmtime()),
+    ) -> None:
+        self.rpm = AsyncLimiter(requests_per_minute, 60) if requests_per_minute else None
+        self.tpm = AsyncLimiter(tokens_per_minute, 60) if tokens_per_minute else None
+        self.tokens_per_day, self.wait_cap_s, self.today = tokens_per_day, wait_cap_s, today
+        self.day, self.spent = today(), 0
+
+    def check_day(self) -> None:
+        if self.today() != self.day:
+            self.day, self.spent = self.today(), 0
+        if self.tokens_per_day and self.spent >= self.tokens_per_day:
+            raise LLMBudgetExhausted(f"daily budget of {self.tokens_per_day} tokens spent")
+
+    async def admit(self, estimated_tokens: int) -> None:
+        """Wait for a request slot and tokens, up to the cap; LLMRateLimited beyond it."""
+        try:
+            if self.rpm is not None:
+                await asyncio.wait_for(self.rpm.acquire(), self.wait_cap_s)
+            if self.tpm is not None:
+                amount = min(estimated_tokens, self.tpm.max_rate)
+                await asyncio.wait_for(self.tpm.acquire(amount), self.wait_cap_s)
+        except TimeoutError:
+            raise LLMRateLimited("local rate limit (requests or tokens per minute)") from None
+
+    def spend(self, tokens: int) -> None:
+        self.spent += tokens
+
+
 @dataclass(frozen=True)
 class CallResult:
     response: LLMResponse
@@ -114,6 +153,7 @@ class LLMClient:
         max_concurrency: int = 8,
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | None = None,
+        budget: Budget | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
@@ -123,6 +163,7 @@ class LLMClient:
         self.timeout_s = timeout_s
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or CircuitBreaker()
+        self.budget = budget or Budget()
         self._limit = asyncio.Semaphore(max_concurrency)
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -134,6 +175,7 @@ class LLMClient:
 
     async def complete(self, req: LLMRequest) -> CallResult:
         """One structured answer, or an LLMError saying why not (after the retries)."""
+        self.budget.check_day()
         if not self.breaker.allow():
             raise LLMCircuitOpen("circuit open after repeated LLM failures")
         started = time.monotonic()
@@ -172,6 +214,12 @@ class LLMClient:
         raise AssertionError("unreachable")  # the loop returns or raises
 
     async def _once(self, req: LLMRequest) -> LLMResponse:
+        await self.budget.admit((len(req.system) + len(req.user)) // 4 + req.max_output_tokens)
+        response = await self._post(req)
+        self.budget.spend(response.prompt_tokens + response.completion_tokens)
+        return response
+
+    async def _post(self, req: LLMRequest) -> LLMResponse:
         path, headers, body = self.provider.build(req, self.model, self._api_key)
         try:
             r = await self._http.post(path, json=body, headers=headers)

@@ -10,6 +10,7 @@ import pytest
 
 from streamproc.brief.draft import output_schema
 from streamproc.errors import (
+    LLMBudgetExhausted,
     LLMCircuitOpen,
     LLMOutputError,
     LLMQuotaExhausted,
@@ -17,7 +18,7 @@ from streamproc.errors import (
     LLMTimeout,
     LLMTransportError,
 )
-from streamproc.llm.client import CircuitBreaker, CircuitState, LLMClient, RetryPolicy
+from streamproc.llm.client import Budget, CircuitBreaker, CircuitState, LLMClient, RetryPolicy
 from streamproc.llm.providers import LLMRequest, provider_for
 from tests.llm_stub import GOOD_ANSWER, StubLLM
 
@@ -222,3 +223,36 @@ def test_concurrency_is_capped() -> None:
         assert len(results) == 6 and server.max_concurrent == 2
 
     run(scenario, delay_s=0.1)
+
+
+def test_daily_token_budget_stops_calls_until_the_next_day() -> None:
+    day = ["2026-11-23"]
+
+    async def scenario(server: StubLLM) -> None:
+        budget = Budget(tokens_per_day=2000, today=lambda: day[0])
+        c, _ = client(server, budget=budget)
+        await c.complete(REQ)  # 1,350 tokens
+        await c.complete(REQ)  # under budget when it started: 2,700 now
+        with pytest.raises(LLMBudgetExhausted):
+            await c.complete(REQ)
+        assert len(server.requests) == 2
+        day[0] = "2026-11-24"
+        await c.complete(REQ)
+        assert len(server.requests) == 3
+        await c.aclose()
+
+    run(scenario)
+
+
+def test_requests_per_minute_limit_falls_back_instead_of_waiting_long() -> None:
+    async def scenario(server: StubLLM) -> None:
+        budget = Budget(requests_per_minute=2, wait_cap_s=0.2)
+        c, _ = client(server, budget=budget, retry=RetryPolicy(max_retries=0))
+        await c.complete(REQ)
+        await c.complete(REQ)
+        with pytest.raises(LLMRateLimited, match="local rate limit"):
+            await c.complete(REQ)
+        assert len(server.requests) == 2
+        await c.aclose()
+
+    run(scenario)
