@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import stages
+from bench import llm, stages
 from bench.workload import events, produce_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -29,7 +29,7 @@ def main() -> int:
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument(
         "--only",
-        choices=["engine", "latency"],
+        choices=["engine", "latency", "llm"],
         help="one stage, printed as JSON, no report (for optimisation steps)",
     )
     ap.add_argument("--rate", type=float, default=3600.0, help="with --only latency")
@@ -71,12 +71,17 @@ def main() -> int:
         print(f"    {result['latency']}", flush=True)
     finally:
         broker.stop()
+    print("5/5 LLM stage against a stand-in answering after 800 ms; prompt size", flush=True)
+    result["llm"] = llm.run()
     result["wall_seconds"] = round(time.monotonic() - t_all, 1)
     _write(result)
     return 0
 
 
 def _only(args: argparse.Namespace) -> int:
+    if args.only == "llm":
+        print(json.dumps(llm.run()))
+        return 0
     work = Path(tempfile.mkdtemp(prefix="streamproc-bench-"))
     broker = stages.fresh_broker(work / "broker.log")
     try:
@@ -91,6 +96,38 @@ def _only(args: argparse.Namespace) -> int:
         broker.stop()
     print(json.dumps(out))
     return 0
+
+
+def _llm_lines(r: dict[str, Any]) -> list[str]:
+    at64 = next(t for t in r["throughput"] if t["concurrency"] == 64)
+    flat = r["prompt_tokens"][-1]["estimated_prompt_tokens"] <= r["budget_tokens"]
+    lines = [
+        "",
+        f"LLM stage (the worker's briefer and client; stand-in provider answering after "
+        f"{r['latency_s']} s; prompt budget {r['budget_tokens']} tokens):",
+        "",
+        "| concurrency | briefs/s | ideal (concurrency ÷ latency) | share |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {t['concurrency']} | {t['briefs_per_s']} | {t['ideal_per_s']} | "
+        f"{t['share_of_ideal']:.0%} |"
+        for t in r["throughput"]
+    ]
+    lines += [
+        "",
+        f"At 64: {at64['share_of_ideal']:.0%} of ideal, target ≥ 75%: "
+        f"{_verdict(at64['share_of_ideal'], 0.75, True)}.",
+        "",
+        "| case events | estimated prompt tokens | events shown in full |",
+        "| --- | --- | --- |",
+    ]
+    lines += [
+        f"| {t['events']:,} | {t['estimated_prompt_tokens']:,} | {t['events_in_prompt']} |"
+        for t in r["prompt_tokens"]
+    ]
+    lines += ["", f"Prompt size flat past the budget: {'met' if flat else 'NOT met'}."]
+    return lines
 
 
 def _cpus() -> int:
@@ -139,6 +176,7 @@ def _write(r: dict[str, Any]) -> None:
         )
     elif peer:
         lines.append(f"| peer: Quix Streams | failed: {peer.get('error', '')[:200]!r} | | |")
+    lines += _llm_lines(r["llm"])
     lines += ["", "Raw figures: `report.json`. Re-run: `make bench`."]
     (RESULTS / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

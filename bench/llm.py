@@ -1,0 +1,142 @@
+"""LLM stage figures: briefs/s against a stand-in answering after 800 ms, and prompt size.
+
+Runs the worker's own briefer and client (redaction, prompt, HTTP, validation,
+guardrails) against the loopback stand-in provider, many cases at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from streamproc.brief.fallback import build_brief
+from streamproc.brief.model import CaseBrief
+from streamproc.brief.prompt import build_prompt, load_template
+from streamproc.config import BriefPII
+from streamproc.contracts.schemas import SchemaSet
+from streamproc.domain.case import Case, assemble_case
+from streamproc.domain.window import TXN, add_event, empty_window
+from streamproc.llm.briefer import LLMBriefer
+from streamproc.llm.client import LLMClient
+from streamproc.llm.providers import provider_for
+from streamproc.privacy.redact import Redactor
+from tests.llm_stub import StubLLM
+
+LATENCY_S = 0.8
+BUDGET_TOKENS = 6000
+NOW_MS = int(time.time() * 1000)
+
+
+def synthetic_case(n: int) -> tuple[Case, CaseBrief]:
+    """A case with `n` transactions on one account and one alert naming two of them."""
+    window = empty_window()
+    for i in range(n):
+        add_event(
+            window,
+            TXN,
+            {
+                "event_id": f"evt-{i:05d}",
+                "transaction_id": f"txn-{i:05d}",
+                "account_id": "a",
+                "occurred_at": NOW_MS - (n - i) * 60_000,
+                "amount_minor": 1_000 + i,
+                "currency": "EUR",
+                "direction": "DEBIT",
+                "channel": "CARD_PRESENT",
+                "status": "APPROVED",
+                "merchant_category_code": "5411",
+                "merchant_country": "DE",
+                "merchant_name": "Rewe",
+                "memo": f"groceries {i}",
+                "card_pan": "4111111111111111",
+            },
+            lookback_ms=10**12,
+            max_events=20_000,
+        )
+    alert = {
+        "event_id": "evt-alert",
+        "alert_id": "alr",
+        "case_id": "c",
+        "account_id": "a",
+        "occurred_at": NOW_MS,
+        "rule_id": "R",
+        "rule_name": "r",
+        "severity": "HIGH",
+        "score": 0.5,
+        "transaction_ids": ["txn-00000", f"txn-{n - 1:05d}"],
+        "customer_name": "Anna Schmidt",
+    }
+    case = assemble_case("c", "a", [alert], window, lookback_ms=10**12, after_ms=0)
+    return case, build_brief(case, version=1, generated_at_ms=NOW_MS)
+
+
+def _redactor() -> Redactor:
+    s = SchemaSet()
+    return Redactor(
+        {
+            "transaction": s.for_topic("fraud.transactions.v1"),
+            "signal": s.for_topic("fraud.device-signals.v1"),
+            "alert": s.for_topic("fraud.alerts.v1"),
+        }
+    )
+
+
+async def _throughput(concurrency: int, cases: int) -> dict[str, Any]:
+    stub = StubLLM(delay_s=LATENCY_S)
+    await stub.start()
+    client = LLMClient(
+        provider_for("openai"), f"{stub.url}/v1", "stub", timeout_s=30, max_concurrency=concurrency
+    )
+    briefer = LLMBriefer(
+        client,
+        load_template(),
+        _redactor(),
+        policy=BriefPII.MASKED,
+        max_prompt_tokens=BUDGET_TOKENS,
+    )
+    case, floor = synthetic_case(20)
+    try:
+        started = time.monotonic()
+        outcomes = await asyncio.gather(*(briefer.brief(case, floor) for _ in range(cases)))
+        elapsed = time.monotonic() - started
+    finally:
+        await client.aclose()
+        await stub.stop()
+    ideal = concurrency / LATENCY_S
+    rate = cases / elapsed
+    llm = sum(1 for o in outcomes if o.brief.generation.method == "LLM")
+    return {
+        "concurrency": concurrency,
+        "cases": cases,
+        "llm_briefs": llm,
+        "seconds": round(elapsed, 2),
+        "briefs_per_s": round(rate, 1),
+        "ideal_per_s": round(ideal, 1),
+        "share_of_ideal": round(rate / ideal, 3),
+        "max_in_flight_at_provider": stub.max_concurrent,
+    }
+
+
+def run() -> dict[str, Any]:
+    throughput = [asyncio.run(_throughput(c, max(4 * c, 8))) for c in (1, 8, 64)]
+    tokens = []
+    for n in (10, 1_000, 10_000):
+        case, floor = synthetic_case(n)
+        redacted, _ = _redactor().redact(
+            {"alert": case.alerts, "transaction": case.transactions, "signal": case.signals}
+        )
+        prompt = build_prompt(load_template(), redacted, floor, max_tokens=BUDGET_TOKENS)
+        tokens.append(
+            {
+                "events": n + 1,
+                "estimated_prompt_tokens": prompt.estimated_tokens,
+                "events_in_prompt": prompt.events_included,
+            }
+        )
+    return {
+        "latency_s": LATENCY_S,
+        "budget_tokens": BUDGET_TOKENS,
+        "throughput": throughput,
+        "prompt_tokens": tokens,
+    }
