@@ -36,9 +36,10 @@ class BriefDraft(BaseModel):
     confidence: Confidence
 
 
-def output_schema() -> dict[str, Any]:
+def output_schema(refs: list[str] | None = None) -> dict[str, Any]:
     """JSON Schema for providers' strict structured output: every property required,
-    no additional properties, definitions inlined."""
+    no additional properties, definitions inlined; with `refs`, evidence may only cite
+    those event references (an enum the provider enforces while it writes)."""
     schema = BriefDraft.model_json_schema()
     defs = schema.pop("$defs", {})
 
@@ -55,4 +56,8 @@ def output_schema() -> dict[str, Any]:
             return [inline(v) for v in node]
         return node
 
-    return dict(inline(schema))
+    out = dict(inline(schema))
+    if refs:
+        fact = out["properties"]["key_facts"]["items"]
+        fact["properties"]["evidence_event_ids"]["items"] = {"type": "string", "enum": refs}
+    return out

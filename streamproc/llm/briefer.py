@@ -163,7 +163,9 @@ class LLMBriefer:
 
     async def _ask(self, prompt: Prompt, audit: dict[str, Any]) -> BriefDraft:
         """The draft, after at most one repair attempt; LLMOutputError when still invalid."""
-        request = LLMRequest(prompt.system, prompt.user, output_schema())
+        request = LLMRequest(
+            prompt.system, prompt.user, output_schema(sorted(prompt.refs, key=_ref_order))
+        )
         errors = ""
         for attempt in ("first", "repair"):
             try:
@@ -186,8 +188,16 @@ class LLMBriefer:
                     audit["validation"] = "ok" if attempt == "first" else "repaired"
                     return draft
             audit["validation"] = "invalid"
-            request = LLMRequest(prompt.system, prompt.user + _repair_note(errors), output_schema())
+            request = LLMRequest(
+                prompt.system,
+                prompt.user + _repair_note(errors),
+                output_schema(sorted(prompt.refs, key=_ref_order)),
+            )
         raise LLMOutputError(f"answer invalid after one repair attempt: {errors[:200]}")
+
+
+def _ref_order(ref: str) -> int:
+    return int(ref[1:])
 
 
 def _describe(exc: ValidationError) -> str:

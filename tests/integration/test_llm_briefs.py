@@ -180,3 +180,23 @@ def test_rate_limited_model_recovers_after_retry_after(
         assert worker.metric("streamproc_llm_retries_total") >= 2
     finally:
         stop_child(worker.proc, 20)
+
+
+def test_garbage_answers_fall_back_as_invalid_output_and_are_audited(
+    env: dict[str, str], settings: Settings, topics: None, stub: StubLLM, tmp_path: Path
+) -> None:
+    stub.script = ["nonjson", "badschema"] * 3  # first answer and its repair, per case
+    stub.default = "badschema"
+    worker = llm_worker(env, stub, tmp_path)
+    try:
+        publish_cases(settings)
+        briefs = tail_json(env, "fraud.case-briefs.v1", 3)
+        assert {b["generation"]["fallback_reason"] for b in briefs} == {"invalid_output"}
+        audits = list(read_records(settings, "fraud.llm-audit.v1", max_records=3, timeout_s=20))
+        assert len(audits) == 3
+        assert {a["value"]["validation"] for a in audits} == {"invalid"}
+        assert all(len(a["value"]["responses"]) == 2 for a in audits)  # one repair each
+        assert worker.metric("streamproc_llm_fallbacks_total", reason="invalid_output") == 3
+        assert worker.metric("streamproc_llm_circuit_state") == 0  # the provider is up
+    finally:
+        stop_child(worker.proc, 20)

@@ -179,3 +179,10 @@ def test_output_schema_is_strict() -> None:
         assert obj["additionalProperties"] is False
         assert obj["required"] == sorted(obj["properties"])
     assert "ACCOUNT_TAKEOVER" in schema["properties"]["reason_codes"]["items"]["enum"]
+
+
+def test_output_schema_can_pin_evidence_to_the_case() -> None:
+    schema = output_schema(["E1", "E2"])
+    items = schema["properties"]["key_facts"]["items"]["properties"]["evidence_event_ids"]
+    assert items["items"] == {"type": "string", "enum": ["E1", "E2"]}
+    assert "enum" not in str(output_schema()["properties"]["key_facts"])

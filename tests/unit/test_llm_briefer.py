@@ -136,3 +136,11 @@ def test_injected_instructions_do_not_move_the_floor(ato: Case) -> None:
     assert "4111" not in b.summary and "http" not in b.summary
     assert all("evt-fake" not in f.evidence_event_ids for f in b.key_facts)
     assert out.violations["risk_floor"] == 1 and out.violations["fact_dropped"] == 1
+
+
+def test_the_request_pins_evidence_to_the_case_refs(ato: Case) -> None:
+    _, server = brief_with(ato, ["ok"])
+    schema = server.requests[0]["body"]["response_format"]["json_schema"]["schema"]
+    refs = schema["properties"]["key_facts"]["items"]["properties"]["evidence_event_ids"]
+    assert refs["items"]["enum"][:3] == ["E1", "E2", "E3"]
+    assert len(refs["items"]["enum"]) == len(ato.event_ids)
