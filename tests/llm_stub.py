@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -39,6 +40,8 @@ class StubLLM:
         self.delay_s = delay_s
         self.script: list[str] = []  # one mode per request; `default` once it is empty
         self.default = "ok"
+        # When set, answers "ok" requests from the request body (a model that obeys).
+        self.responder: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.requests: list[dict[str, Any]] = []
         self.concurrent = self.max_concurrent = 0
         self._runner: web.AppRunner | None = None
@@ -82,7 +85,7 @@ class StubLLM:
         mode, fault = await self._enter(request, "openai")
         if fault is not None:
             return fault
-        content = {"foo": 1} if mode == "badschema" else self.answer
+        content = {"foo": 1} if mode == "badschema" else self._answer(request)
         message: dict[str, Any] = {
             "role": "assistant",
             "content": json.dumps(content),
@@ -98,6 +101,11 @@ class StubLLM:
                 "usage": {"prompt_tokens": 1200, "completion_tokens": 150},
             }
         )
+
+    def _answer(self, request: web.Request) -> dict[str, Any]:
+        if self.responder is None:
+            return self.answer
+        return self.responder(self.requests[-1]["body"])
 
     async def _anthropic(self, request: web.Request) -> web.Response:
         mode, fault = await self._enter(request, "anthropic")

@@ -29,13 +29,19 @@ from streamproc.config import BriefPII
 from streamproc.privacy.detect import find_all
 from streamproc.privacy.redact import Vault, apply_policy
 
+# Links of any kind: web and file URLs, script and data URIs (a scheme directly
+# followed by text, so prose such as "missing data: none" stays), bare www. hosts,
+# and host/path forms of common TLDs.
 URL = re.compile(
-    r"(?i)\b(?:https?://|ftp://|www\.)\S+|\b[a-z0-9\-]+\.(?:com|net|org|io|ru|xyz|top)/\S*"
+    r"(?i)\b(?:https?://|ftp://|file:/|www\.)\S+"
+    r"|(?:javascript|vbscript|data):\S+"  # no \b: obfuscations glue them to other words
+    r"|\b[a-z0-9\-]+\.(?:com|net|org|io|ru|xyz|top)/\S*"
 )
 REMOVED = "[removed]"
 T = TypeVar("T", ReasonCode, Action)
 # The bounded label set of streamproc_guardrail_violations_total{check}.
 CHECKS = (
+    "schema_rejected",  # an answer that broke the schema (closed enums included)
     "risk_floor",
     "reason_kept",
     "action_kept",

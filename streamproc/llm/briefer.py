@@ -139,7 +139,8 @@ class LLMBriefer:
             brief = fallback_brief(
                 floor, reason, gen, audit["prompt_tokens"], audit["completion_tokens"]
             ).model_copy(update={"redaction": vault.counts()})
-            return BriefOutcome(brief, None, audit, Counter(), vault.counts())
+            rejected = Counter({"schema_rejected": audit["schema_rejections"]})
+            return BriefOutcome(brief, None, audit, +rejected, vault.counts())
         latency = int((time.monotonic() - started) * 1000)
         generation = Generation(
             method=Method.LLM,
@@ -149,6 +150,8 @@ class LLMBriefer:
             latency_ms=latency,
         )
         brief, counts = merge(draft, floor, case.event_ids, vault, self.policy, generation)
+        counts["schema_rejected"] += audit["schema_rejections"]
+        counts = +counts
         audit.update(outcome="llm", latency_ms=latency, guardrail_violations=dict(counts))
         return BriefOutcome(brief, draft.model_dump(mode="json"), audit, counts, vault.counts())
 
@@ -172,6 +175,7 @@ class LLMBriefer:
                 result = await self.client.complete(request)
             except LLMOutputError as exc:
                 errors = str(exc)
+                audit["schema_rejections"] += 1
                 audit["responses"].append({"attempt": attempt, "error": errors})
             else:
                 audit["prompt_tokens"] += result.response.prompt_tokens
@@ -184,6 +188,7 @@ class LLMBriefer:
                     )
                 except ValidationError as exc:
                     errors = _describe(exc)
+                    audit["schema_rejections"] += 1
                 else:
                     audit["validation"] = "ok" if attempt == "first" else "repaired"
                     return draft
@@ -229,5 +234,6 @@ def _audit(case: Case, floor: CaseBrief, prompt: Prompt, client: LLMClient) -> d
         "prompt_tokens": 0,
         "completion_tokens": 0,
         "retries": 0,
+        "schema_rejections": 0,
         "estimated_prompt_tokens": prompt.estimated_tokens,
     }

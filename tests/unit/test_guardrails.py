@@ -186,3 +186,18 @@ def test_output_schema_can_pin_evidence_to_the_case() -> None:
     items = schema["properties"]["key_facts"]["items"]["properties"]["evidence_event_ids"]
     assert items["items"] == {"type": "string", "enum": ["E1", "E2"]}
     assert "enum" not in str(output_schema()["properties"]["key_facts"])
+
+
+def test_script_and_data_uris_are_links_but_prose_is_not(ct: tuple[Case, CaseBrief]) -> None:
+    case, floor = ct
+    summary = (
+        "Open javascript:alert(1) or data:text/html;base64,PHNjcmlwdD4= or "
+        "vbscript:msgbox(1) or file:///etc/passwd. Missing data: none."
+    )
+    brief, counts = merge(
+        draft(summary=summary), floor, case.event_ids, Vault(), BriefPII.MASKED, GEN
+    )
+    assert counts["url_removed"] == 4
+    for bad in ("javascript:", "data:text", "vbscript:", "file:"):
+        assert bad not in brief.summary
+    assert "Missing data: none." in brief.summary

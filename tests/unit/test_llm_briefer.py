@@ -144,3 +144,12 @@ def test_the_request_pins_evidence_to_the_case_refs(ato: Case) -> None:
     refs = schema["properties"]["key_facts"]["items"]["properties"]["evidence_event_ids"]
     assert refs["items"]["enum"][:3] == ["E1", "E2", "E3"]
     assert len(refs["items"]["enum"]) == len(ato.event_ids)
+
+
+def test_schema_rejections_are_counted_as_guardrail_interventions(ato: Case) -> None:
+    repaired, _ = brief_with(ato, ["badschema", "ok"])
+    assert repaired.violations["schema_rejected"] == 1
+    closed = {**GOOD_ANSWER, "reason_codes": ["EXFILTRATE"]}
+    failed, _ = brief_with(ato, [], answer=closed)
+    assert failed.brief.generation.fallback_reason == "invalid_output"
+    assert failed.violations["schema_rejected"] == 2  # the answer and its repair
