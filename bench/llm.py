@@ -10,17 +10,14 @@ import asyncio
 import time
 from typing import Any
 
-from streamproc.brief.fallback import build_brief
-from streamproc.brief.model import CaseBrief
 from streamproc.brief.prompt import build_prompt, load_template
 from streamproc.config import BriefPII
 from streamproc.contracts.schemas import SchemaSet
-from streamproc.domain.case import Case, assemble_case
-from streamproc.domain.window import TXN, add_event, empty_window
 from streamproc.llm.briefer import LLMBriefer
 from streamproc.llm.client import LLMClient
 from streamproc.llm.providers import provider_for
 from streamproc.privacy.redact import Redactor
+from streamproc.sim.cases import long_history_case
 from tests.llm_stub import StubLLM
 
 LATENCY_S = 0.8
@@ -28,58 +25,9 @@ BUDGET_TOKENS = 6000
 NOW_MS = int(time.time() * 1000)
 
 
-def synthetic_case(n: int) -> tuple[Case, CaseBrief]:
-    """A case with `n` transactions on one account and one alert naming two of them."""
-    window = empty_window()
-    for i in range(n):
-        add_event(
-            window,
-            TXN,
-            {
-                "event_id": f"evt-{i:05d}",
-                "transaction_id": f"txn-{i:05d}",
-                "account_id": "a",
-                "occurred_at": NOW_MS - (n - i) * 60_000,
-                "amount_minor": 1_000 + i,
-                "currency": "EUR",
-                "direction": "DEBIT",
-                "channel": "CARD_PRESENT",
-                "status": "APPROVED",
-                "merchant_category_code": "5411",
-                "merchant_country": "DE",
-                "merchant_name": "Rewe",
-                "memo": f"groceries {i}",
-                "card_pan": "4111111111111111",
-            },
-            lookback_ms=10**12,
-            max_events=20_000,
-        )
-    alert = {
-        "event_id": "evt-alert",
-        "alert_id": "alr",
-        "case_id": "c",
-        "account_id": "a",
-        "occurred_at": NOW_MS,
-        "rule_id": "R",
-        "rule_name": "r",
-        "severity": "HIGH",
-        "score": 0.5,
-        "transaction_ids": ["txn-00000", f"txn-{n - 1:05d}"],
-        "customer_name": "Anna Schmidt",
-    }
-    case = assemble_case("c", "a", [alert], window, lookback_ms=10**12, after_ms=0)
-    return case, build_brief(case, version=1, generated_at_ms=NOW_MS)
-
-
 def _redactor() -> Redactor:
     s = SchemaSet()
-    return Redactor(
-        {
-            "transaction": s.for_topic("fraud.transactions.v1"),
-            "signal": s.for_topic("fraud.device-signals.v1"),
-            "alert": s.for_topic("fraud.alerts.v1"),
-        }
-    )
+    return Redactor.for_inputs(s)
 
 
 async def _throughput(concurrency: int, cases: int) -> dict[str, Any]:
@@ -95,7 +43,7 @@ async def _throughput(concurrency: int, cases: int) -> dict[str, Any]:
         policy=BriefPII.MASKED,
         max_prompt_tokens=BUDGET_TOKENS,
     )
-    case, floor = synthetic_case(20)
+    case, floor = long_history_case(20)
     try:
         started = time.monotonic()
         outcomes = await asyncio.gather(*(briefer.brief(case, floor) for _ in range(cases)))
@@ -122,7 +70,7 @@ def run() -> dict[str, Any]:
     throughput = [asyncio.run(_throughput(c, max(4 * c, 8))) for c in (1, 8, 64)]
     tokens = []
     for n in (10, 1_000, 10_000):
-        case, floor = synthetic_case(n)
+        case, floor = long_history_case(n)
         redacted, _ = _redactor().redact(
             {"alert": case.alerts, "transaction": case.transactions, "signal": case.signals}
         )

@@ -174,15 +174,7 @@ def llm_stage(
             wait_cap_s=settings.llm_retry_after_cap_s,
         ),
     )
-    schemas = codec.schemas
-    t = settings.topics
-    redactor = Redactor(
-        {
-            "transaction": schemas.for_topic(t.transactions),
-            "signal": schemas.for_topic(t.device_signals),
-            "alert": schemas.for_topic(t.alerts),
-        }
-    )
+    redactor = Redactor.for_inputs(codec.schemas, settings.topics)
     briefer = LLMBriefer(
         client,
         load_template(),

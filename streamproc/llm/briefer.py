@@ -34,35 +34,21 @@ from streamproc.llm.client import LLMClient
 from streamproc.llm.providers import LLMRequest
 from streamproc.privacy.redact import Redactor
 
-# Bounded fallback reasons: also the label set of streamproc_llm_fallbacks_total{reason}.
-FALLBACK_REASONS = (
-    "circuit_open",
-    "timeout",
-    "rate_limited",
-    "quota_exhausted",
-    "budget_exhausted",
-    "provider_error",
-    "request_rejected",
-    "invalid_output",
+# Fallback reason by error; with "provider_error" for the rest, the bounded label set of
+# streamproc_llm_fallbacks_total{reason}.
+_REASON_OF: tuple[tuple[type[LLMError], str], ...] = (
+    (LLMCircuitOpen, "circuit_open"),
+    (LLMTimeout, "timeout"),
+    (LLMRateLimited, "rate_limited"),
+    (LLMQuotaExhausted, "quota_exhausted"),
+    (LLMBudgetExhausted, "budget_exhausted"),
+    (LLMRequestError, "request_rejected"),
+    (LLMOutputError, "invalid_output"),
 )
 
 
 def fallback_reason(exc: LLMError) -> str:
-    if isinstance(exc, LLMCircuitOpen):
-        return "circuit_open"
-    if isinstance(exc, LLMTimeout):
-        return "timeout"
-    if isinstance(exc, LLMRateLimited):
-        return "rate_limited"
-    if isinstance(exc, LLMQuotaExhausted):
-        return "quota_exhausted"
-    if isinstance(exc, LLMBudgetExhausted):
-        return "budget_exhausted"
-    if isinstance(exc, LLMRequestError):
-        return "request_rejected"
-    if isinstance(exc, LLMOutputError):
-        return "invalid_output"
-    return "provider_error"
+    return next((reason for cls, reason in _REASON_OF if isinstance(exc, cls)), "provider_error")
 
 
 def fallback_brief(

@@ -18,8 +18,8 @@ from typing import Any
 
 import phonenumbers
 
-from streamproc.config import BriefPII
-from streamproc.contracts.schemas import EventSchema
+from streamproc.config import BriefPII, Topics
+from streamproc.contracts.schemas import EventSchema, SchemaSet
 from streamproc.privacy.detect import DEFAULT_REGIONS, Entity, digits, find_all
 
 PLACEHOLDER = re.compile(r"<(PAN|IBAN|EMAIL|PHONE|PERSON|IP)_(\d+)>")
@@ -78,6 +78,18 @@ class Redactor:
     def __init__(self, schemas: Mapping[str, EventSchema], regions: Iterable[str] = ()) -> None:
         self.schemas = schemas  # kind ("transaction", "signal", "alert") → schema
         self.regions = tuple(dict.fromkeys([*regions, *DEFAULT_REGIONS]))
+
+    @classmethod
+    def for_inputs(cls, schemas: SchemaSet, topics: Topics | None = None) -> Redactor:
+        """The redactor for the three input kinds, with the input topics' schemas."""
+        t = topics or Topics()
+        return cls(
+            {
+                "transaction": schemas.for_topic(t.transactions),
+                "signal": schemas.for_topic(t.device_signals),
+                "alert": schemas.for_topic(t.alerts),
+            }
+        )
 
     def redact(
         self, kinds: Mapping[str, Iterable[Record]]

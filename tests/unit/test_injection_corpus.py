@@ -90,13 +90,7 @@ def run_corpus(case: Case, floor: CaseBrief) -> tuple[list[BriefOutcome], StubLL
             provider_for("openai"), f"{server.url}/v1", "m", timeout_s=10, max_concurrency=32
         )
         s = SchemaSet()
-        redactor = Redactor(
-            {
-                "transaction": s.for_topic("fraud.transactions.v1"),
-                "signal": s.for_topic("fraud.device-signals.v1"),
-                "alert": s.for_topic("fraud.alerts.v1"),
-            }
-        )
+        redactor = Redactor.for_inputs(s)
         briefer = LLMBriefer(
             client, load_template(), redactor, policy=BriefPII.MASKED, max_prompt_tokens=8000
         )

@@ -53,13 +53,7 @@ def brief_with(
             sleep=no_sleep,
         )
         s = SchemaSet()
-        redactor = Redactor(
-            {
-                "transaction": s.for_topic("fraud.transactions.v1"),
-                "signal": s.for_topic("fraud.device-signals.v1"),
-                "alert": s.for_topic("fraud.alerts.v1"),
-            }
-        )
+        redactor = Redactor.for_inputs(s)
         briefer = LLMBriefer(
             client, load_template(), redactor, policy=BriefPII.MASKED, max_prompt_tokens=6000
         )

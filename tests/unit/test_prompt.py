@@ -12,9 +12,9 @@ from streamproc.brief.fallback import build_brief
 from streamproc.brief.model import CaseBrief
 from streamproc.brief.prompt import build_prompt, load_template, map_back
 from streamproc.contracts.schemas import SchemaSet
-from streamproc.domain.case import Case, assemble_case
-from streamproc.domain.window import TXN, add_event, empty_window
+from streamproc.domain.case import Case
 from streamproc.privacy.redact import Redactor
+from streamproc.sim.cases import long_history_case
 from streamproc.sim.scenario import Scenario
 from tests.conftest import NOW_MS
 from tests.unit.test_case_and_brief import build_cases
@@ -28,13 +28,7 @@ INJECTION = (
 
 @pytest.fixture(scope="module")
 def redactor(schemas: SchemaSet) -> Redactor:
-    return Redactor(
-        {
-            "transaction": schemas.for_topic("fraud.transactions.v1"),
-            "signal": schemas.for_topic("fraud.device-signals.v1"),
-            "alert": schemas.for_topic("fraud.alerts.v1"),
-        }
-    )
+    return Redactor.for_inputs(schemas)
 
 
 def kinds(case: Case) -> dict[str, list[dict[str, Any]]]:
@@ -46,42 +40,7 @@ def kinds(case: Case) -> dict[str, list[dict[str, Any]]]:
 
 
 def long_case(n: int) -> tuple[Case, CaseBrief]:
-    window = empty_window()
-    for i in range(n):
-        add_event(
-            window,
-            TXN,
-            {
-                "event_id": f"evt-{i:05d}",
-                "transaction_id": f"txn-{i:05d}",
-                "account_id": "a",
-                "occurred_at": NOW_MS - (n - i) * 60_000,
-                "amount_minor": 1_000 + i,
-                "currency": "EUR",
-                "direction": "DEBIT",
-                "channel": "CARD_PRESENT",
-                "status": "APPROVED",
-                "merchant_category_code": "5411",
-                "merchant_country": "DE",
-                "memo": f"groceries {i}",
-            },
-            lookback_ms=10**12,
-            max_events=20_000,
-        )
-    alert = {
-        "event_id": "evt-alert",
-        "alert_id": "alr",
-        "case_id": "c",
-        "account_id": "a",
-        "occurred_at": NOW_MS,
-        "rule_id": "R",
-        "rule_name": "r",
-        "severity": "HIGH",
-        "score": 0.5,
-        "transaction_ids": ["txn-00000", f"txn-{n - 1:05d}"],
-    }
-    case = assemble_case("c", "a", [alert], window, lookback_ms=10**12, after_ms=0)
-    return case, build_brief(case, version=1, generated_at_ms=NOW_MS)
+    return long_history_case(n, NOW_MS)
 
 
 @pytest.mark.parametrize("n", [10, 1_000, 10_000])

@@ -86,13 +86,7 @@ ips = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(str)
 @pytest.fixture(scope="module")
 def redactor() -> Redactor:
     s = SchemaSet()
-    return Redactor(
-        {
-            "transaction": s.for_topic("fraud.transactions.v1"),
-            "signal": s.for_topic("fraud.device-signals.v1"),
-            "alert": s.for_topic("fraud.alerts.v1"),
-        }
-    )
+    return Redactor.for_inputs(s)
 
 
 def case(
