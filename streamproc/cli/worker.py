@@ -40,13 +40,8 @@ class _Worker(faust.Worker):
 
 
 def run_worker(settings: Settings) -> int:
+    announce_llm(settings)  # settings first: a wrong one fails before any network call
     partitions, replication = check_topology(settings)
-    if settings.llm_provider is LLMProvider.NONE:
-        print(
-            "streamproc: STREAMPROC_LLM_PROVIDER is unset or 'none': every brief is the "
-            "deterministic brief (method=FALLBACK).",
-            flush=True,
-        )
     print(
         f"streamproc: {partitions} co-partitioned input partitions; briefs to "
         f"{settings.topics.briefs}; HTTP on :{settings.http_port}",
@@ -63,3 +58,21 @@ def run_worker(settings: Settings) -> int:
     )
     worker.execute_from_commandline()  # returns only through SystemExit
     return 0
+
+
+def announce_llm(settings: Settings) -> None:
+    """Say how briefs will be written; ConfigError when the LLM settings are incomplete."""
+    if settings.llm_provider is LLMProvider.NONE:
+        print(
+            "streamproc: STREAMPROC_LLM_PROVIDER is unset or 'none': every brief is the "
+            "deterministic brief (method=FALLBACK).",
+            flush=True,
+        )
+        return
+    base_url, model = settings.llm_endpoint()
+    key = "set" if settings.llm_api_key_value() else "not set"
+    print(
+        f"streamproc: briefs by {settings.llm_provider.value} model {model} at {base_url} "
+        f"(API key {key}); the deterministic brief is the floor and the fallback.",
+        flush=True,
+    )
