@@ -13,11 +13,22 @@ from hypothesis import strategies as st
 from stdnum import iban as stdnum_iban
 from stdnum import luhn
 
+from streamproc.brief.fallback import build_brief
+from streamproc.brief.prompt import build_prompt, load_template
 from streamproc.config import BriefPII
 from streamproc.contracts.schemas import SchemaSet
-from streamproc.privacy.detect import Entity, digits
+from streamproc.privacy.detect import Entity, digits, find_all
 from streamproc.privacy.redact import PLACEHOLDER, Redactor, Vault, apply_policy, mask
+from streamproc.sim.scenario import build_scenario
+from tests.conftest import NOW_MS
+from tests.unit.test_case_and_brief import build_cases
 
+TEMPLATE = load_template()
+FLOOR = build_brief(
+    build_cases(SchemaSet(), build_scenario(seed=7, now_ms=NOW_MS))["case-ct-001"],
+    version=1,
+    generated_at_ms=NOW_MS,
+)
 FILLER = st.text(alphabet="abcdefghijklmnopqrstuvwxyz ,;:!?()'\"", max_size=30)
 FIRST = st.sampled_from(["Anna", "James", "Ion", "Maria", "Sara", "Tomasz", "Chloé", "Oluwaseun"])
 LAST = st.sampled_from(["Schmidt", "Carter", "Popescu", "Lopez", "Novak", "Kowalski", "Dubois"])
@@ -103,6 +114,7 @@ def case(
 ) -> dict[str, list[dict[str, Any]]]:
     name = f"{first} {last}"
     txn = {
+        "occurred_at": 1_789_000_000_000,
         "event_id": "evt-000123",
         "transaction_id": "txn-000124",
         "account_id": "acct-7",
@@ -117,6 +129,7 @@ def case(
         "memo": f"{f1} card {pan} {f2} iban {iban}; mail {email.upper()} tel {phone} ip {ip}",
     }
     sig = {
+        "occurred_at": 1_789_000_060_000,
         "event_id": "evt-000125",
         "account_id": "acct-7",
         "device_id": "dev-1",
@@ -125,6 +138,7 @@ def case(
         "user_agent": f"Mozilla/5.0 {f2} ({email}) {first.lower()}",
     }
     alert = {
+        "occurred_at": 1_789_000_120_000,
         "event_id": "evt-000126",
         "alert_id": "alr-1",
         "case_id": "case-1",
@@ -175,6 +189,14 @@ def test_no_raw_pii_survives(
     assert out["transaction"][0]["card_pan"] in out["transaction"][0]["memo"]
     assert out["alert"][0]["customer_email"] in out["transaction"][0]["memo"]
     assert vault.counts()["PAN"] == 1 and vault.counts()["EMAIL"] == 1
+    # And the prompt built from them, as it would be sent, holds no raw value either.
+    prompt = build_prompt(TEMPLATE, out, FLOOR, max_tokens=8000)
+    sent = prompt.system + prompt.user
+    leaks = [s for s in find_all(sent, {}, ()) if s.entity is not Entity.PHONE]
+    assert not leaks, leaks
+    assert phone not in sent and email.casefold() not in sent.casefold()
+    for name in (first, last):
+        assert not re.search(rf"(?<!\w){re.escape(name.casefold())}(?!\w)", sent.casefold())
 
 
 def test_ids_amounts_and_ordinary_numbers_are_kept(redactor: Redactor) -> None:
