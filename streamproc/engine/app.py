@@ -133,8 +133,9 @@ def build_app(
         use_partition(plan.partition)  # no await between this and the writes below
         processor.finalize_brief(plan)
 
-    async def persist(_partition: int) -> None:
-        """Changelog writes of an LLM task: it may finish while no batch is running."""
+    async def persist() -> None:
+        """Apply cached state writes and wait until the changelog has them (used after each
+        batch, and by LLM tasks, which may finish while no batch is running)."""
         if sum(table.flush() for table in tables.values()):
             await asyncio.to_thread(changelog.flush)
 
@@ -177,11 +178,10 @@ def build_app(
                 await dead_letter_or_die(msg, exc)
         await brief_due_cases()
         # Changelog writes go out before faust acks the batch (the acks follow this return).
-        if sum(table.flush() for table in tables.values()):
-            try:
-                await asyncio.to_thread(changelog.flush)
-            except Exception:
-                die("state changes could not be written to the changelog")
+        try:
+            await persist()
+        except Exception:
+            die("state changes could not be written to the changelog")
 
     @app.agent(source, name="account-processor")
     async def account_processor(stream: Any) -> None:

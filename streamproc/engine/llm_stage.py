@@ -43,7 +43,7 @@ class LLMStage:
         cache: WriteBackTable,
         publish: Callable[[BriefPlan], Awaitable[None]],
         send: Callable[[Outgoing], Awaitable[None]],
-        persist: Callable[[int], Awaitable[None]],
+        persist: Callable[[], Awaitable[None]],
     ) -> None:
         self.s, self.codec, self.metrics, self.briefer = settings, codec, metrics, briefer
         self.cache, self.publish, self.send, self.persist = cache, publish, send, persist
@@ -94,7 +94,7 @@ class LLMStage:
                 # case from the stored answer instead of paying for a second call.
                 self.cache.partition = plan.partition
                 self.cache[key] = outcome.draft
-                await self.persist(plan.partition)
+                await self.persist()
             await self.publish(plan.with_brief(outcome.brief, self.codec, self.s.topics.briefs))
             if outcome.audit is not None:
                 await self.send(
@@ -105,7 +105,7 @@ class LLMStage:
                         [("brief_id", plan.brief.brief_id.encode())],
                     )
                 )
-            await self.persist(plan.partition)
+            await self.persist()
         except Exception:  # stays pending: the next round offers it again
             log.exception("publishing an LLM brief failed; the case stays pending")
 
@@ -150,7 +150,7 @@ def llm_stage(
     cache: WriteBackTable,
     publish: Callable[[BriefPlan], Awaitable[None]],
     send: Callable[[Outgoing], Awaitable[None]],
-    persist: Callable[[int], Awaitable[None]],
+    persist: Callable[[], Awaitable[None]],
 ) -> LLMStage | None:
     """The LLM stage when a provider is configured; None for deterministic briefs only."""
     if settings.llm_provider is LLMProvider.NONE:
