@@ -17,6 +17,7 @@ from pydantic_settings import (
 )
 
 from streamproc.errors import ConfigError
+from streamproc.kafka.security import SaslMechanism, SecurityProtocol, read_secret
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILE_ENV = "STREAMPROC_CONFIG_FILE"
@@ -32,6 +33,19 @@ class BriefPII(StrEnum):
     MASKED = "masked"
     RESTORED = "restored"
     REDACTED = "redacted"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
 
 
 class Topics(BaseSettings):
@@ -60,6 +74,18 @@ class Settings(BaseSettings):
     )
 
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # Kafka security (streamproc.kafka.security checks them together at start-up).
+    kafka_security_protocol: SecurityProtocol = SecurityProtocol.PLAINTEXT
+    kafka_sasl_mechanism: SaslMechanism = SaslMechanism.PLAIN
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_password_file: Path | None = None
+    kafka_ssl_ca_file: Path | None = Field(None, description="None: the system trust store.")
+    kafka_ssl_cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    kafka_ssl_key_file: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_key_password_file: Path | None = None
+    kafka_ssl_check_hostname: bool = True
     schema_registry_url: str | None = None
     app_id: str = Field("streamproc", description="Consumer group and faust app id.")
 
@@ -101,7 +127,16 @@ class Settings(BaseSettings):
     brief_pii: BriefPII = BriefPII.MASKED
 
     data_dir: Path = Path(".streamproc")
-    log_level: str = "info"
+    log_level: LogLevel = LogLevel.INFO
+    log_format: LogFormat = Field(
+        LogFormat.JSON, description="json: one object per line with case/brief ids; text: plain."
+    )
+    shutdown_grace_s: float = Field(
+        15.0,
+        ge=0,
+        description="On SIGTERM, how long in-flight model calls may finish before their cases "
+        "are handed back (keep it well under the pod's terminationGracePeriodSeconds).",
+    )
     # Consumer-group timing. Kafka's defaults suit production; dev and tests set
     # them low because the first join waits about half the rebalance timeout.
     broker_rebalance_timeout_s: float = 60.0
@@ -112,6 +147,16 @@ class Settings(BaseSettings):
     )
 
     topics: Topics = Field(default_factory=Topics)
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
 
     @field_validator("llm_base_url")
     @classmethod
@@ -150,17 +195,8 @@ class Settings(BaseSettings):
 
     def llm_api_key_value(self) -> str | None:
         """The API key from LLM_API_KEY or LLM_API_KEY_FILE; never logged."""
-        if self.llm_api_key is not None:
-            return self.llm_api_key.get_secret_value()
-        if self.llm_api_key_file is not None:
-            try:
-                return self.llm_api_key_file.read_text().strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"STREAMPROC_LLM_API_KEY_FILE cannot be read ({exc.strerror}); "
-                    "mount the secret or unset the variable"
-                ) from exc
-        return None
+        key = self.llm_api_key.get_secret_value() if self.llm_api_key is not None else None
+        return read_secret(key, self.llm_api_key_file, "LLM_API_KEY")
 
 
 class _YamlLowerKeys(YamlConfigSettingsSource):

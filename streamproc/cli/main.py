@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from streamproc.config import Settings
 from streamproc.errors import StreamprocError
 
@@ -45,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args, settings)
     except StreamprocError as exc:
         print(f"streamproc: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValidationError as exc:  # a setting out of range; never echo its value
+        for err in exc.errors():
+            name = "STREAMPROC_" + "_".join(str(part) for part in err["loc"]).upper()
+            print(f"streamproc: error: {name}: {err['msg']}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

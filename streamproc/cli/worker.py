@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import faust
 
 from streamproc.cli.kafkaio import make_codec
-from streamproc.config import LLMProvider, Settings
+from streamproc.config import LLMProvider, LogFormat, Settings
 from streamproc.engine.app import build_app, changelog_topics, http_service
 from streamproc.errors import TopologyError
+from streamproc.kafka import security
 from streamproc.kafka.admin import admin_client, broker_count, check_copartitioned, partition_counts
+from streamproc.ops import logs
 from streamproc.ops.metrics import Metrics
 
 log = logging.getLogger("streamproc.worker")
@@ -31,28 +34,41 @@ def check_topology(settings: Settings) -> tuple[int, int]:
 
 
 class _Worker(faust.Worker):
-    """faust's Worker without its terminal spinner: at log levels of WARN and above the
-    spinner puts the root logger at DEBUG, so every debug call of aiokafka and faust
-    builds a log record per message (measured: about 10% of worker CPU)."""
+    """faust's Worker with our log format, and without its terminal spinner: at log levels
+    of WARN and above the spinner puts the root logger at DEBUG, so every debug call of
+    aiokafka and faust builds a log record per message (measured: about 10% of worker CPU)."""
+
+    def __init__(self, *args: Any, log_format: LogFormat, **kwargs: Any) -> None:
+        self.log_format = log_format
+        super().__init__(*args, **kwargs)
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         self.spinner = None
+        logs.configure(logging.getLevelName(level), self.log_format.value)
 
 
 def run_worker(settings: Settings) -> int:
-    announce_llm(settings)  # settings first: a wrong one fails before any network call
+    logs.configure(settings.log_level.value, settings.log_format.value)
+    # Settings first: a wrong one fails before any network call.
+    announce_llm(settings)
+    auth = security.resolve(settings)
+    security.faust_credentials(auth)  # loads the TLS files now: a bad one fails here
     partitions, replication = check_topology(settings)
-    print(
-        f"streamproc: {partitions} co-partitioned input partitions; briefs to "
-        f"{settings.topics.briefs}; HTTP on :{settings.http_port}",
-        flush=True,
+    log.info(
+        "Kafka at %s (%s); %d co-partitioned input partitions; briefs to %s; HTTP on :%d",
+        settings.kafka_bootstrap,
+        auth.describe(),
+        partitions,
+        settings.topics.briefs,
+        settings.http_port,
     )
     metrics = Metrics()
     app, health = build_app(settings, make_codec(settings), metrics, partitions, replication)
     worker = _Worker(
         app,
         http_service(app, health, metrics, settings.http_port),
-        loglevel=settings.log_level,
+        loglevel=settings.log_level.value,
+        log_format=settings.log_format,
         quiet=True,
         redirect_stdouts=False,
     )
@@ -63,16 +79,18 @@ def run_worker(settings: Settings) -> int:
 def announce_llm(settings: Settings) -> None:
     """Say how briefs will be written; ConfigError when the LLM settings are incomplete."""
     if settings.llm_provider is LLMProvider.NONE:
-        print(
-            "streamproc: STREAMPROC_LLM_PROVIDER is unset or 'none': every brief is the "
-            "deterministic brief (method=FALLBACK).",
-            flush=True,
+        log.info(
+            "STREAMPROC_LLM_PROVIDER is unset or 'none': every brief is the "
+            "deterministic brief (method=FALLBACK)."
         )
         return
     base_url, model = settings.llm_endpoint()
     key = "set" if settings.llm_api_key_value() else "not set"
-    print(
-        f"streamproc: briefs by {settings.llm_provider.value} model {model} at {base_url} "
-        f"(API key {key}); the deterministic brief is the floor and the fallback.",
-        flush=True,
+    log.info(
+        "briefs by %s model %s at %s (API key %s); the deterministic brief is the floor "
+        "and the fallback.",
+        settings.llm_provider.value,
+        model,
+        base_url,
+        key,
     )

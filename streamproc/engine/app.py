@@ -25,6 +25,7 @@ from streamproc.engine.dlq import InMessage, Outgoing, dead_letter
 from streamproc.engine.llm_stage import llm_stage
 from streamproc.engine.processor import BriefPlan, CaseProcessor
 from streamproc.engine.state import ConfluentChangelog, WriteBackTable
+from streamproc.kafka import security
 from streamproc.kafka.clients import producer_config
 from streamproc.ops.http import HttpServer, build_http_app
 from streamproc.ops.metrics import Metrics
@@ -35,6 +36,7 @@ TIMER_INTERVAL_S = 0.1
 BATCH_MAX = 500  # records per batch: changelog writes are coalesced per key within one
 BATCH_WITHIN_S = 0.05
 BROKER_PROBE_INTERVAL_S = 5.0
+LAG_INTERVAL_S = 2.0
 
 
 @dataclass
@@ -63,7 +65,8 @@ def build_app(
     """The faust app for `partitions` co-partitioned input partitions."""
     app = faust.App(
         settings.app_id,
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker=[f"kafka://{hostport.strip()}" for hostport in settings.kafka_bootstrap.split(",")],
+        broker_credentials=security.faust_credentials(security.resolve(settings)),
         store="memory://",
         datadir=str(settings.data_dir),
         web_enabled=False,
@@ -196,6 +199,37 @@ def build_app(
         if stage is not None:
             stage.observe()
 
+    @app.on_partitions_revoked.connect
+    async def hand_back_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """A case whose partition moved is briefed by its new owner, not by us."""
+        if stage is not None and args:
+            moved = {tp.partition for tp in args[0] if tp.topic == topics.alerts}
+            if n := stage.hand_back(moved):
+                log.info("rebalance: handed back %d cases being briefed by the model", n)
+
+    @app.on_before_shutdown.connect
+    async def drain(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """SIGTERM: the consumer has stopped and its last batch is done; let model calls
+        finish within the grace period, hand the rest back, and flush state."""
+        health.started = False  # /readyz: not ready while stopping
+        if stage is not None:
+            finished, handed_back = await stage.drain(settings.shutdown_grace_s)
+            log.info(
+                "shutdown: %d model briefs finished, %d cases handed back (still pending)",
+                finished,
+                handed_back,
+                extra={"finished": finished, "handed_back": handed_back},
+            )
+        try:
+            await persist()
+        except Exception:
+            log.exception("shutdown: state changes could not be flushed to the changelog")
+
+    @app.timer(LAG_INTERVAL_S)
+    async def observe_lag() -> None:
+        for topic, lag in consumer_lag(app, (*topics.inputs, topics.settle)).items():
+            metrics.consumer_lag.labels(topic).set(lag)
+
     @app.timer(BROKER_PROBE_INTERVAL_S)
     async def broker_probe() -> None:
         health.broker_ok = await broker_reachable(settings.kafka_bootstrap)
@@ -222,6 +256,25 @@ def die(reason: str) -> None:
     log.critical("%s; exiting with %d so the records are read again", reason, EXIT_UNDELIVERABLE)
     logging.shutdown()
     os._exit(EXIT_UNDELIVERABLE)
+
+
+def consumer_lag(app: faust.App, topics: tuple[str, ...]) -> dict[str, int]:
+    """Per topic, records on our assigned partitions not read yet. A partition counts once
+    both its high watermark (from fetches) and our read position are known."""
+    consumer = app.consumer
+    lag = dict.fromkeys(topics, 0)
+    try:
+        assigned = consumer.assignment()
+    except Exception:  # not started, or stopping
+        return lag
+    read_offsets = getattr(consumer, "_read_offset", {})  # faust's last-read offsets
+    for tp in assigned:
+        if tp.topic not in lag:
+            continue
+        highwater, last_read = consumer.highwater(tp), read_offsets.get(tp)
+        if highwater is not None and last_read is not None:
+            lag[tp.topic] += max(0, highwater - (last_read + 1))
+    return lag
 
 
 def to_in_message(message: Any) -> InMessage:

@@ -26,6 +26,7 @@ from streamproc.engine.state import WriteBackTable
 from streamproc.llm.briefer import BriefOutcome, LLMBriefer, fallback_brief
 from streamproc.llm.client import Budget, CircuitBreaker, CircuitState, LLMClient, RetryPolicy
 from streamproc.llm.providers import provider_for
+from streamproc.ops.logs import bind
 from streamproc.ops.metrics import Metrics
 from streamproc.privacy.redact import Redactor
 
@@ -48,6 +49,7 @@ class LLMStage:
         self.s, self.codec, self.metrics, self.briefer = settings, codec, metrics, briefer
         self.cache, self.publish, self.send, self.persist = cache, publish, send, persist
         self.in_flight: dict[str, asyncio.Task[None]] = {}
+        self.partition_of: dict[str, int] = {}
         self.waiting = 0
 
     def offer(self, plan: BriefPlan) -> None:
@@ -59,7 +61,36 @@ class LLMStage:
             return
         task = asyncio.create_task(self._brief(plan), name=f"llm-brief-{plan.case_id}")
         self.in_flight[plan.case_id] = task
-        task.add_done_callback(lambda _t: self.in_flight.pop(plan.case_id, None))
+        self.partition_of[plan.case_id] = plan.partition
+        task.add_done_callback(lambda _t: self._done(plan.case_id))
+
+    def _done(self, case_id: str) -> None:
+        self.in_flight.pop(case_id, None)
+        self.partition_of.pop(case_id, None)
+
+    def hand_back(self, partitions: set[int]) -> int:
+        """Cancel model calls for cases of `partitions` (revoked in a rebalance). Their pending
+        entries stay in the table, so the partition's next owner briefs them."""
+        cancelled = 0
+        for case_id, task in list(self.in_flight.items()):
+            if self.partition_of.get(case_id) in partitions:
+                task.cancel()
+                cancelled += 1
+        return cancelled
+
+    async def drain(self, grace_s: float) -> tuple[int, int]:
+        """At shutdown: let in-flight cases finish for up to `grace_s`, then hand the rest
+        back (cancelled; still pending, so the next owner briefs them).
+        Returns (finished, handed back)."""
+        tasks = set(self.in_flight.values())
+        if not tasks:
+            return 0, 0
+        done, still = await asyncio.wait(tasks, timeout=grace_s)
+        for task in still:
+            task.cancel()
+        if still:
+            await asyncio.wait(still, timeout=1.0)
+        return len(done), len(still)
 
     def end_round(self) -> None:
         """After the agent offered the due cases of a batch: how many had to wait."""
@@ -70,12 +101,20 @@ class LLMStage:
         """Gauges the timer refreshes, so an idle worker still reports them."""
         self.metrics.llm_in_flight.set(len(self.in_flight))
         self.metrics.llm_circuit.set(CIRCUIT_VALUE[self.briefer.client.breaker.state])
+        budget = self.briefer.client.budget
+        budget.check_day_rollover()
+        self.metrics.llm_budget_tokens.set(budget.tokens_per_day)
+        self.metrics.llm_budget_spent.set(budget.spent)
 
     def cache_key(self, plan: BriefPlan) -> str:
         version, model = self.briefer.template.version, self.briefer.client.model
         return f"{plan.case.content_hash()}:{version}:{model}"
 
     async def _brief(self, plan: BriefPlan) -> None:
+        with bind(case_id=plan.case_id, brief_id=plan.brief.brief_id):
+            await self._brief_bound(plan)
+
+    async def _brief_bound(self, plan: BriefPlan) -> None:
         key = self.cache_key(plan)
         cached = self.cache.get(key)
         try:
@@ -88,6 +127,12 @@ class LLMStage:
             log.exception("LLM briefing failed unexpectedly; publishing the deterministic brief")
             outcome = self._fallback(plan, "provider_error")
         self._count(outcome, cached is not None)
+        gen = outcome.brief.generation
+        if gen.method is Method.FALLBACK:
+            log.warning(
+                "model brief fell back to the deterministic brief",
+                extra={"fallback_reason": gen.fallback_reason},
+            )
         try:
             if outcome.draft is not None and cached is None:
                 # Stored before the brief goes out: a crash after this point re-briefs the

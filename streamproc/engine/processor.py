@@ -279,8 +279,22 @@ class CaseProcessor:
             }
         else:
             self.pending.pop(plan.case_id, None)
-        self.metrics.briefs_published.labels(plan.brief.generation.method.value).inc()
-        self.metrics.brief_latency.observe(max(0.0, self.clock() - plan.since))
+        latency_s = max(0.0, self.clock() - plan.since)
+        gen = plan.brief.generation
+        self.metrics.briefs_published.labels(gen.method.value).inc()
+        self.metrics.brief_latency.observe(latency_s)
+        log.info(
+            "brief published",
+            extra={
+                "case_id": plan.case_id,
+                "brief_id": plan.brief.brief_id,
+                "brief_version": plan.brief.brief_version,
+                "method": gen.method.value,
+                "fallback_reason": gen.fallback_reason,
+                "risk_level": plan.brief.risk_level.value,
+                "latency_ms": round(latency_s * 1000),
+            },
+        )
 
     def observe_state(self) -> None:
         self.metrics.state_size.labels("windows").set(len(self.windows))

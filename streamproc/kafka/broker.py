@@ -83,11 +83,17 @@ class EmbeddedBroker:
     """A memory-storage Tansu broker on a loopback port, started and stopped by us."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int | None = None, log_path: Path | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        log_path: Path | None = None,
+        advertised: str | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.log_path = log_path
+        # host:port told to clients in metadata, when they reach us through a proxy
+        self.advertised = advertised
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -102,7 +108,7 @@ class EmbeddedBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://{self.advertised}" if self.advertised else url,
             "--storage-engine",
             "memory://tansu/",
         ]

@@ -5,10 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from streamproc.config import Settings
+from streamproc.kafka import security
 
 
 def base_config(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap.servers": settings.kafka_bootstrap}
+    """Bootstrap servers plus the SASL/TLS settings every librdkafka client needs."""
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        **security.librdkafka_config(security.resolve(settings)),
+    }
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:

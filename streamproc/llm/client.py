@@ -113,9 +113,12 @@ class Budget:
         self.tokens_per_day, self.wait_cap_s, self.today = tokens_per_day, wait_cap_s, today
         self.day, self.spent = today(), 0
 
-    def check_day(self) -> None:
+    def check_day_rollover(self) -> None:
         if self.today() != self.day:
             self.day, self.spent = self.today(), 0
+
+    def check_day(self) -> None:
+        self.check_day_rollover()
         if self.tokens_per_day and self.spent >= self.tokens_per_day:
             raise LLMBudgetExhausted(f"daily budget of {self.tokens_per_day} tokens spent")
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from streamproc import __version__
+
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
 
@@ -125,6 +127,26 @@ class Metrics:
             ["check"],
             registry=r,
         )
+        self.consumer_lag = Gauge(
+            "streamproc_consumer_lag",
+            "Records on assigned input partitions not yet read (high watermark - position).",
+            ["topic"],
+            registry=r,
+        )
+        self.llm_budget_tokens = Gauge(
+            "streamproc_llm_daily_token_budget",
+            "Tokens per UTC day the model may use (0 = no budget).",
+            registry=r,
+        )
+        self.llm_budget_spent = Gauge(
+            "streamproc_llm_tokens_spent_today",
+            "Tokens spent since 00:00 UTC against the daily budget.",
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "streamproc_build_info", "Always 1; labels say what runs.", ["version"], registry=r
+        )
+        self.build_info.labels(__version__).set(1)
         self.pii_redactions = Counter(
             "streamproc_pii_redactions",
             "PII entities replaced before inference, by type.",
