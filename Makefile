@@ -4,7 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit lint typecheck schemas bench clean
+TOOLS  := .tools/.installed
+
+.PHONY: venv tools demo test test-unit lint typecheck schemas bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "streamproc needs Python 3.11+")'
@@ -14,13 +16,20 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# promtool, helm-render and the Compose schema for the deployment tests (see the script).
+$(TOOLS): scripts/install-test-tools.sh tools/helm-render/main.go $(STAMP)
+	sh scripts/install-test-tools.sh
+	@touch $(TOOLS)
+
+tools: $(TOOLS)
+
 demo: venv
 	$(BIN)/streamproc demo $(ARGS)
 
-test: venv
+test: venv tools
 	$(BIN)/python -m pytest $(ARGS)
 
-test-unit: venv
+test-unit: venv tools
 	$(BIN)/python -m pytest tests/unit $(ARGS)
 
 lint: venv
@@ -35,7 +44,7 @@ schemas: venv
 	$(BIN)/python -m streamproc.brief.model > schemas/case_brief.schema.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
 # Throughput, latency and memory of the case engine, with its ceiling and a peer.
 bench: venv

@@ -226,9 +226,10 @@ def build_app(
             log.exception("shutdown: state changes could not be flushed to the changelog")
 
     @app.timer(LAG_INTERVAL_S)
-    async def observe_lag() -> None:
+    async def observe_consumer() -> None:
         for topic, lag in consumer_lag(app, (*topics.inputs, topics.settle)).items():
             metrics.consumer_lag.labels(topic).set(lag)
+        metrics.ready.set(1 if health.check(app)[0] else 0)  # for Prometheus, not only /readyz
 
     @app.timer(BROKER_PROBE_INTERVAL_S)
     async def broker_probe() -> None:

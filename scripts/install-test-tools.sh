@@ -1,0 +1,43 @@
+#!/bin/sh
+# Test-only tools, from the package registries CI can reach, into .tools/ (git-ignored):
+#   promtool, prometheus  Debian's `prometheus` package, unpacked (no service is installed);
+#                      the server runs the dashboard's and rules' queries against a live worker
+#   helm-render        tools/helm-render, built with Debian's Go and sprig (no helm binary
+#                      is installable here; see tools/helm-render/main.go)
+#   compose_spec.json  the Compose file JSON Schema shipped in the docker-compose wheel on PyPI
+# Go and the Go libraries are Debian packages installed with apt-get (needs root or sudo).
+set -eu
+cd "$(dirname "$0")/.."
+TOOLS="$PWD/.tools"
+mkdir -p "$TOOLS/bin"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+apt_fetch() {  # apt_fetch PKG: download PKG's .deb into the current directory
+  apt-get download "$1" 2>/dev/null || { $SUDO apt-get update -qq && apt-get download "$1"; }
+}
+
+if [ ! -x "$TOOLS/bin/promtool" ] || [ ! -x "$TOOLS/bin/prometheus" ]; then
+  work=$(mktemp -d)
+  (cd "$work" && apt_fetch prometheus && dpkg-deb -x prometheus_*.deb root)
+  cp "$work/root/usr/bin/promtool" "$work/root/usr/bin/prometheus" "$TOOLS/bin/"
+  rm -rf "$work"
+fi
+
+GO_PKGS="golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v2-dev"
+if ! command -v go >/dev/null 2>&1 || [ ! -d /usr/share/gocode/src/github.com/Masterminds/sprig ]; then
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $GO_PKGS \
+    || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $GO_PKGS; }
+fi
+GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$TOOLS/gocache" \
+  go build -o "$TOOLS/bin/helm-render" ./tools/helm-render
+
+if [ ! -f "$TOOLS/compose_spec.json" ]; then
+  work=$(mktemp -d)
+  .venv/bin/python -m pip download -q --no-deps --disable-pip-version-check \
+    docker-compose==1.29.2 -d "$work" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read('compose/config/compose_spec.json'))" \
+    "$work"/docker_compose-1.29.2-*.whl > "$TOOLS/compose_spec.json"
+  rm -rf "$work"
+fi
+echo "test tools ready in .tools/: $(ls "$TOOLS/bin" | tr '\n' ' ')"
