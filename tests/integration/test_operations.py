@@ -147,8 +147,7 @@ def test_sigterm_hands_back_in_flight_cases_and_logs_correlation_ids(
         first = start_worker(llm_env, tmp_path / "worker1.log")
         n_cases = _publish(settings, seed=5)
         _wait_metric(first, "streamproc_llm_in_flight", n_cases)
-        time.sleep(3.5)  # > faust's commit interval: the alerts' offsets are committed
-        first.proc.send_signal(signal.SIGTERM)
+        first.proc.send_signal(signal.SIGTERM)  # no wait for the periodic commit: stop commits
         assert first.proc.wait(30) == 0
         assert not list(read_records(settings, "fraud.case-briefs.v1", timeout_s=2.0))
         logs1 = _json_logs(first.log)
@@ -167,6 +166,8 @@ def test_sigterm_hands_back_in_flight_cases_and_logs_correlation_ids(
             time.sleep(2.0)  # a duplicate would follow right after
             everything = list(read_records(settings, "fraud.case-briefs.v1", timeout_s=3.0))
             assert len(everything) == n_cases, "a case was briefed twice"
+            # The first worker committed on its way out: nothing was consumed twice.
+            assert second.metric("streamproc_events_consumed_total") == 0
         finally:
             assert stop_child(second.proc, 30.0) == 0
 
@@ -181,3 +182,31 @@ def test_sigterm_hands_back_in_flight_cases_and_logs_correlation_ids(
     assert "sk-test-secret-never-logged" not in text
     for pii in PII:
         assert pii not in text
+
+
+def test_sigterm_lets_in_flight_model_calls_finish_within_the_grace(
+    env: dict[str, str], settings: Settings, topics: None, tmp_path: Path
+) -> None:
+    """A slow (not hung) model: the calls in flight at SIGTERM complete and their briefs
+    are published before the worker exits; nothing is left for the next owner."""
+    with StubInThread(delay_s=3.0) as stub:
+        worker = start_worker(
+            {
+                **env,
+                "STREAMPROC_LLM_PROVIDER": "openai",
+                "STREAMPROC_LLM_BASE_URL": f"{stub.url}/v1",
+                "STREAMPROC_LLM_MODEL": "stub-gpt",
+                "STREAMPROC_LLM_TIMEOUT_S": "30",
+                "STREAMPROC_SHUTDOWN_GRACE_S": "20",
+            },
+            tmp_path / "worker.log",
+        )
+        n_cases = _publish(settings, seed=5)
+        _wait_metric(worker, "streamproc_llm_in_flight", n_cases)
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(30) == 0
+    [shutdown] = [r for r in _json_logs(worker.log) if r["msg"].startswith("shutdown:")]
+    assert (shutdown["finished"], shutdown["handed_back"]) == (n_cases, 0)
+    briefs = list(read_records(settings, "fraud.case-briefs.v1", timeout_s=5.0))
+    assert len(briefs) == n_cases
+    assert {b["generation"]["method"] for b in briefs} == {"LLM"}
