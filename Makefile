@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 TOOLS  := .tools/.installed
 
-.PHONY: venv tools demo test test-unit lint typecheck schemas bench clean
+.PHONY: venv tools demo test test-unit lint typecheck schemas bench eval faults clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "streamproc needs Python 3.11+")'
@@ -49,3 +49,10 @@ clean:
 # Throughput, latency and memory of the case engine, with its ceiling and a peer.
 bench: venv
 	$(BIN)/python -m bench.run $(ARGS)
+
+# Brief quality on the labelled set (tests/eval/scenarios) against tests/eval/baseline.json.
+# Deterministic by default; a model with e.g.
+#   make eval STREAMPROC_LLM_PROVIDER=openai STREAMPROC_LLM_BASE_URL=... STREAMPROC_LLM_MODEL=...
+# Report: tests/eval/results/. Exit 1 on a hard-gate failure or a regression.
+eval: venv
+	$(BIN)/python -m streamproc.evaluation $(ARGS)

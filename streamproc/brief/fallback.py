@@ -166,10 +166,15 @@ def build_brief(
 
 
 def _alert_fact(case: Case) -> KeyFact:
+    """The rule hit, citing the alerts and the transactions they name (those in the case)."""
     rules = sorted({f"{a['rule_id']} ({a['severity']})" for a in case.alerts})
+    named = alert_transactions(case)
+    text = f"{len(case.alerts)} alert(s) raised by rule(s) {', '.join(rules)}"
+    if named:
+        text += f" on {len(named)} transaction(s)"
     return KeyFact(
-        text=f"{len(case.alerts)} alert(s) raised by rule(s) {', '.join(rules)}",
-        evidence_event_ids=[a["event_id"] for a in case.alerts],
+        text=text,
+        evidence_event_ids=[a["event_id"] for a in case.alerts] + [t["event_id"] for t in named],
     )
 
 

@@ -3,8 +3,9 @@
 The model cannot talk the risk down: level and score never go below the deterministic
 floor, and the floor's reason codes and actions stay. Evidence ids that are not events
 of the case are dropped, and a fact left without evidence goes too. URLs, PII-shaped
-strings (the model only ever saw placeholders, so any raw PII is not from the case)
-and placeholders the case does not have are removed from every text. The brief PII
+strings (the model only ever saw placeholders, so any raw PII is not from the case),
+placeholders the case does not have, and runs of six or more words copied from the
+case's free text (where injected instructions live) are removed from every text. The brief PII
 policy is applied last. Each intervention is counted by check.
 """
 
@@ -51,7 +52,45 @@ CHECKS = (
     "pii_removed",
     "invented_placeholder",
     "summary_truncated",
+    "free_text_echo",  # case free text (memo, analyst note, ...) repeated word for word
 )
+ECHO_WORDS = 6  # a run this long copied from the case's free text is quoted, not written
+WORD = re.compile(r"[^\W_]+")
+QUOTE_REMOVED = "[quoted case text removed]"
+
+
+def echo_grams(texts: Iterable[str]) -> frozenset[tuple[str, ...]]:
+    """Every run of ECHO_WORDS words in the case's free-text fields (as the model saw them)."""
+    grams: set[tuple[str, ...]] = set()
+    for text in texts:
+        words = [w.lower() for w in WORD.findall(text)]
+        grams.update(tuple(words[i : i + ECHO_WORDS]) for i in range(len(words) - ECHO_WORDS + 1))
+    return frozenset(grams)
+
+
+def strip_echo(text: str, grams: frozenset[tuple[str, ...]], counts: Counter[str]) -> str:
+    """Cut runs of words copied from the case's free text: attacker-written instructions in
+    a memo or note must not reach the analyst through the model's prose."""
+    if not grams:
+        return text
+    words = list(WORD.finditer(text))
+    lowered = [w.group().lower() for w in words]
+    covered = [False] * len(words)
+    for i in range(len(words) - ECHO_WORDS + 1):
+        if tuple(lowered[i : i + ECHO_WORDS]) in grams:
+            covered[i : i + ECHO_WORDS] = [True] * ECHO_WORDS
+    spans: list[tuple[int, int]] = []
+    for i, hit in enumerate(covered):
+        if not hit:
+            continue
+        if spans and covered[i - 1]:
+            spans[-1] = (spans[-1][0], words[i].end())
+        else:
+            spans.append((words[i].start(), words[i].end()))
+    for start, end in reversed(spans):
+        text = text[:start] + QUOTE_REMOVED + text[end:]
+    counts["free_text_echo"] += len(spans)
+    return text
 
 
 def clean_text(text: str, vault: Vault, policy: BriefPII, counts: Counter[str]) -> str:
@@ -77,8 +116,10 @@ def merge(
     vault: Vault,
     policy: BriefPII,
     generation: Generation,
+    quoted: frozenset[tuple[str, ...]] = frozenset(),
 ) -> tuple[CaseBrief, Counter[str]]:
-    """The published brief from a validated draft and the deterministic brief (the floor)."""
+    """The published brief from a validated draft and the deterministic brief (the floor).
+    `quoted`: echo_grams of the case's free text as the model saw it."""
     counts: Counter[str] = Counter()
     score, level = draft.risk_score, draft.risk_level
     if score < floor.risk_score or level.rank < floor.risk_level.rank:
@@ -101,9 +142,12 @@ def merge(
             counts["fact_dropped"] += 1
             continue
         facts.append(
-            KeyFact(text=clean_text(fact.text, vault, policy, counts), evidence_event_ids=evidence)
+            KeyFact(
+                text=clean_text(strip_echo(fact.text, quoted, counts), vault, policy, counts),
+                evidence_event_ids=evidence,
+            )
         )
-    summary = clean_text(draft.summary, vault, policy, counts)
+    summary = clean_text(strip_echo(draft.summary, quoted, counts), vault, policy, counts)
     if len(summary) > SUMMARY_MAX:
         counts["summary_truncated"] += 1
         summary = summary[: SUMMARY_MAX - 1] + "…"

@@ -33,6 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument(
         "--timeout", type=float, default=10.0, metavar="S", help="stop after S seconds (default 10)"
     )
+    sim = sub.add_parser("simulate", help="write the seeded, labelled scenario set as JSONL")
+    sim.add_argument("--out", type=Path, required=True, metavar="DIR")
+    sim.add_argument("--seed", type=int, default=42)
+    sim.add_argument("--per-kind", type=int, default=3, help="cases of each of the 8 kinds")
+    sim.add_argument("--noise-accounts", type=int, default=0, help="accounts with history only")
+    sim.add_argument("--noise-days", type=int, default=3)
+    sim.add_argument(
+        "--now", default=None, help="ISO time or 'now' (default: a fixed time, so seeds repeat)"
+    )
     demo = sub.add_parser("demo", help="broker, topics, worker and synthetic traffic, all embedded")
     demo.add_argument("--follow", action="store_true", help="keep running after the scenario")
     demo.add_argument("--timeout", type=float, default=180.0, metavar="S")
@@ -70,6 +79,17 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _publish(settings, args.topic, args.file)
     if args.command == "tail":
         return _tail(settings, args.topic, args.max_records, args.timeout)
+    if args.command == "simulate":
+        from streamproc.cli.simulate import run_simulate
+
+        return run_simulate(
+            args.out,
+            seed=args.seed,
+            per_kind=args.per_kind,
+            noise_accounts=args.noise_accounts,
+            noise_days=args.noise_days,
+            now=args.now,
+        )
     from streamproc.cli.demo import run_demo
 
     return run_demo(settings, follow=args.follow, timeout_s=args.timeout, seed=args.seed)

@@ -20,6 +20,7 @@ from streamproc.brief.model import Method
 from streamproc.brief.prompt import load_template
 from streamproc.config import LLMProvider, Settings
 from streamproc.contracts.codec import AvroCodec
+from streamproc.contracts.schemas import SchemaSet
 from streamproc.engine.dlq import Outgoing
 from streamproc.engine.processor import BriefPlan
 from streamproc.engine.state import WriteBackTable
@@ -200,6 +201,12 @@ def llm_stage(
     """The LLM stage when a provider is configured; None for deterministic briefs only."""
     if settings.llm_provider is LLMProvider.NONE:
         return None
+    briefer = make_briefer(settings, codec.schemas)
+    return LLMStage(settings, codec, metrics, briefer, cache, publish, send, persist)
+
+
+def make_briefer(settings: Settings, schemas: SchemaSet) -> LLMBriefer:
+    """The model briefer the settings describe (ConfigError when they are incomplete)."""
     base_url, model = settings.llm_endpoint()
     client = LLMClient(
         provider_for(settings.llm_provider.value),
@@ -219,12 +226,10 @@ def llm_stage(
             wait_cap_s=settings.llm_retry_after_cap_s,
         ),
     )
-    redactor = Redactor.for_inputs(codec.schemas, settings.topics)
-    briefer = LLMBriefer(
+    return LLMBriefer(
         client,
         load_template(),
-        redactor,
+        Redactor.for_inputs(schemas, settings.topics),
         policy=settings.brief_pii,
         max_prompt_tokens=settings.llm_max_prompt_tokens,
     )
-    return LLMStage(settings, codec, metrics, briefer, cache, publish, send, persist)

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from streamproc.brief.draft import BriefDraft, output_schema
-from streamproc.brief.guardrails import merge
+from streamproc.brief.guardrails import echo_grams, merge
 from streamproc.brief.model import CaseBrief, Generation, Method
 from streamproc.brief.prompt import Prompt, PromptTemplate, build_prompt, map_back
 from streamproc.config import BriefPII
@@ -98,6 +98,13 @@ class LLMBriefer:
             {"alert": case.alerts, "transaction": case.transactions, "signal": case.signals}
         )
         prompt = build_prompt(self.template, redacted, floor, max_tokens=self.max_prompt_tokens)
+        quoted = echo_grams(
+            r[name]
+            for kind, records in redacted.items()
+            for r in records
+            for name in self.redactor.schemas[kind].free_text_fields
+            if isinstance(r.get(name), str)
+        )
         gen = self.generation_fields(floor)
         if cached_draft is not None:
             draft = BriefDraft.model_validate(cached_draft)
@@ -108,6 +115,7 @@ class LLMBriefer:
                 vault,
                 self.policy,
                 Generation(method=Method.LLM, **gen),
+                quoted,
             )
             return BriefOutcome(brief, cached_draft, None, counts, vault.counts())
         audit = _audit(case, floor, prompt, self.client)
@@ -135,7 +143,7 @@ class LLMBriefer:
             completion_tokens=audit["completion_tokens"],
             latency_ms=latency,
         )
-        brief, counts = merge(draft, floor, case.event_ids, vault, self.policy, generation)
+        brief, counts = merge(draft, floor, case.event_ids, vault, self.policy, generation, quoted)
         counts["schema_rejected"] += audit["schema_rejections"]
         counts = +counts
         audit.update(outcome="llm", latency_ms=latency, guardrail_violations=dict(counts))
