@@ -37,6 +37,7 @@ BATCH_MAX = 500  # records per batch: changelog writes are coalesced per key wit
 BATCH_WITHIN_S = 0.05
 BROKER_PROBE_INTERVAL_S = 5.0
 LAG_INTERVAL_S = 2.0
+DLQ_MAX_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -79,6 +80,9 @@ def build_app(
         key_serializer="json",  # for the tables; the source topic says raw itself
         value_serializer="json",
         producer_acks=-1,
+        # A dead-lettered record keeps its value: the producer must take the largest input
+        # record plus headers (inputs allow 2 MiB, the DLQ topic 4 MiB; topics/topics.yaml).
+        producer_max_request_size=DLQ_MAX_BYTES,
         # Fetch and buffer more per round trip: the agent takes batches anyway.
         stream_buffer_maxsize=32_768,
         broker_max_poll_records=10_000,

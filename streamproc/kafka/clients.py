@@ -26,6 +26,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "acks": "all",
         "linger.ms": 5,
         "compression.type": "lz4",
+        "message.max.bytes": 4 * 1024 * 1024,  # inputs allow 2 MiB records (topics.yaml)
     }
 
 
