@@ -97,6 +97,12 @@ def build_app(
         settings, codec, metrics, tables["windows"], tables["cases"], tables["pending"]
     )
     topics = settings.topics
+
+    def caught_up(topic: str, partition: int) -> bool:
+        """Nothing left to read on (topic, partition), as far as the last fetch knows."""
+        return partition_lag(app, topic, partition) == 0
+
+    processor.caught_up = caught_up
     source = app.topic(
         *topics.inputs,
         topics.settle,
@@ -263,22 +269,35 @@ def die(reason: str) -> None:
     os._exit(EXIT_UNDELIVERABLE)
 
 
-def consumer_lag(app: faust.App, topics: tuple[str, ...]) -> dict[str, int]:
-    """Per topic, records on our assigned partitions not read yet. A partition counts once
-    both its high watermark (from fetches) and our read position are known."""
+def partition_lag(app: faust.App, topic: str, partition: int) -> int | None:
+    """Records left to read on one partition; None when not known (not fetched yet)."""
+    from faust.types import TP
+
     consumer = app.consumer
+    try:
+        tp = TP(topic, partition)
+        highwater = consumer.highwater(tp)
+    except Exception:
+        return None
+    if highwater is None:
+        return None
+    # faust keeps the last offset read and the committed offset (the next one to read).
+    last_read = getattr(consumer, "_read_offset", {}).get(tp)
+    committed = getattr(consumer, "_committed_offset", {}).get(tp)
+    position = last_read + 1 if last_read is not None else committed or 0
+    return max(0, int(highwater) - int(position))
+
+
+def consumer_lag(app: faust.App, topics: tuple[str, ...]) -> dict[str, int]:
+    """Per topic, records on our assigned partitions not read yet."""
     lag = dict.fromkeys(topics, 0)
     try:
-        assigned = consumer.assignment()
+        assigned = app.consumer.assignment()
     except Exception:  # not started, or stopping
         return lag
-    read_offsets = getattr(consumer, "_read_offset", {})  # faust's last-read offsets
     for tp in assigned:
-        if tp.topic not in lag:
-            continue
-        highwater, last_read = consumer.highwater(tp), read_offsets.get(tp)
-        if highwater is not None and last_read is not None:
-            lag[tp.topic] += max(0, highwater - (last_read + 1))
+        if tp.topic in lag:
+            lag[tp.topic] += partition_lag(app, tp.topic, tp.partition) or 0
     return lag
 
 

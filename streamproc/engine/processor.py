@@ -86,6 +86,10 @@ class CaseProcessor:
         self._scheduler = ticks.TickScheduler()
         self._last_sweep = 0.0
         self._consumed_children: dict[str, Any] = {}
+        # Stream time: the newest event time read per (input topic, partition), and a
+        # hook the app sets to say whether a (topic, partition) has nothing left to read.
+        self.stream_time: dict[tuple[str, int], int] = {}
+        self.caught_up: Callable[[str, int], bool] = lambda _topic, _partition: True
 
     def _consumed(self, topic: str) -> Any:
         """The labelled counter child, cached: `labels()` costs more than the increment."""
@@ -104,6 +108,9 @@ class CaseProcessor:
         except EventError as exc:
             self.metrics.events_rejected.labels(msg.topic, exc.reason).inc()
             return [dead_letter(self.topics.dlq, msg, exc, stage="decode")]
+        key = (msg.topic, msg.partition)
+        if record["occurred_at"] > self.stream_time.get(key, 0):
+            self.stream_time[key] = record["occurred_at"]
         if msg.topic == self.topics.alerts:
             self._on_alert(record, msg.partition)
         else:
@@ -256,9 +263,23 @@ class CaseProcessor:
         return BriefPlan(case_id, brief, out, pend["since"], pend["partition"], assembled)
 
     def _should_wait(self, case: Case, pend: dict[str, Any], now: float) -> bool:
-        """Wait (up to CASE_MAX_WAIT_S past the settle delay) for transactions the alert names."""
+        """Wait, up to CASE_MAX_WAIT_S past the settle delay, for transactions the alert
+        names, and while an input partition of the case is behind the alert: it has records
+        left to read and has not yet reached the alert's event time (after a restart or
+        under a backlog, the alerts topic is often read ahead of the others)."""
         limit = pend["since"] + self.s.case_settle_s + self.s.case_max_wait_s
-        return bool(case.missing_transaction_ids) and now < limit
+        if now >= limit:
+            return False
+        return bool(case.missing_transaction_ids) or self.inputs_behind(
+            pend["partition"], case.alerts[-1]["occurred_at"]
+        )
+
+    def inputs_behind(self, partition: int, event_time_ms: int) -> bool:
+        for topic in (self.topics.transactions, self.topics.device_signals):
+            reached = self.stream_time.get((topic, partition), 0) >= event_time_ms
+            if not reached and not self.caught_up(topic, partition):
+                return True
+        return False
 
     def finalize_brief(self, plan: BriefPlan) -> None:
         """Record a delivered brief: the case is no longer pending, its version moves on."""

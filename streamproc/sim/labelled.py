@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from streamproc.contracts.records import parse_timestamp
+from streamproc.contracts.records import iso, parse_timestamp
 from streamproc.sim.scenario import DAY, HOUR, MIN, Event, _Builder
 
 DEFAULT_NOW_MS = 1_790_000_000_000  # 2026-09-21T14:13:20Z: fixed, so a seed means one set
@@ -141,10 +141,26 @@ def build_eval_set(
     labels = []
     for kind in KINDS:
         for n in range(1, per_kind + 1):
+            marks = (len(b.s.transactions), len(b.s.signals), len(b.s.alerts))
             labels.append(_GENERATORS[kind](_Case(b, kind, n)))
+            _not_after(b, marks, now_ms - MIN)
     for i in range(noise_accounts):
         b.history(f"acct-noise-{i:05d}", days=noise_days)
     return EvalSet(b.s.transactions, b.s.signals, b.s.alerts, labels)
+
+
+def _not_after(b: _Builder, marks: tuple[int, int, int], limit_ms: int) -> None:
+    """Shift the case just generated back in time so its last event is not after `limit_ms`
+    (a record from the future is rejected, as it should be)."""
+    new = [
+        *b.s.transactions[marks[0] :],
+        *b.s.signals[marks[1] :],
+        *b.s.alerts[marks[2] :],
+    ]
+    excess = max(out_at(e) for e in new) - limit_ms
+    if excess > 0:
+        for e in new:
+            e["occurred_at"] = iso(out_at(e) - excess)
 
 
 def _card_testing(c: _Case) -> Label:
@@ -293,8 +309,10 @@ def _first_party_fraud(c: _Case) -> Label:
 
 
 def _friendly_fraud_dispute(c: _Case) -> Label:
-    """A chargeback claim on a purchase made from the customer's own device at home."""
-    b, t0 = c.b, c.b.now - b_rand(c, 2, 10) * DAY // 2
+    """A chargeback claim on a purchase made days before from the customer's own device."""
+    b = c.b
+    alert_at = b.now - b_rand(c, 1, 6) * HOUR
+    t0 = alert_at - b_rand(c, 2, 5) * DAY  # the purchase; the claim comes days later
     b.history(c.acct, days=6)
     home = f"dev-home-{c.acct}"
     login = b.sig(c.acct, t0, "LOGIN", home, geo="DE")
@@ -310,7 +328,7 @@ def _friendly_fraud_dispute(c: _Case) -> Label:
         device_id=home,
         memo=c.injection,
     )
-    alert = c.alert(out_at(buy) + b.rng.randint(2, 5) * DAY, "R-DSP-3", "MEDIUM", 0.5, [buy])
+    alert = c.alert(alert_at, "R-DSP-3", "MEDIUM", 0.5, [buy])
     # The login from the customer's own device just before is what an analyst needs to see.
     return c.label(alert, set(), set(), ("LOW", "MEDIUM"), [login, buy])
 

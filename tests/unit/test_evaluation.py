@@ -51,6 +51,8 @@ def test_every_kind_is_labelled_with_evidence_pii_and_an_injection() -> None:
     events, labels = load_set(DEFAULT_SET)
     assert sorted({lab.kind for lab in labels}) == sorted(KINDS)
     ids = {e["event_id"] for topic in events.values() for e in topic}
+    now = json.loads((DEFAULT_SET / "manifest.json").read_text())["now"]
+    assert max(e["occurred_at"] for topic in events.values() for e in topic) <= now  # ISO sorts
     raw = "".join(json.dumps(e) for topic in events.values() for e in topic)
     for lab in labels:
         assert lab.must_cite and set(lab.must_cite) <= ids

@@ -293,3 +293,39 @@ def test_windows_of_idle_accounts_expire(h: Harness, scenario: Scenario) -> None
     assert set(h.tables["windows"]) == {"acct-benign-001"}
     assert h.count("streamproc_state_expired_total", table="windows") == 1
     assert h.p.due_ticks([0]) == []  # nothing more to do, nothing resent
+
+
+def test_brief_waits_while_a_partition_of_the_case_is_behind_the_alert(
+    h: Harness, scenario: Scenario
+) -> None:
+    """The alerts topic read ahead of device signals (a backlog, a restart): the case waits
+    until the signals' partition reaches the alert's time or has nothing left to read."""
+    txns, sigs, alerts = _account(scenario, "acct-ato-001")
+    backlog = {"signals": True}
+    h.p.caught_up = lambda topic, _p: not (topic == SIG_TOPIC and backlog["signals"])
+    early = [s for s in sigs if s["occurred_at"] < sigs[-1]["occurred_at"]]
+    h.send(TXN_TOPIC, txns)
+    h.send(SIG_TOPIC, early)  # the last signals are still unread
+    h.send(ALERT_TOPIC, alerts)
+    h.clock.now += SETTLE
+    assert h.settle() == []  # behind the alert, records left: wait
+    h.send(SIG_TOPIC, [sigs[-1]])  # the last signal, still before the alert time, arrives
+    backlog["signals"] = False  # and now has nothing left to read
+    h.clock.now += 1.0
+    [brief] = h.settle()
+    assert brief.counts.device_signals == len(sigs)
+
+
+def test_a_stalled_input_delays_a_brief_by_at_most_the_max_wait(
+    h: Harness, scenario: Scenario
+) -> None:
+    txns, _sigs, alerts = _account(scenario, "acct-ato-001")
+    h.p.caught_up = lambda topic, _p: topic != SIG_TOPIC  # never catches up
+    h.send(TXN_TOPIC, txns)
+    h.send(ALERT_TOPIC, alerts)
+    waited, briefs = 0.0, []
+    while not briefs and waited < 120:
+        h.clock.now += 1.0
+        waited += 1.0
+        briefs = h.settle()
+    assert SETTLE + h.p.s.case_max_wait_s <= waited <= SETTLE + h.p.s.case_max_wait_s + 2
