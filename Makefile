@@ -56,3 +56,7 @@ bench: venv
 # Report: tests/eval/results/. Exit 1 on a hard-gate failure or a regression.
 eval: venv
 	$(BIN)/python -m streamproc.evaluation $(ARGS)
+
+# The fault suite at full length (phases of a minute, larger runs); make test runs it short.
+faults: venv tools
+	STREAMPROC_FAULT_SCALE=full $(BIN)/python -m pytest -m faults -s $(ARGS)

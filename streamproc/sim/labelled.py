@@ -75,10 +75,10 @@ class EvalSet:
 class _Case:
     """Per-case helpers: the account, its planted PII, its injection."""
 
-    def __init__(self, b: _Builder, kind: str, n: int) -> None:
+    def __init__(self, b: _Builder, kind: str, n: int, tag: str = "") -> None:
         self.b, self.kind = b, kind
-        self.acct = f"acct-{kind.replace('_', '-')}-{n:03d}"
-        self.case_id = f"case-{kind.replace('_', '-')}-{n:03d}"
+        self.acct = f"acct-{tag}{kind.replace('_', '-')}-{n:03d}"
+        self.case_id = f"case-{tag}{kind.replace('_', '-')}-{n:03d}"
         self.name = b.rng.choice(NAMES)
         self.email = f"{self.name.split()[0].lower()}.{n}@example.com"
         self.phone = b.rng.choice(PHONES)
@@ -135,17 +135,19 @@ def build_eval_set(
     now_ms: int = DEFAULT_NOW_MS,
     noise_accounts: int = 0,
     noise_days: int = 3,
+    tag: str = "",
 ) -> EvalSet:
-    """`per_kind` cases of each kind, plus accounts with history only (volume, no alerts)."""
+    """`per_kind` cases of each kind, plus accounts with history only (volume, no alerts).
+    `tag` prefixes account and case ids, so several sets can share one stream."""
     b = _Builder(seed, now_ms)
     labels = []
     for kind in KINDS:
         for n in range(1, per_kind + 1):
             marks = (len(b.s.transactions), len(b.s.signals), len(b.s.alerts))
-            labels.append(_GENERATORS[kind](_Case(b, kind, n)))
+            labels.append(_GENERATORS[kind](_Case(b, kind, n, tag)))
             _not_after(b, marks, now_ms - MIN)
     for i in range(noise_accounts):
-        b.history(f"acct-noise-{i:05d}", days=noise_days)
+        b.history(f"acct-{tag}noise-{i:05d}", days=noise_days)
     return EvalSet(b.s.transactions, b.s.signals, b.s.alerts, labels)
 
 
