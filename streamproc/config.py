@@ -118,7 +118,10 @@ class Settings(BaseSettings):
     lookback_h: float = Field(72.0, gt=0)
     max_events_per_account: int = Field(500, ge=10)
     case_max_wait_s: float = Field(
-        60.0, ge=0, description="Extra wait past the settle delay for transactions an alert names."
+        60.0,
+        ge=0,
+        description="Extra wait past the settle delay for transactions an alert names, and "
+        "while a case's input partitions are behind the alert (backlog, restart).",
     )
     case_retain_h: float = Field(72.0, gt=0, description="How long a briefed case is remembered.")
     state_sweep_interval_s: float = Field(

@@ -12,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.types import TP
 from mode import Service
 
 from streamproc.config import Settings
 from streamproc.contracts.codec import AvroCodec
+from streamproc.engine import processor as processor_mod
 from streamproc.engine import transport
 from streamproc.engine.dlq import InMessage, Outgoing, dead_letter
 from streamproc.engine.llm_stage import llm_stage
@@ -98,11 +101,12 @@ def build_app(
     )
     topics = settings.topics
 
-    def caught_up(topic: str, partition: int) -> bool:
-        """Nothing left to read on (topic, partition), as far as the last fetch knows."""
-        return partition_lag(app, topic, partition) == 0
+    def committed(topic: str, partition: int) -> int | None:
+        """Where the group resumes on an input partition (set when it was assigned)."""
+        offsets = getattr(app.consumer, "_committed_offset", {})
+        return offsets.get(TP(topic, partition))
 
-    processor.caught_up = caught_up
+    processor.committed = committed
     source = app.topic(
         *topics.inputs,
         topics.settle,
@@ -194,6 +198,7 @@ def build_app(
         try:
             await persist()
         except Exception:
+            log.exception("changelog write failed")
             die("state changes could not be written to the changelog")
 
     @app.agent(source, name="account-processor")
@@ -235,6 +240,23 @@ def build_app(
         except Exception:
             log.exception("shutdown: state changes could not be flushed to the changelog")
 
+    @app.timer(processor_mod.RECHECK_S)
+    async def ask_end_offsets() -> None:
+        """Log-end offsets of the inputs of partitions with a case pending: a case is
+        briefed once its inputs are read up to the alert's time or to these offsets."""
+        waiting = processor.partitions_waiting(active_partitions())
+        if not waiting:
+            return
+        tps = [TP(t, p) for t in topics.inputs if t != topics.alerts for p in waiting]
+        asked_at = time.time()
+        try:
+            ends = await app.consumer.highwaters(*tps)
+        except Exception:  # broker away, rebalancing: cases wait, at most CASE_MAX_WAIT_S
+            log.debug("log-end offsets not available", exc_info=True)
+            return
+        ends_by_key = {(tp.topic, tp.partition): n for tp, n in ends.items()}
+        processor.note_end_offsets(ends_by_key, asked_at)
+
     @app.timer(LAG_INTERVAL_S)
     async def observe_consumer() -> None:
         for topic, lag in consumer_lag(app, (*topics.inputs, topics.settle)).items():
@@ -271,8 +293,6 @@ def die(reason: str) -> None:
 
 def partition_lag(app: faust.App, topic: str, partition: int) -> int | None:
     """Records left to read on one partition; None when not known (not fetched yet)."""
-    from faust.types import TP
-
     consumer = app.consumer
     try:
         tp = TP(topic, partition)

@@ -86,10 +86,17 @@ class CaseProcessor:
         self._scheduler = ticks.TickScheduler()
         self._last_sweep = 0.0
         self._consumed_children: dict[str, Any] = {}
-        # Stream time: the newest event time read per (input topic, partition), and a
-        # hook the app sets to say whether a (topic, partition) has nothing left to read.
+        # Per input (topic, partition): the newest event time processed (stream time), the
+        # next offset to process, and the log-end offset asked of the broker with the wall
+        # time of asking (`note_end_offsets`). `committed` is the app's hook for where the
+        # group resumes on a partition this worker has not read from yet.
         self.stream_time: dict[tuple[str, int], int] = {}
-        self.caught_up: Callable[[str, int], bool] = lambda _topic, _partition: True
+        self.read_to: dict[tuple[str, int], int] = {}
+        self.end_offsets: dict[tuple[str, int], tuple[int, float]] = {}
+        self.committed: Callable[[str, int], int | None] = lambda _topic, _partition: None
+        # When this worker began waiting on each pending case. A case taken over from a
+        # worker that died gets its whole wait here: its "since" kept running meanwhile.
+        self._wait_from: dict[str, float] = {}
 
     def _consumed(self, topic: str) -> Any:
         """The labelled counter child, cached: `labels()` costs more than the increment."""
@@ -103,6 +110,7 @@ class CaseProcessor:
     def on_input(self, msg: InMessage) -> list[Outgoing]:
         """Decode, check and apply one input record; a bad record becomes a DLQ record."""
         self._consumed(msg.topic).inc()
+        self.read_to[(msg.topic, msg.partition)] = msg.offset + 1
         try:
             record = self._decode(msg)
         except EventError as exc:
@@ -168,6 +176,7 @@ class CaseProcessor:
         self.cases[case_id] = case
         if case_id not in self.pending:
             now = self.clock()
+            self._wait_from[case_id] = now
             self.pending[case_id] = {
                 "account_id": case["account_id"],
                 "partition": partition,
@@ -183,6 +192,8 @@ class CaseProcessor:
         due = self._scheduler.briefs(self.pending, active, now)
         if now - self._last_sweep >= self.s.state_sweep_interval_s:
             self._last_sweep = now
+            for case_id in [c for c in self._wait_from if c not in self.pending]:
+                del self._wait_from[case_id]  # briefed elsewhere after a rebalance
             due += self._scheduler.sweep(
                 self.cases, self.windows, active, now, self.s.lookback_h * 3600
             )
@@ -250,11 +261,12 @@ class CaseProcessor:
             lookback_ms=self.lookback_ms,
             after_ms=self.after_ms,
         )
-        if self._should_wait(assembled, pend, now):
+        if self._should_wait(case_id, assembled, pend, now):
             self.pending[case_id] = {**pend, "due": now + RECHECK_S}
             return None
         if assembled.brief_id() == case["last_brief_id"]:
             del self.pending[case_id]
+            self._wait_from.pop(case_id, None)
             self.metrics.briefs_unchanged.inc()
             return None
         brief = build_brief(assembled, version=case["version"] + 1, generated_at_ms=int(now * 1000))
@@ -262,24 +274,51 @@ class CaseProcessor:
         out = Outgoing(self.topics.briefs, case_id.encode(), value, _brief_headers(brief))
         return BriefPlan(case_id, brief, out, pend["since"], pend["partition"], assembled)
 
-    def _should_wait(self, case: Case, pend: dict[str, Any], now: float) -> bool:
+    def _should_wait(self, case_id: str, case: Case, pend: dict[str, Any], now: float) -> bool:
         """Wait, up to CASE_MAX_WAIT_S past the settle delay, for transactions the alert
         names, and while an input partition of the case is behind the alert: it has records
         left to read and has not yet reached the alert's event time (after a restart or
-        under a backlog, the alerts topic is often read ahead of the others)."""
-        limit = pend["since"] + self.s.case_settle_s + self.s.case_max_wait_s
-        if now >= limit:
+        under a backlog, the alerts topic is often read ahead of the others). The wait is
+        counted from when this worker took the case on, so a case pending when its worker
+        died is not briefed in haste by the next one, before it has read its backlog."""
+        started = self._wait_from.setdefault(case_id, now - self.s.case_settle_s)
+        if now >= started + self.s.case_settle_s + self.s.case_max_wait_s:
             return False
         return bool(case.missing_transaction_ids) or self.inputs_behind(
-            pend["partition"], case.alerts[-1]["occurred_at"]
+            pend["partition"], case.alerts[-1]["occurred_at"], pend["since"]
         )
 
-    def inputs_behind(self, partition: int, event_time_ms: int) -> bool:
+    def inputs_behind(self, partition: int, event_time_ms: int, since: float) -> bool:
         for topic in (self.topics.transactions, self.topics.device_signals):
             reached = self.stream_time.get((topic, partition), 0) >= event_time_ms
-            if not reached and not self.caught_up(topic, partition):
+            if not reached and not self.caught_up(topic, partition, since):
                 return True
         return False
+
+    def caught_up(self, topic: str, partition: int, since: float) -> bool:
+        """Every record on (topic, partition) when the broker was asked, asked after `since`
+        (the alert's arrival), has been processed here.
+
+        Two shortcuts would be wrong. The consumer's read position runs ahead of what the
+        agent has processed (fetched records wait in its buffer). And the high watermark a
+        fetch brings back is as old as that fetch: a partition with records still buffered
+        is not fetched again, so its watermark can predate records published before the
+        alert. Hence a log-end offset asked of the broker after the alert came."""
+        end = self.end_offsets.get((topic, partition))
+        if end is None or end[1] < since:
+            return False
+        position = self.read_to.get((topic, partition), self.committed(topic, partition))
+        return end[0] == 0 or (position is not None and position >= end[0])
+
+    def partitions_waiting(self, active_partitions: Iterable[int]) -> set[int]:
+        """Our partitions with a case pending: their inputs' log-end offsets are wanted."""
+        active = set(active_partitions)
+        return {p["partition"] for p in self.pending.values() if p["partition"] in active}
+
+    def note_end_offsets(self, offsets: dict[tuple[str, int], int], asked_at: float) -> None:
+        """Log-end offsets the broker gave for a request sent at `asked_at` (wall time)."""
+        for key, offset in offsets.items():
+            self.end_offsets[key] = (int(offset), asked_at)
 
     def finalize_brief(self, plan: BriefPlan) -> None:
         """Record a delivered brief: the case is no longer pending, its version moves on."""
@@ -292,6 +331,7 @@ class CaseProcessor:
         briefed = {a["event_id"] for a in plan.case.alerts}
         if set(case["alerts"]) - briefed:  # an alert came while this brief was being written
             now = self.clock()
+            self._wait_from[plan.case_id] = now
             self.pending[plan.case_id] = {
                 "account_id": case["account_id"],
                 "partition": plan.partition,
@@ -300,6 +340,7 @@ class CaseProcessor:
             }
         else:
             self.pending.pop(plan.case_id, None)
+            self._wait_from.pop(plan.case_id, None)
         latency_s = max(0.0, self.clock() - plan.since)
         gen = plan.brief.generation
         self.metrics.briefs_published.labels(gen.method.value).inc()

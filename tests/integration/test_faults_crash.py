@@ -23,26 +23,19 @@ from confluent_kafka import Producer
 
 from streamproc.cli.kafkaio import make_codec, read_records
 from streamproc.config import Settings
-from streamproc.contracts.records import from_json, iso, parse_timestamp
+from streamproc.contracts.records import from_json, iso
 from streamproc.contracts.schemas import SchemaSet
 from streamproc.evaluation import build_cases
 from streamproc.kafka.broker import stop_child
 from streamproc.kafka.clients import producer_config
 from streamproc.sim.labelled import build_eval_set
-from tests.integration.conftest import WorkerHandle, start_worker
+from tests.integration.conftest import WorkerHandle, in_event_time, start_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 FULL = os.environ.get("STREAMPROC_FAULT_SCALE") == "full"
 NOISE_ACCOUNTS = 200 if FULL else 80  # ~10,000 events (25,000 with full)
 NOISE_DAYS = 12 if FULL else 30
 CHUNK = 250
-
-
-def _ordered(s: Any) -> list[tuple[str, dict[str, Any]]]:
-    tagged = [("fraud.transactions.v1", e) for e in s.transactions]
-    tagged += [("fraud.device-signals.v1", e) for e in s.signals]
-    tagged += [("fraud.alerts.v1", e) for e in s.alerts]
-    return sorted(tagged, key=lambda te: parse_timestamp(te[1]["occurred_at"], "occurred_at"))
 
 
 def _publisher(settings: Settings, events: list[tuple[str, dict[str, Any]]]) -> threading.Thread:
@@ -77,7 +70,7 @@ def test_kill_9_mid_run_loses_nothing_and_duplicates_nothing(
     env: dict[str, str], settings: Settings, topics: None, tmp_path: Path
 ) -> None:
     # MAX_WAIT: disputes name purchases older than LOOKBACK_H; they wait for them in vain.
-    env = {**env, "STREAMPROC_CASE_SETTLE_S": "5", "STREAMPROC_CASE_MAX_WAIT_S": "10"}
+    env = {**env, "STREAMPROC_CASE_SETTLE_S": "5", "STREAMPROC_CASE_MAX_WAIT_S": "20"}
     s = build_eval_set(
         seed=11,
         per_kind=3,
@@ -85,7 +78,7 @@ def test_kill_9_mid_run_loses_nothing_and_duplicates_nothing(
         noise_accounts=NOISE_ACCOUNTS,
         noise_days=NOISE_DAYS,
     )
-    events = _ordered(s)
+    events = in_event_time(s)
     assert len(events) >= 10_000
     first = start_worker(env, tmp_path / "worker1.log")
     publisher = _publisher(settings, events)

@@ -45,6 +45,10 @@ class Harness:
         )
         self.codec = codec
         self.offset = 0
+        # What the broker answers for log-end offsets at each settle: by default the log
+        # is what was sent; tests add records not processed yet, or stop the answers.
+        self.log_end: dict[tuple[str, int], int] = {}
+        self.broker_answers = True
 
     def msg(self, topic: str, value: bytes, key: bytes | None, partition: int = 0) -> InMessage:
         self.offset += 1
@@ -55,10 +59,18 @@ class Harness:
         for e in events:
             data = self.codec.encode(topic, _avro_ready(self.codec, topic, e))
             outs += self.p.on_input(self.msg(topic, data, e["account_id"].encode(), partition))
+        self.answer_log_end()
         return outs
+
+    def answer_log_end(self) -> None:
+        """The broker's log ends as of now: what was sent (nothing on other partitions)."""
+        if self.broker_answers:
+            empty = {(t, p): 0 for t in (TXN_TOPIC, SIG_TOPIC) for p in range(8)}
+            self.p.note_end_offsets({**empty, **self.p.read_to, **self.log_end}, self.clock.now)
 
     def settle(self, partitions: tuple[int, ...] = (0,)) -> list[Any]:
         """Brief due cases as the agent does after each batch; return the briefs."""
+        self.answer_log_end()
         briefs = []
         for case_id, _partition in self.p.due_now(partitions):
             plan = self.p.plan_brief(case_id)
@@ -299,18 +311,36 @@ def test_brief_waits_while_a_partition_of_the_case_is_behind_the_alert(
     h: Harness, scenario: Scenario
 ) -> None:
     """The alerts topic read ahead of device signals (a backlog, a restart): the case waits
-    until the signals' partition reaches the alert's time or has nothing left to read."""
+    until the signals' partition reaches the alert's time or the log's end as the broker
+    gave it after the alert came."""
     txns, sigs, alerts = _account(scenario, "acct-ato-001")
-    backlog = {"signals": True}
-    h.p.caught_up = lambda topic, _p: not (topic == SIG_TOPIC and backlog["signals"])
-    early = [s for s in sigs if s["occurred_at"] < sigs[-1]["occurred_at"]]
     h.send(TXN_TOPIC, txns)
-    h.send(SIG_TOPIC, early)  # the last signals are still unread
+    h.send(SIG_TOPIC, sigs[:-1])
+    h.log_end[(SIG_TOPIC, 0)] = h.offset + 500  # the last signal and more, not processed yet
     h.send(ALERT_TOPIC, alerts)
     h.clock.now += SETTLE
     assert h.settle() == []  # behind the alert, records left: wait
     h.send(SIG_TOPIC, [sigs[-1]])  # the last signal, still before the alert time, arrives
-    backlog["signals"] = False  # and now has nothing left to read
+    h.log_end[(SIG_TOPIC, 0)] = h.p.read_to[(SIG_TOPIC, 0)]  # and ends the log
+    h.clock.now += 1.0
+    [brief] = h.settle()
+    assert brief.counts.device_signals == len(sigs)
+
+
+def test_a_log_end_asked_before_the_alert_came_does_not_count(
+    h: Harness, scenario: Scenario
+) -> None:
+    """A watermark older than the alert may predate records published before the alert."""
+    txns, sigs, alerts = _account(scenario, "acct-ato-001")
+    h.send(TXN_TOPIC, txns)
+    h.send(SIG_TOPIC, sigs[:-1])
+    h.broker_answers = False  # the last answer was just before the alert
+    h.clock.now += 0.5
+    h.send(ALERT_TOPIC, alerts)
+    h.clock.now += SETTLE
+    assert h.settle() == []  # the only log end known is older than the alert
+    h.send(SIG_TOPIC, [sigs[-1]])  # it was there: published before the alert
+    h.broker_answers = True
     h.clock.now += 1.0
     [brief] = h.settle()
     assert brief.counts.device_signals == len(sigs)
@@ -320,7 +350,7 @@ def test_a_stalled_input_delays_a_brief_by_at_most_the_max_wait(
     h: Harness, scenario: Scenario
 ) -> None:
     txns, _sigs, alerts = _account(scenario, "acct-ato-001")
-    h.p.caught_up = lambda topic, _p: topic != SIG_TOPIC  # never catches up
+    h.broker_answers = False  # no log end ever known: the inputs never count as caught up
     h.send(TXN_TOPIC, txns)
     h.send(ALERT_TOPIC, alerts)
     waited, briefs = 0.0, []
@@ -329,3 +359,27 @@ def test_a_stalled_input_delays_a_brief_by_at_most_the_max_wait(
         waited += 1.0
         briefs = h.settle()
     assert SETTLE + h.p.s.case_max_wait_s <= waited <= SETTLE + h.p.s.case_max_wait_s + 2
+
+
+def test_a_case_taken_over_from_a_dead_worker_gets_its_whole_wait(
+    h: Harness, scenario: Scenario, codec: AvroCodec
+) -> None:
+    """The case was pending long before this worker started (its "since" ran on while no
+    worker was up): it must still wait for its inputs' backlog, not be briefed at once."""
+    txns, sigs, alerts = _account(scenario, "acct-ato-001")
+    h.send(TXN_TOPIC, txns)
+    h.send(ALERT_TOPIC, alerts)
+    h.clock.now += 600  # the worker died; another one starts on the restored tables
+    nxt = Harness(codec)
+    nxt.clock.now = h.clock.now
+    for name, table in h.tables.items():
+        nxt.tables[name].update(table)
+    nxt.p.read_to = dict(h.p.read_to)
+    nxt.log_end[(SIG_TOPIC, 0)] = 500  # the device signals' backlog, not read yet
+    nxt.answer_log_end()
+    assert nxt.settle() == []  # not briefed in haste
+    nxt.send(SIG_TOPIC, sigs)
+    nxt.log_end.clear()
+    nxt.clock.now += 1.0
+    [brief] = nxt.settle()
+    assert brief.counts.device_signals == len(sigs)
