@@ -62,6 +62,37 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+class RepeatFilter(logging.Filter):
+    """Let one record per message template of a client library through every `window_s`.
+
+    While the broker is away, the Kafka clients log the same few errors (connection
+    refused, node not ready, metadata failed) dozens of times a second; one line per
+    template and window says the same, and the next one that passes carries the number
+    held back in `repeated`. Our own loggers (`streamproc.*`) are never filtered.
+    """
+
+    def __init__(self, window_s: float = 10.0, clock: Any = time.monotonic) -> None:
+        super().__init__()
+        self.window_s, self.clock = window_s, clock
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("streamproc") or record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = self.clock()
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self.window_s:
+            self._seen[key] = (last[0], last[1] + 1)
+            return False
+        if last is not None and last[1]:
+            record.repeated = last[1]  # held back since the last one that passed
+        if len(self._seen) > 1000:  # templates are few; never grow without bound
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        return True
+
+
 def configure(level: str, fmt: str) -> None:
     """Point the root logger's handlers at the chosen format and level."""
     root = logging.getLogger()
@@ -72,6 +103,10 @@ def configure(level: str, fmt: str) -> None:
         if fmt == "json"
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    repeats = RepeatFilter()
     for handler in root.handlers:
         handler.setFormatter(formatter)
+        for old in [f for f in handler.filters if isinstance(f, RepeatFilter)]:
+            handler.removeFilter(old)
+        handler.addFilter(repeats)
     root.setLevel(level.upper())

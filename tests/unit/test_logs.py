@@ -78,3 +78,23 @@ def test_text_format_for_a_terminal(captured: io.StringIO) -> None:
     logging.getLogger("y").info("hidden")
     logging.getLogger("y").warning("shown")
     assert captured.getvalue().strip().endswith("WARNING y: shown")
+
+
+def test_client_library_repeats_are_held_back_and_counted() -> None:
+    now = [0.0]
+    f = logs.RepeatFilter(window_s=10.0, clock=lambda: now[0])
+
+    def rec(name: str, msg: str, level: int = logging.ERROR) -> logging.LogRecord:
+        return logging.LogRecord(name, level, "x", 1, msg, ("node-1",), None)
+
+    storm = [f.filter(rec("aiokafka", "Unable connect to node %s")) for _ in range(50)]
+    assert storm == [True] + [False] * 49
+    assert f.filter(rec("aiokafka", "Unable to update metadata from %s"))  # another template
+    assert all(f.filter(rec("streamproc.engine.app", "changelog write failed")) for _ in range(5))
+    assert all(f.filter(rec("aiokafka", "joined", logging.INFO)) for _ in range(5))
+    now[0] = 10.5
+    passed = rec("aiokafka", "Unable connect to node %s")
+    assert f.filter(passed)
+    assert passed.repeated == 49  # type: ignore[attr-defined]
+    again = rec("aiokafka", "Unable connect to node %s")
+    assert not f.filter(again)
