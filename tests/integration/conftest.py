@@ -16,7 +16,10 @@ import httpx
 import pytest
 
 from streamproc.config import Settings
+from streamproc.contracts.codec import AvroCodec
+from streamproc.contracts.records import from_json, parse_timestamp
 from streamproc.kafka.broker import EmbeddedBroker, free_port, spawn_child, stop_child
+from streamproc.sim.labelled import EvalSet
 
 pytestmark = pytest.mark.integration
 READY_TIMEOUT_S = 60.0
@@ -126,3 +129,38 @@ def worker(env: dict[str, str], topics: None, tmp_path: Path) -> Iterator[Worker
     handle = start_worker(env, tmp_path / "worker.log")
     yield handle
     stop_child(handle.proc, 20.0)
+
+
+def fault_env(bootstrap: str, tmp_path: Path, name: str) -> dict[str, str]:
+    """A worker's environment for the fault suite: short settle, wait and group timings."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPROC_")}
+    return {
+        **base,
+        "STREAMPROC_KAFKA_BOOTSTRAP": bootstrap,
+        "STREAMPROC_HTTP_PORT": str(free_port()),
+        "STREAMPROC_CASE_SETTLE_S": "1",
+        "STREAMPROC_CASE_MAX_WAIT_S": "5",
+        "STREAMPROC_BROKER_REBALANCE_TIMEOUT_S": "2",
+        "STREAMPROC_BROKER_SESSION_TIMEOUT_S": "6",
+        "STREAMPROC_BROKER_HEARTBEAT_INTERVAL_S": "0.5",
+        "STREAMPROC_DATA_DIR": str(tmp_path / f"state-{name}"),
+    }
+
+
+def in_event_time(s: EvalSet) -> list[tuple[str, dict[str, Any]]]:
+    """(topic, event) for every event of a labelled set, in event-time order."""
+    tagged = [("fraud.transactions.v1", e) for e in s.transactions]
+    tagged += [("fraud.device-signals.v1", e) for e in s.signals]
+    tagged += [("fraud.alerts.v1", e) for e in s.alerts]
+    return sorted(tagged, key=lambda te: parse_timestamp(te[1]["occurred_at"], "occurred_at"))
+
+
+def produce_events(
+    producer: Any, codec: AvroCodec, events: list[tuple[str, dict[str, Any]]]
+) -> int:
+    """Queue (topic, event) pairs keyed by account, as upstream does; the caller flushes."""
+    for topic, event in events:
+        record = from_json(codec.schemas.for_topic(topic), event)
+        producer.produce(topic, key=event["account_id"].encode(), value=codec.encode(topic, record))
+        producer.poll(0)
+    return len(events)

@@ -23,11 +23,17 @@ from confluent_kafka import Producer
 
 from streamproc.cli.kafkaio import make_codec, read_records
 from streamproc.config import Settings
-from streamproc.contracts.records import from_json, parse_timestamp
-from streamproc.kafka.broker import EmbeddedBroker, free_port, stop_child
+from streamproc.kafka.broker import EmbeddedBroker, stop_child
 from streamproc.kafka.clients import producer_config
 from streamproc.sim.labelled import EvalSet, build_eval_set
-from tests.integration.conftest import WorkerHandle, cli, start_worker
+from tests.integration.conftest import (
+    WorkerHandle,
+    cli,
+    fault_env,
+    in_event_time,
+    produce_events,
+    start_worker,
+)
 from tests.llm_stub import StubInThread
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -46,18 +52,10 @@ FAULTS = {  # stub mode → fallback reasons it may cause (the circuit opens on 
 
 
 def _publish(settings: Settings, s: EvalSet) -> int:
-    codec = make_codec(settings)
     producer = Producer(producer_config(settings))
-    tagged = [("fraud.transactions.v1", e) for e in s.transactions]
-    tagged += [("fraud.device-signals.v1", e) for e in s.signals]
-    tagged += [("fraud.alerts.v1", e) for e in s.alerts]
-    tagged.sort(key=lambda te: parse_timestamp(te[1]["occurred_at"], "occurred_at"))
-    for topic, event in tagged:
-        record = from_json(codec.schemas.for_topic(topic), event)
-        producer.produce(topic, key=event["account_id"].encode(), value=codec.encode(topic, record))
-        producer.poll(0)
+    n = produce_events(producer, make_codec(settings), in_event_time(s))
     assert producer.flush(30.0) == 0
-    return len(tagged)
+    return n
 
 
 def _wait(cond: Any, timeout: float, what: str) -> None:
@@ -78,18 +76,7 @@ def _ingest_rate(worker: WorkerHandle, settings: Settings, burst: EvalSet) -> fl
 
 
 def _env(broker: EmbeddedBroker, tmp_path: Path, name: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPROC_")}
-    return {
-        **base,
-        "STREAMPROC_KAFKA_BOOTSTRAP": broker.bootstrap,
-        "STREAMPROC_HTTP_PORT": str(free_port()),
-        "STREAMPROC_CASE_SETTLE_S": "1",
-        "STREAMPROC_CASE_MAX_WAIT_S": "5",
-        "STREAMPROC_BROKER_REBALANCE_TIMEOUT_S": "2",
-        "STREAMPROC_BROKER_SESSION_TIMEOUT_S": "6",
-        "STREAMPROC_BROKER_HEARTBEAT_INTERVAL_S": "0.5",
-        "STREAMPROC_DATA_DIR": str(tmp_path / f"state-{name}"),
-    }
+    return fault_env(broker.bootstrap, tmp_path, name)
 
 
 def _briefs_for(settings: Settings, case_ids: set[str]) -> list[dict[str, Any]]:
