@@ -89,10 +89,11 @@ def build_cases(
     topic_of = {"transactions": topics.transactions, "device_signals": topics.device_signals}
     lookback_ms = int(settings.lookback_h * 3600 * 1000)
     windows: dict[str, Any] = {}
+    now_ms = _latest(events)
     for name, kind in FILES.items():
         schema = schemas.for_topic(topic_of[name])
         for raw in events[name]:
-            rec = from_json(schema, raw, now_ms=_latest(events))
+            rec = from_json(schema, raw, now_ms=now_ms)
             add_event(
                 windows.setdefault(rec["account_id"], empty_window()),
                 kind,
@@ -103,7 +104,7 @@ def build_cases(
     alert_schema = schemas.for_topic(topics.alerts)
     by_case: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for raw in events["alerts"]:
-        rec = from_json(alert_schema, raw, now_ms=_latest(events))
+        rec = from_json(alert_schema, raw, now_ms=now_ms)
         by_case[rec["case_id"]].append(rec)
     return {
         case_id: assemble_case(
