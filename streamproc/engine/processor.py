@@ -282,11 +282,20 @@ class CaseProcessor:
         counted from when this worker took the case on, so a case pending when its worker
         died is not briefed in haste by the next one, before it has read its backlog."""
         started = self._wait_from.setdefault(case_id, now - self.s.case_settle_s)
-        if now >= started + self.s.case_settle_s + self.s.case_max_wait_s:
-            return False
-        return bool(case.missing_transaction_ids) or self.inputs_behind(
-            pend["partition"], case.alerts[-1]["occurred_at"], pend["since"]
-        )
+        partition, alert_ms = pend["partition"], case.alerts[-1]["occurred_at"]
+        behind = self.inputs_behind(partition, alert_ms, pend["since"])
+        if now < started + self.s.case_settle_s + self.s.case_max_wait_s:
+            return bool(case.missing_transaction_ids) or behind
+        if behind:  # briefed anyway: say how far behind, for whoever reads the brief's gaps
+            log.warning(
+                "case briefed after the longest wait while an input was still behind",
+                extra={
+                    "case_id": case_id,
+                    "waited_s": round(now - started, 1),
+                    "inputs": self.input_progress(partition, alert_ms),
+                },
+            )
+        return False
 
     def inputs_behind(self, partition: int, event_time_ms: int, since: float) -> bool:
         for topic in (self.topics.transactions, self.topics.device_signals):
@@ -294,6 +303,22 @@ class CaseProcessor:
             if not reached and not self.caught_up(topic, partition, since):
                 return True
         return False
+
+    def input_progress(self, partition: int, event_time_ms: int) -> dict[str, Any]:
+        """Offsets and stream time of a case's input partitions (ids and counts only)."""
+        out: dict[str, Any] = {}
+        for topic in (self.topics.transactions, self.topics.device_signals):
+            end = self.end_offsets.get((topic, partition))
+            reached = self.stream_time.get((topic, partition), 0)
+            out[topic] = {
+                "partition": partition,
+                "processed_to": self.read_to.get((topic, partition)),
+                "resumed_at": self.committed(topic, partition),
+                "log_end": None if end is None else end[0],
+                "log_end_age_s": None if end is None else round(self.clock() - end[1], 1),
+                "event_time_behind_s": max(0, event_time_ms - reached) // 1000,
+            }
+        return out
 
     def caught_up(self, topic: str, partition: int, since: float) -> bool:
         """Every record on (topic, partition) when the broker was asked, asked after `since`

