@@ -27,7 +27,7 @@ demo: venv
 	$(BIN)/streamproc demo $(ARGS)
 
 test: venv tools
-	$(BIN)/python -m pytest -m "not known_defect" $(ARGS)
+	$(BIN)/python -m pytest $(ARGS)
 
 test-unit: venv tools
 	$(BIN)/python -m pytest tests/unit $(ARGS)

@@ -23,7 +23,7 @@ from mode import Service
 from streamproc.config import Settings
 from streamproc.contracts.codec import AvroCodec
 from streamproc.engine import processor as processor_mod
-from streamproc.engine import transport
+from streamproc.engine import recovery, transport
 from streamproc.engine.dlq import InMessage, Outgoing, dead_letter
 from streamproc.engine.llm_stage import llm_stage
 from streamproc.engine.processor import BriefPlan, CaseProcessor
@@ -90,6 +90,8 @@ def build_app(
         stream_buffer_maxsize=32_768,
         broker_max_poll_records=10_000,
         consumer_max_fetch_size=8 * 1024 * 1024,
+        # Seeks the inputs to their committed offsets before resuming them (recovery.py).
+        TableManager=recovery.TableManager,
     )
     changelog = ConfluentChangelog(producer_config(settings))
     transport.install(app, settings.broker_fetch_max_wait_ms)

@@ -42,6 +42,18 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = transport.fetch_max_wait_ms
         return consumer
 
+    async def getmany(self, active_partitions: Any, timeout: float) -> Any:
+        # faust hands over its live set of active partitions, and the request waits its
+        # turn on this thread while faust pauses and resumes partitions in that set. An
+        # empty set means every assigned partition to aiokafka, which then returns records
+        # of paused partitions: faust drops them, and aiokafka's position has moved past
+        # them. Ask for the partitions active at the time of asking, never for all.
+        if active_partitions is not None:
+            active_partitions = set(active_partitions)
+            if not active_partitions:
+                return {}
+        return await super().getmany(active_partitions, timeout)
+
     async def _highwaters(self, partitions: Any) -> Mapping[Any, int]:
         listed = await super()._highwaters(partitions)
         if self.consumer.in_transaction:

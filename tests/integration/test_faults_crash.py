@@ -7,14 +7,16 @@ worker takes over. Every alert must get a brief; no brief content (brief_id) may
 published twice; and each brief must count exactly the events the case has (none lost),
 as built in-process from the same events.
 
-Known defect (open, issue 7): about one run in three (more often with a cold bytecode
-cache) the restarted worker skips a stretch of input records. faust's recovery resumes
-the input partitions and only then seeks them to the committed offsets, with the
-fetcher running; a batch fetched at the old positions and delivered after the seek
-reads as a gap that faust commits over (seen: a partition read to offset 800, then
-from 1,500). Pausing the inputs around the seek, or dropping overtaken batches,
-stalled the worker instead; the fix is not done. Until it is, `make test` leaves this
-test out and `make faults` runs it.
+Defects this test found, all fixed: the case gate asked for log-end offsets before the
+alert (processor.py); the embedded broker's ListOffsets answers short of the log end, so
+table recovery stopped short (transport.py); faust resumed the inputs before it sought
+them to their committed offsets, so records read before the seek left a gap that faust
+committed over (recovery.py); and aiokafka, asked for an empty set of partitions (faust
+hands over its live set, emptied while recovery pauses it), returned records of every
+partition, paused ones included, and moved past them: the restarted worker never read an
+alert partition (transport.py). Timing matters: when touching any of them, run this test
+in a loop with a cold bytecode cache (`find streamproc tests -name __pycache__ -exec
+rm -rf {} +`), which made the skips far more frequent.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from streamproc.kafka.clients import producer_config
 from streamproc.sim.labelled import build_eval_set
 from tests.integration.conftest import WorkerHandle, in_event_time, start_worker
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.known_defect]
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 FULL = os.environ.get("STREAMPROC_FAULT_SCALE") == "full"
 NOISE_ACCOUNTS = 200 if FULL else 80  # ~10,000 events (25,000 with full)
 NOISE_DAYS = 12 if FULL else 30
