@@ -44,8 +44,8 @@ from tests.integration.conftest import WorkerHandle, in_event_time, start_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 FULL = os.environ.get("STREAMPROC_FAULT_SCALE") == "full"
-NOISE_ACCOUNTS = 200 if FULL else 80  # ~10,000 events (25,000 with full)
-NOISE_DAYS = 12 if FULL else 30
+NOISE_ACCOUNTS = 200 if FULL else 80  # 10,095 events (24,544 with full)
+NOISE_DAYS = 30
 CHUNK = 250
 
 
