@@ -11,9 +11,10 @@ kill -9 skipped a stretch of input records that way (seen: a partition read to o
 800, then from 1,500), about one run in three of the fault test.
 
 Here the seek happens first, while the inputs are still paused (faust asks the client
-only for records of resumed partitions), and the inputs are resumed after it, so they
-are read from the committed offsets and nothing else. The rest of both methods is
-faust 0.15.3's (constraints.txt pins it), in the same order.
+only for records of resumed partitions; transport.py makes sure an empty ask is not
+taken for all of them), and the inputs are resumed after it, so they are read from the
+committed offsets and nothing else. The rest of both methods is faust 0.15.3's
+(pyproject.toml allows 0.15.x only), in the same order.
 """
 
 from __future__ import annotations
