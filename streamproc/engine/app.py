@@ -103,12 +103,7 @@ def build_app(
     )
     topics = settings.topics
 
-    def committed(topic: str, partition: int) -> int | None:
-        """Where the group resumes on an input partition (set when it was assigned)."""
-        offsets = getattr(app.consumer, "_committed_offset", {})
-        return offsets.get(TP(topic, partition))
-
-    processor.committed = committed
+    processor.committed = lambda topic, partition: committed_offset(app, topic, partition)
     source = app.topic(
         *topics.inputs,
         topics.settle,
@@ -293,6 +288,13 @@ def die(reason: str) -> None:
     os._exit(EXIT_UNDELIVERABLE)
 
 
+def committed_offset(app: faust.App, topic: str, partition: int) -> int | None:
+    """Where the group resumes on (topic, partition): the next offset to read, as faust
+    holds it since the partition was assigned (None before any commit)."""
+    offsets = getattr(app.consumer, "_committed_offset", {})
+    return offsets.get(TP(topic, partition))
+
+
 def partition_lag(app: faust.App, topic: str, partition: int) -> int | None:
     """Records left to read on one partition; None when not known (not fetched yet)."""
     consumer = app.consumer
@@ -305,7 +307,7 @@ def partition_lag(app: faust.App, topic: str, partition: int) -> int | None:
         return None
     # faust keeps the last offset read and the committed offset (the next one to read).
     last_read = getattr(consumer, "_read_offset", {}).get(tp)
-    committed = getattr(consumer, "_committed_offset", {}).get(tp)
+    committed = committed_offset(app, topic, partition)
     position = last_read + 1 if last_read is not None else committed or 0
     return max(0, int(highwater) - int(position))
 

@@ -175,14 +175,22 @@ class CaseProcessor:
         case["retire_at"] = None  # an open case is never retired
         self.cases[case_id] = case
         if case_id not in self.pending:
-            now = self.clock()
-            self._wait_from[case_id] = now
-            self.pending[case_id] = {
-                "account_id": case["account_id"],
-                "partition": partition,
-                "due": now + self.s.case_settle_s,
-                "since": now,
-            }
+            self._make_pending(case_id, case["account_id"], partition, self.s.case_settle_s)
+
+    def _make_pending(self, case_id: str, account: str, partition: int, due_in: float) -> None:
+        """Pend a case for a brief due in `due_in` seconds; its wait starts now."""
+        now = self.clock()
+        self._wait_from[case_id] = now
+        self.pending[case_id] = {
+            "account_id": account,
+            "partition": partition,
+            "due": now + due_in,
+            "since": now,
+        }
+
+    def _unpend(self, case_id: str) -> None:
+        self.pending.pop(case_id, None)
+        self._wait_from.pop(case_id, None)
 
     # -- ticks -----------------------------------------------------------------------
 
@@ -265,8 +273,7 @@ class CaseProcessor:
             self.pending[case_id] = {**pend, "due": now + RECHECK_S}
             return None
         if assembled.brief_id() == case["last_brief_id"]:
-            del self.pending[case_id]
-            self._wait_from.pop(case_id, None)
+            self._unpend(case_id)
             self.metrics.briefs_unchanged.inc()
             return None
         brief = build_brief(assembled, version=case["version"] + 1, generated_at_ms=int(now * 1000))
@@ -355,17 +362,9 @@ class CaseProcessor:
         self.cases[plan.case_id] = case
         briefed = {a["event_id"] for a in plan.case.alerts}
         if set(case["alerts"]) - briefed:  # an alert came while this brief was being written
-            now = self.clock()
-            self._wait_from[plan.case_id] = now
-            self.pending[plan.case_id] = {
-                "account_id": case["account_id"],
-                "partition": plan.partition,
-                "due": now,
-                "since": now,
-            }
+            self._make_pending(plan.case_id, case["account_id"], plan.partition, 0.0)
         else:
-            self.pending.pop(plan.case_id, None)
-            self._wait_from.pop(plan.case_id, None)
+            self._unpend(plan.case_id)
         latency_s = max(0.0, self.clock() - plan.since)
         gen = plan.brief.generation
         self.metrics.briefs_published.labels(gen.method.value).inc()

@@ -27,21 +27,6 @@ from faust.tables.recovery import Recovery as _Recovery
 
 
 class Recovery(_Recovery):
-    async def _seek_then_resume_inputs(self) -> None:
-        consumer = self.app.consumer
-        assignment = consumer.assignment()
-        if assignment:
-            self.log.info("Seek stream partitions to committed offsets.")
-            await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
-        # Resumed only now: nothing is read from the positions held before the seek.
-        consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
-
-    def _resume_flow(self) -> None:
-        app: Any = self.app
-        self.completed.set()
-        app.flow_control.resume()
-        app.consumer.resume_flow()
-
     async def on_recovery_completed(self, generation_id: int = 0) -> None:
         """Call when active table recovery is completed."""
         app: Any = self.app
@@ -61,14 +46,7 @@ class Recovery(_Recovery):
         if app.consumer_generation_id != generation_id:
             self.log.warning("Recovery rebalancing again")
             return
-        await self._seek_then_resume_inputs()
-        self._resume_flow()
-        await app._fetcher.maybe_start()
-        self.tables.on_actives_ready()
-        if not app.assignor.assigned_standbys():
-            self.tables.on_standbys_ready()
-        app.on_rebalance_end()
-        self.log.info("Worker ready")
+        await self._seek_resume_and_start(standbys_ready=not app.assignor.assigned_standbys())
 
     async def _resume_streams(self, generation_id: int = 0) -> None:
         """Resume the streams of an app without tables (faust's path for those)."""
@@ -77,11 +55,25 @@ class Recovery(_Recovery):
         if app.consumer_generation_id != generation_id:
             self.log.warning("Recovery rebalancing again")
             return
-        await self._seek_then_resume_inputs()
-        self._resume_flow()
+        await self._seek_resume_and_start(standbys_ready=True)
+
+    async def _seek_resume_and_start(self, standbys_ready: bool) -> None:
+        """Seek the inputs to their committed offsets, then resume them and the flow."""
+        app: Any = self.app
+        consumer = app.consumer
+        assignment = consumer.assignment()
+        if assignment:
+            self.log.info("Seek stream partitions to committed offsets.")
+            await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+        # Resumed only now: nothing is read from the positions held before the seek.
+        consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+        self.completed.set()
+        app.flow_control.resume()
+        consumer.resume_flow()
         await app._fetcher.maybe_start()
         self.tables.on_actives_ready()
-        self.tables.on_standbys_ready()
+        if standbys_ready:
+            self.tables.on_standbys_ready()
         app.on_rebalance_end()
         self.log.info("Worker ready")
 
