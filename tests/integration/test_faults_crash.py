@@ -34,13 +34,13 @@ from confluent_kafka import Producer
 
 from streamproc.cli.kafkaio import make_codec, read_records
 from streamproc.config import Settings
-from streamproc.contracts.records import from_json, iso
+from streamproc.contracts.records import iso
 from streamproc.contracts.schemas import SchemaSet
 from streamproc.evaluation import build_cases
 from streamproc.kafka.broker import stop_child
 from streamproc.kafka.clients import producer_config
 from streamproc.sim.labelled import build_eval_set
-from tests.integration.conftest import WorkerHandle, in_event_time, start_worker
+from tests.integration.conftest import WorkerHandle, in_event_time, produce_events, start_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 FULL = os.environ.get("STREAMPROC_FAULT_SCALE") == "full"
@@ -52,16 +52,11 @@ CHUNK = 250
 def _publisher(settings: Settings, events: list[tuple[str, dict[str, Any]]]) -> threading.Thread:
     """Publish in event-time order, CHUNK records at a time, from one producer."""
     codec = make_codec(settings)
-    schemas = {t: codec.schemas.for_topic(t) for t, _ in events}
 
     def run() -> None:
         producer = Producer(producer_config(settings))
         for start in range(0, len(events), CHUNK):
-            for topic, event in events[start : start + CHUNK]:
-                record = from_json(schemas[topic], event)
-                producer.produce(
-                    topic, key=event["account_id"].encode(), value=codec.encode(topic, record)
-                )
+            produce_events(producer, codec, events[start : start + CHUNK])
             assert producer.flush(30.0) == 0
             time.sleep(0.25)
 

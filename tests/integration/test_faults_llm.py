@@ -75,10 +75,6 @@ def _ingest_rate(worker: WorkerHandle, settings: Settings, burst: EvalSet) -> fl
     return n / max(time.monotonic() - started, 1e-3)
 
 
-def _env(broker: EmbeddedBroker, tmp_path: Path, name: str) -> dict[str, str]:
-    return fault_env(broker.bootstrap, tmp_path, name)
-
-
 def _briefs_for(settings: Settings, case_ids: set[str]) -> list[dict[str, Any]]:
     out = []
     for b in read_records(settings, "fraud.case-briefs.v1", timeout_s=2.0):
@@ -93,7 +89,7 @@ def test_model_faults_for_minutes_under_load(tmp_path: Path) -> None:
     report: dict[str, Any] = {"phase_s": PHASE_S}
 
     with EmbeddedBroker(log_path=tmp_path / "broker-a.log").running() as broker_a:
-        env_a = _env(broker_a, tmp_path, "a")
+        env_a = fault_env(broker_a.bootstrap, tmp_path, "a")
         assert cli(env_a, "topics", "apply").returncode == 0
         worker_a = start_worker(env_a, tmp_path / "worker-a.log")
         try:
@@ -107,7 +103,7 @@ def test_model_faults_for_minutes_under_load(tmp_path: Path) -> None:
     ):
         settings = Settings(kafka_bootstrap=broker_b.bootstrap)
         env_b = {
-            **_env(broker_b, tmp_path, "b"),
+            **fault_env(broker_b.bootstrap, tmp_path, "b"),
             "STREAMPROC_LLM_PROVIDER": "openai",
             "STREAMPROC_LLM_BASE_URL": f"{stub.url}/v1",
             "STREAMPROC_LLM_MODEL": "stub-gpt",
