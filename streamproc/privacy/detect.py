@@ -2,13 +2,22 @@
 
 Card numbers count only when Luhn-valid, IBANs only with a valid checksum, IPs only
 when `ipaddress` parses them, phone numbers only when `phonenumbers` says they are
-valid for some region of the case: a detector prefers missing junk to redacting ids.
+valid for some region of the case. Where a value sits does not matter: with any
+separator (space, dash, dot, underscore, slash) or none, glued to letters, digits or
+punctuation. A run of characters that fails validation as a whole is searched for
+shorter valid candidates inside it, so a word or a reference number next to a card
+number cannot hide it. Values from the case's own PII fields are found whatever
+their case, accents, spacing and order of name parts. In doubt, redact: a redacted
+reference number in a memo costs the analyst little, a leaked card number costs a
+breach.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -31,9 +40,19 @@ class Entity(StrEnum):
 PRIORITY = (Entity.PAN, Entity.IBAN, Entity.EMAIL, Entity.IP, Entity.PHONE, Entity.PERSON)
 DEFAULT_REGIONS = ("US", "GB", "DE", "FR", "ES", "IT", "NL", "PL", "RO")
 MIN_PHONE_DIGITS = 7
+MAX_PHONE_DIGITS = 15  # E.164
+PHONE_RUN_MIN_DIGITS = 10  # a bare digit run without +, 0 or ( counts from this length
+PAN_LENGTHS = range(19, 12, -1)  # longest first
+IBAN_MIN, IBAN_MAX = 15, 34
+MAX_NAME_PARTS = 4  # orders of parts tried for a glued full name: at most 4! = 24
+GLUED_MIN = 8  # a known value is searched glued to other letters only from this length
 
-_PAN = re.compile(r"(?<![\dA-Za-z])(?:\d[ \-.]?){12,18}\d(?![\dA-Za-z])")
-_IBAN = re.compile(r"\b[A-Za-z]{2}\d{2}(?:[ \-]?[A-Za-z0-9]){11,30}\b")
+SEPARATORS = " \t\n\r\u00a0-._/"
+# Digits with at most two separators between them: the runs card numbers hide in.
+_DIGIT_RUN = re.compile(r"[0-9](?:[\s\u00a0\-._/]{0,2}[0-9])*")
+# Phone numbers: a leading + and parentheses are part of the number's spelling.
+_PHONE_RUN = re.compile(r"\+?\(?[0-9](?:[\s\u00a0\-._/()]{0,3}[0-9])*")
+_IBAN_START = re.compile(r"(?=([A-Za-z]{2}[0-9]{2}))")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 _IPV6 = re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Fa-f:])")
@@ -48,20 +67,109 @@ class Span:
 
 
 def digits(text: str) -> str:
-    return "".join(ch for ch in text if ch.isdigit())
+    return "".join(ch for ch in text if "0" <= ch <= "9")
+
+
+def fold(text: str) -> str:
+    """Case folded, accents stripped: `Chloé` and `CHLOE` fold alike."""
+    return _Folded(text).text
+
+
+class _Folded:
+    """`text` case folded with accents stripped, and for each folded character the index
+    of the original character it came from (folding can change lengths: ß → ss)."""
+
+    def __init__(self, original: str, keep: str = "all") -> None:
+        chars: list[str] = []
+        where: list[int] = []
+        for i, ch in enumerate(original):
+            for f in unicodedata.normalize("NFKD", ch).casefold():
+                if unicodedata.combining(f):
+                    continue
+                if keep == "alnum" and not f.isalnum():
+                    continue
+                chars.append(f)
+                where.append(i)
+        self.text, self.where = "".join(chars), where
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        """The original span behind folded characters [start, end)."""
+        return self.where[start], self.where[end - 1] + 1
+
+
+def _positions(text: str, run: re.Match[str]) -> list[int]:
+    """Indexes in `text` of the digits of a run."""
+    return [i for i in range(run.start(), run.end()) if "0" <= text[i] <= "9"]
 
 
 def find_pans(text: str) -> Iterator[Span]:
-    for m in _PAN.finditer(text):
-        number = digits(m.group())
-        if 13 <= len(number) <= 19 and luhn.is_valid(number):
-            yield Span(m.start(), m.end(), Entity.PAN, m.group())
+    """Luhn-valid numbers of 13–19 digits inside any digit run: the whole run, then
+    candidates made of whole digit groups (a card next to a date or a reference), then,
+    in a group of more than 19 digits, every window (a card glued to other digits).
+    Overlapping valid candidates are merged, so no part of a card number is left out."""
+    for run in _DIGIT_RUN.finditer(text):
+        pos = _positions(text, run)
+        if len(pos) < PAN_LENGTHS.stop + 1:
+            continue
+        number = "".join(text[i] for i in pos)
+        windows = [(s, e) for s, e in _pan_candidates(pos) if luhn.is_valid(number[s:e])]
+        for start, end in _merge(windows):
+            a, b = pos[start], pos[end - 1] + 1
+            yield Span(a, b, Entity.PAN, text[a:b])
+
+
+def _pan_candidates(pos: list[int]) -> Iterator[tuple[int, int]]:
+    """(start, end) digit windows worth a Luhn check, from the digits' text positions."""
+    edges = [0] + [k for k in range(1, len(pos)) if pos[k] != pos[k - 1] + 1] + [len(pos)]
+    for i, start in enumerate(edges):
+        for end in edges[i + 1 :]:
+            if end - start in PAN_LENGTHS:
+                yield start, end
+    for start, end in itertools.pairwise(edges):
+        if end - start > PAN_LENGTHS.start:
+            for n in PAN_LENGTHS:
+                for s in range(start, end - n + 1):
+                    yield s, s + n
+
+
+def _merge(windows: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(windows):
+        if merged and start < merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def find_ibans(text: str) -> Iterator[Span]:
-    for m in _IBAN.finditer(text):
-        if stdnum_iban.is_valid(m.group()):
-            yield Span(m.start(), m.end(), Entity.IBAN, m.group())
+    """Checksum-valid IBANs starting at any country code + check digits, with separators
+    anywhere and any case; from each start the longest valid candidate wins."""
+    taken_until = -1
+    for m in _IBAN_START.finditer(text):
+        start = m.start()
+        if start < taken_until:
+            continue
+        chars: list[int] = []  # indexes of the candidate's alphanumeric characters
+        gap = 0  # separators in a row: at most two between characters
+        for i in range(start, len(text)):
+            ch = text[i]
+            if ch.isascii() and ch.isalnum():
+                chars.append(i)
+                gap = 0
+            elif ch in SEPARATORS and gap < 2:
+                gap += 1
+            else:
+                break
+            if len(chars) == IBAN_MAX:
+                break
+        compact = "".join(text[j] for j in chars).upper()
+        for n in range(len(compact), IBAN_MIN - 1, -1):
+            if stdnum_iban.is_valid(compact[:n]):
+                end = chars[n - 1] + 1
+                taken_until = end
+                yield Span(start, end, Entity.IBAN, text[start:end])
+                break
 
 
 def find_emails(text: str) -> Iterator[Span]:
@@ -80,8 +188,12 @@ def find_ips(text: str) -> Iterator[Span]:
 
 
 def find_phones(text: str, regions: Iterable[str]) -> Iterator[Span]:
-    if sum(ch.isdigit() for ch in text) < MIN_PHONE_DIGITS:
+    """Numbers valid for a region of the case, in international or national format:
+    `phonenumbers`' matcher for numbers in prose, and each digit run parsed on its own
+    for numbers glued to letters or punctuation, which the matcher passes over."""
+    if sum("0" <= ch <= "9" for ch in text) < MIN_PHONE_DIGITS:
         return  # the matcher is costly per region; most free text has no number at all
+    regions = tuple(regions)
     seen: set[tuple[int, int]] = set()
     for region in regions:
         for m in phonenumbers.PhoneNumberMatcher(
@@ -90,21 +202,91 @@ def find_phones(text: str, regions: Iterable[str]) -> Iterator[Span]:
             if (m.start, m.end) not in seen:
                 seen.add((m.start, m.end))
                 yield Span(m.start, m.end, Entity.PHONE, m.raw_string)
+    for run in _PHONE_RUN.finditer(text):
+        start, end = run.start(), run.end()
+        raw = text[start:end]
+        n = len(digits(raw))
+        if not MIN_PHONE_DIGITS <= n <= MAX_PHONE_DIGITS:
+            continue
+        if n < PHONE_RUN_MIN_DIGITS and raw[0] not in "+0(":
+            continue  # short runs only with a phone's own prefix: 2026-09-21 is a date
+        if any(s <= start and end <= e for s, e in seen):
+            continue
+        if _valid_phone(raw, regions):
+            seen.add((start, end))
+            yield Span(start, end, Entity.PHONE, raw)
+
+
+def _valid_phone(raw: str, regions: Iterable[str]) -> bool:
+    for region in regions:
+        try:
+            number = phonenumbers.parse(raw, region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(number):
+            return True
+    return False
 
 
 def find_known(text: str, known: dict[str, Entity]) -> Iterator[Span]:
-    """Values from the case's PII fields (names above all), case-insensitive, any spacing."""
+    """Values from the case's PII fields wherever they recur: compared folded (case,
+    accents) and squeezed (spacing, separators); a name's parts in any order."""
+    words = _Folded(text)
+    squeezed = _Folded(text, keep="alnum")
     for value, entity in known.items():
-        words = value.split()
-        if not words:
-            continue
-        pattern = r"(?<!\w)" + r"\s+".join(re.escape(w) for w in words) + r"(?!\w)"
-        for m in re.finditer(pattern, text, flags=re.IGNORECASE):
-            yield Span(m.start(), m.end(), entity, m.group())
+        for needle in _needles(value, entity):
+            glued = len(needle) >= GLUED_MIN
+            for m in re.finditer(re.escape(needle), squeezed.text):
+                start, end = squeezed.span(m.start(), m.end())
+                if glued or _bounded(text, start, end):
+                    yield Span(start, end, entity, text[start:end])
+        if entity is Entity.PERSON:
+            for part in _name_parts(value):
+                pattern = r"(?<![^\W_])" + re.escape(part) + r"(?![^\W_])"
+                for m in re.finditer(pattern, words.text):
+                    start, end = words.span(m.start(), m.end())
+                    yield Span(start, end, entity, text[start:end])
+
+
+def _needles(value: str, entity: Entity) -> set[str]:
+    """The squeezed, folded spellings of a known value to look for."""
+    parts = [p for p in re.split(r"[^\w]+|_", fold(value)) if p]
+    if not parts:
+        return set()
+    if entity is Entity.PERSON and 1 < len(parts) <= MAX_NAME_PARTS:
+        return {"".join(order) for order in itertools.permutations(parts)}
+    needles = {"".join(parts)}
+    if entity is Entity.PHONE:
+        needles |= _phone_needles(value)
+    return needles
+
+
+def _phone_needles(value: str) -> set[str]:
+    """A known phone number's national significant number: how it recurs in any format."""
+    try:
+        number = phonenumbers.parse(value, None if value.strip().startswith("+") else "US")
+    except phonenumbers.NumberParseException:
+        return set()
+    national = phonenumbers.national_significant_number(number)
+    return {national} if len(national) >= MIN_PHONE_DIGITS else set()
+
+
+def _name_parts(value: str) -> list[str]:
+    """Parts of a name that name the person on their own (initials do not)."""
+    return [p for p in re.split(r"[^\w]+|_", fold(value)) if len(p) >= 2]
+
+
+def _bounded(text: str, start: int, end: int) -> bool:
+    """No letter or digit glued on either side: a short value inside a longer word is
+    another word (`lina` in `carolina`)."""
+    before = text[start - 1] if start > 0 else " "
+    after = text[end] if end < len(text) else " "
+    return not before.isalnum() and not after.isalnum()
 
 
 def find_all(text: str, known: dict[str, Entity], regions: Iterable[str]) -> list[Span]:
-    """Non-overlapping spans, longest first, then by PRIORITY, in text order."""
+    """Non-overlapping spans, longest first, then by PRIORITY, in text order. Spans that
+    overlap without one holding the other are joined, so no part of either is left."""
     spans = [
         *find_pans(text),
         *find_ibans(text),
@@ -116,6 +298,16 @@ def find_all(text: str, known: dict[str, Entity], regions: Iterable[str]) -> lis
     spans.sort(key=lambda s: (-(s.end - s.start), PRIORITY.index(s.entity), s.start))
     taken: list[Span] = []
     for span in spans:
-        if all(span.end <= t.start or span.start >= t.end for t in taken):
+        clash = [t for t in taken if span.start < t.end and t.start < span.end]
+        if not clash:
             taken.append(span)
+            continue
+        if all(t.start <= span.start and span.end <= t.end for t in clash):
+            continue  # inside a longer span already taken
+        for t in clash:
+            taken.remove(t)
+        start = min(span.start, *(t.start for t in clash))
+        end = max(span.end, *(t.end for t in clash))
+        owner = min([span, *clash], key=lambda s: (-(s.end - s.start), PRIORITY.index(s.entity)))
+        taken.append(Span(start, end, owner.entity, text[start:end]))
     return sorted(taken, key=lambda s: s.start)

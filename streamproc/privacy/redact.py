@@ -20,7 +20,7 @@ import phonenumbers
 
 from streamproc.config import BriefPII, Topics
 from streamproc.contracts.schemas import EventSchema, SchemaSet
-from streamproc.privacy.detect import DEFAULT_REGIONS, Entity, digits, find_all
+from streamproc.privacy.detect import DEFAULT_REGIONS, Entity, digits, find_all, fold
 
 PLACEHOLDER = re.compile(r"<(PAN|IBAN|EMAIL|PHONE|PERSON|IP)_(\d+)>")
 Record = dict[str, Any]
@@ -31,7 +31,7 @@ def normal_form(entity: Entity, value: str) -> str:
     if entity is Entity.PAN:
         return digits(value)
     if entity is Entity.IBAN:
-        return re.sub(r"[\s\-]", "", value).upper()
+        return "".join(ch for ch in value if ch.isalnum()).upper()
     if entity is Entity.EMAIL:
         return value.strip().lower()
     if entity is Entity.PHONE:
@@ -45,7 +45,7 @@ def normal_form(entity: Entity, value: str) -> str:
             return ipaddress.ip_address(value.strip()).compressed
         except ValueError:
             return value.strip().lower()
-    return " ".join(value.split()).casefold()
+    return " ".join(sorted(re.split(r"[^\w]+|_", fold(value)))).strip()  # any order, case, accents
 
 
 @dataclass
@@ -104,7 +104,6 @@ class Redactor:
                     if isinstance(value, str) and value.strip():
                         known[value] = Entity(etype)
                         vault.placeholder(Entity(etype), value)
-        self._add_name_parts(known)
         regions = self._regions(kinds)
         out: dict[str, list[Record]] = {}
         for kind, records in kinds.items():
@@ -143,15 +142,6 @@ class Redactor:
             if isinstance(value, str) and value:
                 out[name] = self.redact_text(value, vault, known, regions)
         return out
-
-    @staticmethod
-    def _add_name_parts(known: dict[str, Entity]) -> None:
-        """A surname or first name on its own still names the person."""
-        for value, entity in list(known.items()):
-            if entity is Entity.PERSON:
-                for part in value.split():
-                    if len(part) >= 3 and part[0].isupper():
-                        known.setdefault(part, Entity.PERSON)
 
     def _regions(self, kinds: Mapping[str, Iterable[Record]]) -> tuple[str, ...]:
         countries = {
