@@ -97,7 +97,7 @@ def name_spelling(i: int) -> str:
         f"{FIRST} {LAST}",
         f"{LAST.upper()}, {FIRST.upper()}",
         "chloe  dubois",
-        f"DUBOIS\tChloe",
+        "DUBOIS\tChloe",
         "ChloéDubois",
         "mme dubois",
     ][i]
