@@ -29,6 +29,14 @@ class LLMProvider(StrEnum):
     NONE = "none"
 
 
+class OpenAIDialect(StrEnum):
+    """Which OpenAI-compatible server `LLM_PROVIDER=openai` talks to (LLM_DIALECT)."""
+
+    OPENAI = "openai"  # OpenAI, Azure OpenAI: max_completion_tokens
+    COMPATIBLE = "compatible"  # vLLM, Ollama and other servers that know only max_tokens
+    LLAMACPP = "llamacpp"  # llama.cpp's server: string bounds enforced by its grammar
+
+
 class BriefPII(StrEnum):
     MASKED = "masked"
     RESTORED = "restored"
@@ -94,6 +102,13 @@ class Settings(BaseSettings):
     llm_model: str | None = None
     llm_api_key: SecretStr | None = None
     llm_api_key_file: Path | None = None
+    llm_dialect: OpenAIDialect = Field(
+        OpenAIDialect.OPENAI, description="For LLM_PROVIDER=openai: the server's parameters."
+    )
+    llm_temperature: float | None = Field(
+        None, ge=0, le=2, description="Unset: the provider's default (reasoning models need it)."
+    )
+    llm_max_output_tokens: int = Field(2000, ge=200, le=32_000)
     llm_timeout_s: float = 20.0
     llm_max_concurrency: int = Field(8, ge=1, description="LLM calls in flight per worker.")
     llm_max_prompt_tokens: int = Field(6000, ge=1000)

@@ -74,7 +74,10 @@ class BriefValidationError(StreamprocError):
 
 
 class LLMError(StreamprocError):
-    """The language model failed as a dependency."""
+    """The language model failed as a dependency. `provider_message`: what the provider
+    said of it, bounded and scrubbed of PII by the client (None when it said nothing)."""
+
+    provider_message: str | None = None
 
 
 class LLMTransportError(LLMError):

@@ -1,5 +1,9 @@
 """A stand-in LLM provider: a real HTTP server on loopback speaking the OpenAI
-chat-completions and Anthropic messages shapes, scripted per request with faults."""
+chat-completions and Anthropic messages shapes, scripted per request with faults.
+
+It refuses what the real providers refuse (tests/provider_rules.py: OpenAI's strict
+structured-output subset and parameter rules, Anthropic's request rules), with HTTP
+400 and the provider's error shape, before any scripted mode applies."""
 
 from __future__ import annotations
 
@@ -10,13 +14,21 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.provider_rules import (
+    Refusal,
+    anthropic_error,
+    check_anthropic,
+    check_openai,
+    openai_error,
+)
+
 GOOD_ANSWER: dict[str, Any] = {
     "risk_level": "HIGH",
     "risk_score": 80,
     "reason_codes": ["CARD_TESTING"],
     "summary": "Card testing, then a large purchase.",
     "recommended_actions": ["BLOCK_CARD"],
-    "key_facts": [{"text": "Eight small probes", "evidence_event_ids": ["E1"]}],
+    "key_facts": [{"text": "Eight small probes", "evidence_event_ids": ["E1"], "reason_codes": []}],
     "confidence": "HIGH",
 }
 MODES = (
@@ -40,8 +52,9 @@ class StubLLM:
         self.delay_s = delay_s
         self.script: list[str] = []  # one mode per request; `default` once it is empty
         self.default = "ok"
-        # When set, answers "ok" requests from the request body (a model that obeys).
-        self.responder: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        # When set, answers "ok" requests from the user message (a model that obeys).
+        self.responder: Callable[[str], dict[str, Any]] | None = None
+        self.refused: list[dict[str, Any]] = []  # the provider errors answered
         self.requests: list[dict[str, Any]] = []
         self.concurrent = self.max_concurrent = 0
         self._runner: web.AppRunner | None = None
@@ -66,9 +79,17 @@ class StubLLM:
             await self._runner.cleanup()
 
     async def _enter(self, request: web.Request, shape: str) -> tuple[str, web.Response | None]:
-        self.requests.append(
-            {"shape": shape, "headers": dict(request.headers), "body": await request.json()}
-        )
+        body = await request.json()
+        self.requests.append({"shape": shape, "headers": dict(request.headers), "body": body})
+        try:
+            if shape == "openai":
+                check_openai(body)
+            else:
+                check_anthropic(body, dict(request.headers))
+        except Refusal as refusal:
+            error = openai_error(refusal) if shape == "openai" else anthropic_error(refusal)
+            self.refused.append(error)
+            return "refused", web.json_response(error, status=400)
         mode = self.script.pop(0) if self.script else self.default
         self.concurrent += 1
         self.max_concurrent = max(self.max_concurrent, self.concurrent)
@@ -105,13 +126,15 @@ class StubLLM:
     def _answer(self, request: web.Request) -> dict[str, Any]:
         if self.responder is None:
             return self.answer
-        return self.responder(self.requests[-1]["body"])
+        body = self.requests[-1]["body"]
+        user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+        return self.responder(user)
 
     async def _anthropic(self, request: web.Request) -> web.Response:
         mode, fault = await self._enter(request, "anthropic")
         if fault is not None:
             return fault
-        content = {"foo": 1} if mode == "badschema" else self.answer
+        content = {"foo": 1} if mode == "badschema" else self._answer(request)
         blocks: list[dict[str, Any]] = [
             {"type": "tool_use", "id": "t1", "name": "write_case_brief", "input": content}
         ]

@@ -2,7 +2,11 @@
 
 Everything else in a brief (ids, window, timeline, counts, data gaps) comes from the
 events, never from the model. The JSON Schema of this model is the structured-output
-schema sent to providers (strict: closed enums, no extra properties).
+schema sent to providers, kept inside the subset every provider accepts (OpenAI's
+strict mode is the narrowest): closed enums, every object closed with every property
+required, no length bounds on strings (the guardrails cut texts after parsing), and
+every array bounded, so a grammar-constrained model cannot repeat items until it runs
+out of tokens.
 """
 
 from __future__ import annotations
@@ -13,15 +17,26 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from streamproc.brief.model import Action, Confidence, ReasonCode, RiskLevel
 
-FACT_MAX = 400
-DRAFT_SUMMARY_MAX = 2000  # accepted from the model; the guardrails cut to the brief's bound
+FACT_MAX = 400  # characters of a key fact; the guardrails cut longer ones
+MAX_FACTS = 8
+MAX_EVIDENCE = 10  # event references per fact
+MAX_FACT_REASONS = 3  # reason codes a fact is evidence for
+# Only for servers that enforce them by grammar (llama.cpp), where they stop a small
+# model rambling; OpenAI's strict mode refuses them. llama.cpp cannot build a grammar
+# for maxLength 2,000 ("failed to parse grammar"); these it builds.
+GRAMMAR_MAX_LENGTHS = {"summary": 1000, "text": 300}
 
 
 class DraftFact(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    text: str = Field(max_length=FACT_MAX)
-    evidence_event_ids: list[str]
+    text: str
+    evidence_event_ids: list[str] = Field(max_length=MAX_EVIDENCE)
+    reason_codes: list[ReasonCode] = Field(
+        default_factory=list,  # drafts cached before this field read as showing none
+        max_length=MAX_FACT_REASONS,
+        description="The reason codes this fact is evidence for; may be empty.",
+    )
 
 
 class BriefDraft(BaseModel):
@@ -29,17 +44,18 @@ class BriefDraft(BaseModel):
 
     risk_level: RiskLevel
     risk_score: int = Field(ge=0, le=100)
-    reason_codes: list[ReasonCode]
-    summary: str = Field(max_length=DRAFT_SUMMARY_MAX)
-    key_facts: list[DraftFact]
-    recommended_actions: list[Action]
+    reason_codes: list[ReasonCode] = Field(max_length=len(ReasonCode))
+    summary: str
+    key_facts: list[DraftFact] = Field(max_length=MAX_FACTS)
+    recommended_actions: list[Action] = Field(max_length=len(Action))
     confidence: Confidence
 
 
-def output_schema(refs: list[str] | None = None) -> dict[str, Any]:
+def output_schema(refs: list[str] | None = None, *, grammar_bounds: bool = False) -> dict[str, Any]:
     """JSON Schema for providers' strict structured output: every property required,
     no additional properties, definitions inlined; with `refs`, evidence may only cite
-    those event references (an enum the provider enforces while it writes)."""
+    those event references (an enum the provider enforces while it writes). With
+    `grammar_bounds`, strings get GRAMMAR_MAX_LENGTHS (llama.cpp only)."""
     schema = BriefDraft.model_json_schema()
     defs = schema.pop("$defs", {})
 
@@ -57,7 +73,11 @@ def output_schema(refs: list[str] | None = None) -> dict[str, Any]:
         return node
 
     out = dict(inline(schema))
+    fact = out["properties"]["key_facts"]["items"]
     if refs:
-        fact = out["properties"]["key_facts"]["items"]
-        fact["properties"]["evidence_event_ids"]["items"] = {"type": "string", "enum": refs}
+        evidence = fact["properties"]["evidence_event_ids"]
+        evidence["items"] = {"type": "string", "enum": refs}
+    if grammar_bounds:
+        out["properties"]["summary"]["maxLength"] = GRAMMAR_MAX_LENGTHS["summary"]
+        fact["properties"]["text"]["maxLength"] = GRAMMAR_MAX_LENGTHS["text"]
     return out

@@ -1,23 +1,33 @@
 """Guardrails: what a model's draft may change in a brief, and what it may not.
 
-The model cannot talk the risk down: level and score never go below the deterministic
-floor, and the floor's reason codes and actions stay. Evidence ids that are not events
-of the case are dropped, and a fact left without evidence goes too. URLs, PII-shaped
-strings (the model only ever saw placeholders, so any raw PII is not from the case),
-placeholders the case does not have, and runs of six or more words copied from the
-case's free text (where injected instructions live) are removed from every text. The brief PII
-policy is applied last. Each intervention is counted by check.
+The model cannot talk the risk down or weaken the brief:
+- level and score never go below the deterministic floor, and the floor's reason
+  codes and actions stay;
+- CLOSE_AS_FALSE_POSITIVE is never published at MEDIUM or above;
+- a reason code the model adds stands only when a kept key fact names it and cites
+  events of the kind that can show it (a mule pattern needs a credit, a new device a
+  device signal);
+- a draft that argued a level below the floor is overruled: the analyst reads the
+  deterministic summary and facts, marked as such, never prose arguing against the
+  published level.
+Evidence ids that are not events of the case are dropped, and a fact left without
+evidence goes too. URLs, PII-shaped strings (the model only ever saw placeholders, so
+any raw PII is not from the case), placeholders the case does not have, and runs of
+ECHO_WORDS or more words copied from the case's free text (where injected
+instructions live) are removed from every text. Texts are cut to their bounds after
+parsing (the schema sent to providers carries none). The brief PII policy is applied
+last. Each intervention is counted by check.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import chain
 from typing import TypeVar
 
-from streamproc.brief.draft import BriefDraft
+from streamproc.brief.draft import FACT_MAX, BriefDraft
 from streamproc.brief.model import (
     SUMMARY_MAX,
     Action,
@@ -25,8 +35,10 @@ from streamproc.brief.model import (
     Generation,
     KeyFact,
     ReasonCode,
+    RiskLevel,
 )
 from streamproc.config import BriefPII
+from streamproc.domain.case import Case, Record
 from streamproc.privacy.detect import find_all
 from streamproc.privacy.redact import Vault, apply_policy
 
@@ -52,9 +64,13 @@ CHECKS = (
     "pii_removed",
     "invented_placeholder",
     "summary_truncated",
+    "fact_truncated",
     "free_text_echo",  # case free text (memo, analyst note, ...) repeated word for word
+    "reason_unsupported",  # a code the model added without a fact showing it
+    "weakening_action",  # CLOSE_AS_FALSE_POSITIVE at MEDIUM or above
+    "narrative_overruled",  # the draft argued a level below the floor
 )
-ECHO_WORDS = 6  # a run this long copied from the case's free text is quoted, not written
+ECHO_WORDS = 4  # a run this long copied from the case's free text is quoted, not written
 WORD = re.compile(r"[^\W_]+")
 QUOTE_REMOVED = "[quoted case text removed]"
 
@@ -109,10 +125,72 @@ def _union(first: Iterable[T], floor: Iterable[T]) -> list[T]:
     return list(dict.fromkeys(chain(first, floor)))
 
 
+def _is_credit(kind: str, r: Record) -> bool:
+    return kind == "transaction" and r.get("direction") == "CREDIT"
+
+
+def _is_txn(kind: str, r: Record) -> bool:
+    return kind == "transaction"
+
+
+def _is_signal(kind: str, r: Record) -> bool:
+    return kind == "signal"
+
+
+def _is_located(kind: str, r: Record) -> bool:
+    return bool(r.get("merchant_country") or r.get("geo_country"))
+
+
+def _is_payee(kind: str, r: Record) -> bool:
+    return r.get("signal_type") == "PAYEE_ADDED" or r.get("channel") == "TRANSFER"
+
+
+def _is_merchant(kind: str, r: Record) -> bool:
+    return kind == "transaction" and bool(r.get("merchant_category_code"))
+
+
+def _is_alert(kind: str, r: Record) -> bool:
+    return kind == "alert"
+
+
+def _is_card(kind: str, r: Record) -> bool:
+    return kind == "transaction" and r.get("channel") in ("CARD_NOT_PRESENT", "WALLET")
+
+
+# What a cited event must be for a fact to show a reason code: a code the model adds
+# stands only on a kept fact that names it and cites at least one such event.
+EVIDENCE_FOR: dict[ReasonCode, Callable[[str, Record], bool]] = {
+    ReasonCode.CARD_TESTING: _is_card,
+    ReasonCode.VELOCITY_SPIKE: _is_txn,
+    ReasonCode.HIGH_AMOUNT: _is_txn,
+    ReasonCode.NEW_DEVICE: _is_signal,
+    ReasonCode.DEVICE_RISK: _is_signal,
+    ReasonCode.GEO_MISMATCH: _is_located,
+    ReasonCode.IMPOSSIBLE_TRAVEL: _is_located,
+    ReasonCode.ACCOUNT_TAKEOVER: _is_signal,
+    ReasonCode.MULE_ACTIVITY: _is_credit,
+    ReasonCode.NEW_PAYEE: _is_payee,
+    ReasonCode.MERCHANT_RISK: _is_merchant,
+    ReasonCode.RULE_HIT: _is_alert,
+    ReasonCode.OTHER: lambda kind, r: True,
+}
+
+
+def case_events(case: Case) -> dict[str, tuple[str, Record]]:
+    """Event id → (kind, record) of every event of the case."""
+    kinds = (("alert", case.alerts), ("transaction", case.transactions), ("signal", case.signals))
+    return {r["event_id"]: (kind, r) for kind, records in kinds for r in records}
+
+
+def overruled(draft: BriefDraft, floor: CaseBrief) -> bool:
+    """Did the draft argue a level below the deterministic floor?"""
+    return draft.risk_level.rank < floor.risk_level.rank
+
+
 def merge(
     draft: BriefDraft,
     floor: CaseBrief,
-    case_event_ids: set[str] | frozenset[str],
+    case: Case,
     vault: Vault,
     policy: BriefPII,
     generation: Generation,
@@ -128,26 +206,17 @@ def merge(
             max(score, floor.risk_score),
             max(level, floor.risk_level, key=lambda x: x.rank),
         )
-    reasons = _union(draft.reason_codes, floor.reason_codes)
-    counts["reason_kept"] += len(reasons) - len(dict.fromkeys(draft.reason_codes))
-    chosen = set(_union(draft.recommended_actions, floor.recommended_actions))
-    actions = [a for a in Action if a in chosen]  # enum order is the priority order
-    counts["action_kept"] += len(actions) - len(set(draft.recommended_actions))
-    facts = []
-    for fact in draft.key_facts:
-        cited = list(dict.fromkeys(fact.evidence_event_ids))
-        evidence = [e for e in cited if e in case_event_ids]
-        counts["evidence_dropped"] += len(cited) - len(evidence)
-        if not evidence:
-            counts["fact_dropped"] += 1
-            continue
-        facts.append(
-            KeyFact(
-                text=clean_text(strip_echo(fact.text, quoted, counts), vault, policy, counts),
-                evidence_event_ids=evidence,
-            )
-        )
-    summary = clean_text(strip_echo(draft.summary, quoted, counts), vault, policy, counts)
+    events = case_events(case)
+    facts, shown = _facts(draft, events, vault, policy, quoted, counts)
+    reasons = _reasons(draft, floor, shown, counts)
+    actions = _actions(draft, floor, level, counts)
+    if overruled(draft, floor):
+        counts["narrative_overruled"] += 1
+        summary = _overruled_summary(draft, floor)
+        facts, confidence = list(floor.key_facts), floor.confidence
+    else:
+        summary = clean_text(strip_echo(draft.summary, quoted, counts), vault, policy, counts)
+        facts, confidence = facts or list(floor.key_facts), draft.confidence
     if len(summary) > SUMMARY_MAX:
         counts["summary_truncated"] += 1
         summary = summary[: SUMMARY_MAX - 1] + "…"
@@ -157,11 +226,75 @@ def merge(
             "risk_score": score,
             "reason_codes": reasons,
             "summary": summary,
-            "key_facts": facts or floor.key_facts,  # no grounded fact left: the events' own
+            "key_facts": facts,  # no grounded fact left: the events' own
             "recommended_actions": actions,
-            "confidence": draft.confidence,
+            "confidence": confidence,
             "generation": generation,
             "redaction": vault.counts(),
         }
     )
     return CaseBrief.model_validate(brief.model_dump()), +counts
+
+
+def _facts(
+    draft: BriefDraft,
+    events: dict[str, tuple[str, Record]],
+    vault: Vault,
+    policy: BriefPII,
+    quoted: frozenset[tuple[str, ...]],
+    counts: Counter[str],
+) -> tuple[list[KeyFact], set[ReasonCode]]:
+    """The draft's grounded facts, cleaned, and the reason codes they show."""
+    facts, shown = [], set()
+    for fact in draft.key_facts:
+        cited = list(dict.fromkeys(fact.evidence_event_ids))
+        evidence = [e for e in cited if e in events]
+        counts["evidence_dropped"] += len(cited) - len(evidence)
+        if not evidence:
+            counts["fact_dropped"] += 1
+            continue
+        shown |= {
+            code
+            for code in fact.reason_codes
+            if any(EVIDENCE_FOR[code](*events[e]) for e in evidence)
+        }
+        text = fact.text
+        if len(text) > FACT_MAX:
+            counts["fact_truncated"] += 1
+            text = text[: FACT_MAX - 1] + "…"
+        text = clean_text(strip_echo(text, quoted, counts), vault, policy, counts)
+        facts.append(KeyFact(text=text, evidence_event_ids=evidence))
+    return facts, shown
+
+
+def _reasons(
+    draft: BriefDraft, floor: CaseBrief, shown: set[ReasonCode], counts: Counter[str]
+) -> list[ReasonCode]:
+    """The floor's codes, and the draft's own codes that a kept fact shows."""
+    added = [c for c in dict.fromkeys(draft.reason_codes) if c not in floor.reason_codes]
+    supported = [c for c in added if c in shown]
+    counts["reason_unsupported"] += len(added) - len(supported)
+    kept = [c for c in dict.fromkeys(draft.reason_codes) if c in floor.reason_codes]
+    counts["reason_kept"] += len(floor.reason_codes) - len(kept)
+    own = [c for c in draft.reason_codes if c in kept or c in supported]
+    return _union(own, floor.reason_codes)
+
+
+def _actions(
+    draft: BriefDraft, floor: CaseBrief, level: RiskLevel, counts: Counter[str]
+) -> list[Action]:
+    """The floor's actions and the draft's, never closing a case at MEDIUM or above."""
+    chosen = set(_union(draft.recommended_actions, floor.recommended_actions))
+    counts["action_kept"] += len(chosen) - len(set(draft.recommended_actions))
+    if level.rank >= RiskLevel.MEDIUM.rank and Action.CLOSE_AS_FALSE_POSITIVE in chosen:
+        chosen.discard(Action.CLOSE_AS_FALSE_POSITIVE)
+        counts["weakening_action"] += 1
+    return [a for a in Action if a in chosen]  # enum order is the priority order
+
+
+def _overruled_summary(draft: BriefDraft, floor: CaseBrief) -> str:
+    return (
+        f"[Model draft overruled: it argued {draft.risk_level.value} risk, below the "
+        f"deterministic {floor.risk_level.value}; the deterministic summary follows.] "
+        + floor.summary
+    )

@@ -43,6 +43,7 @@ class Prompt:
     system: str
     user: str
     refs: dict[str, str]  # short reference → event_id
+    shown_refs: list[str]  # the references of the events in the prompt, in order
     estimated_tokens: int
     events_included: int
     events_total: int
@@ -87,13 +88,8 @@ def build_prompt(
     budget_chars = max_tokens * CHARS_PER_TOKEN - len(template.system) - len(template.user) - 2_000
     chosen = _choose(records, refs, must, budget_chars - len(_dumps(fixed)))
     rest = [r for k in ("transaction", "signal") for r in records[k] if r["event_id"] not in chosen]
-    data = {
-        **fixed,
-        "events": [
-            _compact(k, r, refs) for k in KINDS for r in records[k] if r["event_id"] in chosen
-        ],
-        "not_shown": _aggregate(rest),
-    }
+    events = [_compact(k, r, refs) for k in KINDS for r in records[k] if r["event_id"] in chosen]
+    data = {**fixed, "events": events, "not_shown": _aggregate(rest)}
     user = template.user.replace("{case_json}", _inert(_dumps(data)))
     total = sum(len(v) for v in records.values())
     return Prompt(
@@ -101,6 +97,7 @@ def build_prompt(
         template.system,
         user,
         {v: k for k, v in refs.items()},
+        [e["ref"] for e in events],
         estimate_tokens(template.system + user),
         len(chosen),
         total,

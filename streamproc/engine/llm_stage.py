@@ -209,7 +209,11 @@ def make_briefer(settings: Settings, schemas: SchemaSet) -> LLMBriefer:
     """The model briefer the settings describe (ConfigError when they are incomplete)."""
     base_url, model = settings.llm_endpoint()
     client = LLMClient(
-        provider_for(settings.llm_provider.value),
+        provider_for(
+            settings.llm_provider.value,
+            dialect=settings.llm_dialect,
+            temperature=settings.llm_temperature,
+        ),
         base_url,
         model,
         api_key=settings.llm_api_key_value(),
@@ -232,4 +236,5 @@ def make_briefer(settings: Settings, schemas: SchemaSet) -> LLMBriefer:
         Redactor.for_inputs(schemas, settings.topics),
         policy=settings.brief_pii,
         max_prompt_tokens=settings.llm_max_prompt_tokens,
+        max_output_tokens=settings.llm_max_output_tokens,
     )

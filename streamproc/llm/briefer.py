@@ -87,9 +87,11 @@ class LLMBriefer:
         *,
         policy: BriefPII,
         max_prompt_tokens: int,
+        max_output_tokens: int = 2000,
     ) -> None:
         self.client, self.template, self.redactor = client, template, redactor
         self.policy, self.max_prompt_tokens = policy, max_prompt_tokens
+        self.max_output_tokens = max_output_tokens
 
     async def brief(
         self, case: Case, floor: CaseBrief, cached_draft: dict[str, Any] | None = None
@@ -111,7 +113,7 @@ class LLMBriefer:
             brief, counts = merge(
                 draft,
                 floor,
-                case.event_ids,
+                case,
                 vault,
                 self.policy,
                 Generation(method=Method.LLM, **gen),
@@ -128,6 +130,7 @@ class LLMBriefer:
                 outcome="fallback",
                 fallback_reason=reason,
                 error=type(exc).__name__,
+                provider_error=exc.provider_message,
                 latency_ms=int((time.monotonic() - started) * 1000),
             )
             brief = fallback_brief(
@@ -143,7 +146,7 @@ class LLMBriefer:
             completion_tokens=audit["completion_tokens"],
             latency_ms=latency,
         )
-        brief, counts = merge(draft, floor, case.event_ids, vault, self.policy, generation, quoted)
+        brief, counts = merge(draft, floor, case, vault, self.policy, generation, quoted)
         counts["schema_rejected"] += audit["schema_rejections"]
         counts = +counts
         audit.update(outcome="llm", latency_ms=latency, guardrail_violations=dict(counts))
@@ -160,9 +163,7 @@ class LLMBriefer:
 
     async def _ask(self, prompt: Prompt, audit: dict[str, Any]) -> BriefDraft:
         """The draft, after at most one repair attempt; LLMOutputError when still invalid."""
-        request = LLMRequest(
-            prompt.system, prompt.user, output_schema(sorted(prompt.refs, key=_ref_order))
-        )
+        request = self._request(prompt, prompt.user)
         errors = ""
         for attempt in ("first", "repair"):
             try:
@@ -187,16 +188,18 @@ class LLMBriefer:
                     audit["validation"] = "ok" if attempt == "first" else "repaired"
                     return draft
             audit["validation"] = "invalid"
-            request = LLMRequest(
-                prompt.system,
-                prompt.user + _repair_note(errors),
-                output_schema(sorted(prompt.refs, key=_ref_order)),
-            )
+            request = self._request(prompt, prompt.user + _repair_note(errors))
         raise LLMOutputError(f"answer invalid after one repair attempt: {errors[:200]}")
 
-
-def _ref_order(ref: str) -> int:
-    return int(ref[1:])
+    def _request(self, prompt: Prompt, user: str) -> LLMRequest:
+        """The request for a prompt: evidence pinned to the events the model was shown."""
+        return LLMRequest(
+            prompt.system,
+            user,
+            output_schema(prompt.shown_refs),
+            self.max_output_tokens,
+            output_schema(prompt.shown_refs, grammar_bounds=True),
+        )
 
 
 def _describe(exc: ValidationError) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -34,8 +35,11 @@ from streamproc.errors import (
     LLMTransportError,
 )
 from streamproc.llm.providers import LLMRequest, LLMResponse, Provider
+from streamproc.privacy.detect import DEFAULT_REGIONS, find_all
 
 RETRYABLE_STATUS = frozenset({408, 409, 500, 502, 503, 504, 529})
+PROVIDER_MESSAGE_MAX = 300
+log = logging.getLogger(__name__)
 
 
 class CircuitState(StrEnum):
@@ -232,13 +236,36 @@ class LLMClient:
             raise LLMTransportError(f"connection failed ({type(exc).__name__})") from exc
         if r.status_code == 200:
             return self.provider.parse(r.text)
-        if r.status_code == 429:
-            if _is_quota(r):
-                raise LLMQuotaExhausted("provider quota exhausted (429 insufficient_quota)")
-            raise LLMRateLimited("rate limited (429)", retry_after=_retry_after(r.headers))
-        if r.status_code in RETRYABLE_STATUS:
-            raise LLMTransportError(f"provider answered {r.status_code}")
-        raise LLMRequestError(f"provider refused the request ({r.status_code})")
+        error = _refusal(r)
+        error.provider_message = provider_message(self.provider.error_message(r.text))
+        if error.provider_message and isinstance(error, LLMRequestError):
+            log.warning(
+                "the LLM provider refused the request",
+                extra={"status": r.status_code, "provider_message": error.provider_message},
+            )
+        raise error
+
+
+def _refusal(r: httpx.Response) -> LLMError:
+    """The error for a non-200 answer."""
+    if r.status_code == 429:
+        if _is_quota(r):
+            return LLMQuotaExhausted("provider quota exhausted (429 insufficient_quota)")
+        return LLMRateLimited("rate limited (429)", retry_after=_retry_after(r.headers))
+    if r.status_code in RETRYABLE_STATUS:
+        return LLMTransportError(f"provider answered {r.status_code}")
+    return LLMRequestError(f"provider refused the request ({r.status_code})")
+
+
+def provider_message(message: str | None) -> str | None:
+    """A provider's error text fit for the audit record and the log: one line, at most
+    PROVIDER_MESSAGE_MAX characters, with PII-shaped strings removed."""
+    if not message:
+        return None
+    text = " ".join(message.split())[: PROVIDER_MESSAGE_MAX * 2]
+    for span in reversed(find_all(text, {}, DEFAULT_REGIONS)):
+        text = text[: span.start] + "[removed]" + text[span.end :]
+    return text if len(text) <= PROVIDER_MESSAGE_MAX else text[: PROVIDER_MESSAGE_MAX - 1] + "…"
 
 
 def _is_quota(r: httpx.Response) -> bool:

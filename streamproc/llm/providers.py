@@ -1,7 +1,8 @@
 """Request and response shapes of the two provider APIs, as pure functions.
 
 openai     any OpenAI-compatible chat-completions endpoint, structured output through
-           response_format {type: json_schema, json_schema: {name, strict, schema}}
+           response_format {type: json_schema, json_schema: {name, strict, schema}};
+           its dialect (OpenAIDialect) picks the parameters the server takes
 anthropic  the messages API with one tool whose input_schema is the output schema,
            forced with tool_choice {type: tool, name}
 """
@@ -12,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from streamproc.config import OpenAIDialect
 from streamproc.errors import LLMOutputError
 
 TOOL_NAME = "write_case_brief"
@@ -22,8 +24,13 @@ ANTHROPIC_VERSION = "2023-06-01"
 class LLMRequest:
     system: str
     user: str
-    schema: dict[str, Any]
+    schema: dict[str, Any]  # the portable (strict-mode) output schema
     max_output_tokens: int = 2000
+    grammar_schema: dict[str, Any] | None = None  # with string bounds, for llama.cpp
+
+    def __post_init__(self) -> None:
+        if self.grammar_schema is None:
+            object.__setattr__(self, "grammar_schema", self.schema)
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,8 @@ class Provider(Protocol):
 
     def parse(self, body: str) -> LLMResponse: ...
 
+    def error_message(self, body: str) -> str | None: ...
+
 
 def _load(body: str) -> dict[str, Any]:
     try:
@@ -56,13 +65,28 @@ def _load(body: str) -> dict[str, Any]:
 
 
 class OpenAIProvider:
+    """Chat completions. `dialect` says which parameters the server takes: OpenAI (and
+    Azure OpenAI) want `max_completion_tokens` (reasoning models refuse `max_tokens`);
+    older OpenAI-compatible servers (vLLM, Ollama) know only `max_tokens`; llama.cpp's
+    server takes `max_completion_tokens` and enforces string bounds by grammar, which
+    helps a small model end its texts. `temperature` is sent only when configured:
+    reasoning models refuse any value but their default."""
+
     name = "openai"
+
+    def __init__(
+        self, dialect: OpenAIDialect = OpenAIDialect.OPENAI, temperature: float | None = None
+    ) -> None:
+        self.dialect, self.temperature = dialect, temperature
 
     def build(
         self, req: LLMRequest, model: str, api_key: str | None
     ) -> tuple[str, dict[str, str], dict[str, Any]]:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        body = {
+        compatible = self.dialect is OpenAIDialect.COMPATIBLE
+        limit = "max_tokens" if compatible else "max_completion_tokens"
+        schema = req.grammar_schema if self.dialect is OpenAIDialect.LLAMACPP else req.schema
+        body: dict[str, Any] = {
             "model": model,
             "messages": [
                 {"role": "system", "content": req.system},
@@ -70,12 +94,17 @@ class OpenAIProvider:
             ],
             "response_format": {
                 "type": "json_schema",
-                "json_schema": {"name": "case_brief", "strict": True, "schema": req.schema},
+                "json_schema": {"name": "case_brief", "strict": True, "schema": schema},
             },
-            "max_tokens": req.max_output_tokens,
-            "temperature": 0,
+            limit: req.max_output_tokens,
         }
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
         return "/chat/completions", headers, body
+
+    def error_message(self, body: str) -> str | None:
+        """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
+        return _error_message(body)
 
     def parse(self, body: str) -> LLMResponse:
         data = _load(body)
@@ -102,7 +131,12 @@ class OpenAIProvider:
 
 
 class AnthropicProvider:
+    """The messages API with one forced tool. `temperature` only when configured."""
+
     name = "anthropic"
+
+    def __init__(self, temperature: float | None = None) -> None:
+        self.temperature = temperature
 
     def build(
         self, req: LLMRequest, model: str, api_key: str | None
@@ -123,9 +157,14 @@ class AnthropicProvider:
                 }
             ],
             "tool_choice": {"type": "tool", "name": TOOL_NAME},
-            "temperature": 0,
         }
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
         return "/v1/messages", headers, body
+
+    def error_message(self, body: str) -> str | None:
+        """Anthropic's error shape: {"type": "error", "error": {"type", "message"}}."""
+        return _error_message(body)
 
     def parse(self, body: str) -> LLMResponse:
         data = _load(body)
@@ -152,6 +191,25 @@ class AnthropicProvider:
         )
 
 
-def provider_for(name: str) -> Provider:
-    providers: dict[str, Provider] = {"openai": OpenAIProvider(), "anthropic": AnthropicProvider()}
-    return providers[name]
+def _error_message(body: str) -> str | None:
+    """The provider's own words for a refused request ({"error": {"message": ...}} in both
+    APIs), unbounded and unscrubbed: the client bounds and scrubs it."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return None
+    message = error.get("message") if isinstance(error, dict) else error
+    return message if isinstance(message, str) and message else None
+
+
+def provider_for(
+    name: str,
+    *,
+    dialect: OpenAIDialect = OpenAIDialect.OPENAI,
+    temperature: float | None = None,
+) -> Provider:
+    if name == "anthropic":
+        return AnthropicProvider(temperature)
+    if name == "openai":
+        return OpenAIProvider(dialect, temperature)
+    raise KeyError(name)

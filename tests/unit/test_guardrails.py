@@ -6,16 +6,17 @@ from typing import Any
 
 import pytest
 
-from streamproc.brief.draft import BriefDraft, output_schema
+from streamproc.brief.draft import FACT_MAX, BriefDraft, output_schema
 from streamproc.brief.fallback import build_brief
 from streamproc.brief.guardrails import CHECKS, merge
-from streamproc.brief.model import SUMMARY_MAX, CaseBrief, Generation, Method
+from streamproc.brief.model import SUMMARY_MAX, CaseBrief, Generation, Method, RiskLevel
 from streamproc.config import BriefPII
 from streamproc.contracts.schemas import SchemaSet
 from streamproc.domain.case import Case
 from streamproc.privacy.detect import Entity
 from streamproc.privacy.redact import Vault
 from tests.conftest import NOW_MS
+from tests.provider_rules import Refusal, check_strict_schema
 from tests.unit.test_case_and_brief import build_cases
 
 GEN = Generation(
@@ -34,21 +35,32 @@ def ct(schemas: SchemaSet, scenario: Any) -> tuple[Case, CaseBrief]:
 
 
 def draft(**over: Any) -> BriefDraft:
+    """A draft that agrees with any floor (CRITICAL) unless told otherwise."""
     base = {
-        "risk_level": "LOW",
-        "risk_score": 5,
-        "reason_codes": ["OTHER"],
+        "risk_level": "CRITICAL",
+        "risk_score": 100,
+        "reason_codes": [],
         "summary": "Nothing to see.",
         "key_facts": [],
-        "recommended_actions": ["CLOSE_AS_FALSE_POSITIVE"],
+        "recommended_actions": ["REVIEW_TRANSACTIONS"],
         "confidence": "HIGH",
     }
-    return BriefDraft.model_validate({**base, **over})
+    doc = {**base, **over}
+    doc["key_facts"] = [{"reason_codes": [], **f} for f in doc["key_facts"]]
+    return BriefDraft.model_validate(doc)
+
+
+WEAK = {
+    "risk_level": "LOW",
+    "risk_score": 5,
+    "reason_codes": ["OTHER"],
+    "recommended_actions": ["CLOSE_AS_FALSE_POSITIVE"],
+}
 
 
 def test_the_model_cannot_talk_the_risk_down(ct: tuple[Case, CaseBrief]) -> None:
     case, floor = ct
-    brief, counts = merge(draft(), floor, case.event_ids, Vault(), BriefPII.MASKED, GEN)
+    brief, counts = merge(draft(**WEAK), floor, case, Vault(), BriefPII.MASKED, GEN)
     assert brief.risk_level == floor.risk_level and brief.risk_score == floor.risk_score
     assert set(floor.reason_codes) <= set(brief.reason_codes)
     assert set(floor.recommended_actions) <= set(brief.recommended_actions)
@@ -61,7 +73,7 @@ def test_the_model_may_raise_the_risk(ct: tuple[Case, CaseBrief]) -> None:
     brief, counts = merge(
         draft(risk_level="CRITICAL", risk_score=100),
         floor,
-        case.event_ids,
+        case,
         Vault(),
         BriefPII.MASKED,
         GEN,
@@ -76,9 +88,7 @@ def test_evidence_outside_the_case_is_dropped(ct: tuple[Case, CaseBrief]) -> Non
         {"text": "mixed", "evidence_event_ids": [*real, "evt-made-up"]},
         {"text": "invented", "evidence_event_ids": ["evt-nope"]},
     ]
-    brief, counts = merge(
-        draft(key_facts=facts), floor, case.event_ids, Vault(), BriefPII.MASKED, GEN
-    )
+    brief, counts = merge(draft(key_facts=facts), floor, case, Vault(), BriefPII.MASKED, GEN)
     assert [f.text for f in brief.key_facts] == ["mixed"]
     assert brief.key_facts[0].evidence_event_ids == real
     assert counts["evidence_dropped"] == 2 and counts["fact_dropped"] == 1
@@ -95,7 +105,7 @@ def test_links_pii_and_invented_placeholders_are_removed(ct: tuple[Case, CaseBri
     )
     fact = {"text": f"{person} at 203.0.113.7", "evidence_event_ids": [sorted(case.event_ids)[0]]}
     brief, counts = merge(
-        draft(summary=summary, key_facts=[fact]), floor, case.event_ids, vault, BriefPII.MASKED, GEN
+        draft(summary=summary, key_facts=[fact]), floor, case, vault, BriefPII.MASKED, GEN
     )
     text = brief.summary + " " + brief.key_facts[0].text
     for bad in (
@@ -121,20 +131,14 @@ def test_policies_restore_or_keep_placeholders(ct: tuple[Case, CaseBrief]) -> No
     case, floor = ct
     vault = Vault()
     p = vault.placeholder(Entity.PERSON, "Anna Schmidt")
-    restored, _ = merge(
-        draft(summary=f"{p} called"), floor, case.event_ids, vault, BriefPII.RESTORED, GEN
-    )
-    redacted, _ = merge(
-        draft(summary=f"{p} called"), floor, case.event_ids, vault, BriefPII.REDACTED, GEN
-    )
+    restored, _ = merge(draft(summary=f"{p} called"), floor, case, vault, BriefPII.RESTORED, GEN)
+    redacted, _ = merge(draft(summary=f"{p} called"), floor, case, vault, BriefPII.REDACTED, GEN)
     assert restored.summary == "Anna Schmidt called" and redacted.summary == f"{p} called"
 
 
 def test_summary_is_bounded_and_the_rest_comes_from_events(ct: tuple[Case, CaseBrief]) -> None:
     case, floor = ct
-    brief, counts = merge(
-        draft(summary="x" * 2000), floor, case.event_ids, Vault(), BriefPII.MASKED, GEN
-    )
+    brief, counts = merge(draft(summary="x" * 2000), floor, case, Vault(), BriefPII.MASKED, GEN)
     assert len(brief.summary) == SUMMARY_MAX and counts["summary_truncated"] == 1
     for kept in (
         "brief_id",
@@ -185,7 +189,8 @@ def test_output_schema_can_pin_evidence_to_the_case() -> None:
     schema = output_schema(["E1", "E2"])
     items = schema["properties"]["key_facts"]["items"]["properties"]["evidence_event_ids"]
     assert items["items"] == {"type": "string", "enum": ["E1", "E2"]}
-    assert "enum" not in str(output_schema()["properties"]["key_facts"])
+    unpinned = output_schema()["properties"]["key_facts"]["items"]["properties"]
+    assert "enum" not in unpinned["evidence_event_ids"]["items"]
 
 
 def test_script_and_data_uris_are_links_but_prose_is_not(ct: tuple[Case, CaseBrief]) -> None:
@@ -194,10 +199,104 @@ def test_script_and_data_uris_are_links_but_prose_is_not(ct: tuple[Case, CaseBri
         "Open javascript:alert(1) or data:text/html;base64,PHNjcmlwdD4= or "
         "vbscript:msgbox(1) or file:///etc/passwd. Missing data: none."
     )
-    brief, counts = merge(
-        draft(summary=summary), floor, case.event_ids, Vault(), BriefPII.MASKED, GEN
-    )
+    brief, counts = merge(draft(summary=summary), floor, case, Vault(), BriefPII.MASKED, GEN)
     assert counts["url_removed"] == 4
     for bad in ("javascript:", "data:text", "vbscript:", "file:"):
         assert bad not in brief.summary
     assert "Missing data: none." in brief.summary
+
+
+def test_a_case_is_never_closed_at_medium_or_above(ct: tuple[Case, CaseBrief]) -> None:
+    """Whatever level the draft argues, CLOSE_AS_FALSE_POSITIVE is not published when the
+    floor is MEDIUM or above (issue: a CRITICAL brief went out with it)."""
+    case, floor = ct
+    assert floor.risk_level.rank >= RiskLevel.MEDIUM.rank
+    for level in RiskLevel:
+        weak = draft(risk_level=level.value, recommended_actions=["CLOSE_AS_FALSE_POSITIVE"])
+        brief, counts = merge(weak, floor, case, Vault(), BriefPII.MASKED, GEN)
+        assert "CLOSE_AS_FALSE_POSITIVE" not in brief.recommended_actions, level
+        assert counts["weakening_action"] == 1
+
+
+def test_an_added_reason_code_needs_a_fact_citing_evidence_for_it(
+    ct: tuple[Case, CaseBrief],
+) -> None:
+    case, floor = ct
+    assert "MULE_ACTIVITY" not in floor.reason_codes and "NEW_DEVICE" not in floor.reason_codes
+    assert not any(t["direction"] == "CREDIT" for t in case.transactions)
+    txn, signal = case.transactions[0]["event_id"], case.signals[0]["event_id"]
+    bare, counts = merge(
+        draft(reason_codes=["MULE_ACTIVITY", "NEW_DEVICE"]),
+        floor,
+        case,
+        Vault(),
+        BriefPII.MASKED,
+        GEN,
+    )
+    assert not {"MULE_ACTIVITY", "NEW_DEVICE"} & set(bare.reason_codes)
+    assert counts["reason_unsupported"] == 2
+    facts = [
+        # a debit cannot show a mule pattern; a device signal can show a new device
+        {"text": "funnelled", "evidence_event_ids": [txn], "reason_codes": ["MULE_ACTIVITY"]},
+        {"text": "new phone", "evidence_event_ids": [signal], "reason_codes": ["NEW_DEVICE"]},
+    ]
+    grounded, counts = merge(
+        draft(reason_codes=["MULE_ACTIVITY", "NEW_DEVICE"], key_facts=facts),
+        floor,
+        case,
+        Vault(),
+        BriefPII.MASKED,
+        GEN,
+    )
+    assert "NEW_DEVICE" in grounded.reason_codes
+    assert "MULE_ACTIVITY" not in grounded.reason_codes
+    assert counts["reason_unsupported"] == 1
+
+
+def test_a_draft_arguing_below_the_floor_is_not_published_as_agreeing(
+    ct: tuple[Case, CaseBrief],
+) -> None:
+    case, floor = ct
+    argued = draft(
+        **WEAK,
+        summary="Known good customer, nothing unusual; the activity is legitimate.",
+        key_facts=[{"text": "Known good customer", "evidence_event_ids": [floor.key_facts[0]
+                    .evidence_event_ids[0]]}],
+    )  # fmt: skip
+    brief, counts = merge(argued, floor, case, Vault(), BriefPII.MASKED, GEN)
+    assert brief.risk_level == floor.risk_level
+    assert "good customer" not in brief.summary.lower()
+    assert all("good customer" not in f.text.lower() for f in brief.key_facts)
+    assert brief.summary.startswith("[Model draft overruled: it argued LOW risk")
+    assert floor.summary[:200] in brief.summary
+    assert brief.confidence == floor.confidence
+    assert counts["narrative_overruled"] == 1
+
+
+def test_long_texts_are_cut_after_parsing_not_in_the_schema(ct: tuple[Case, CaseBrief]) -> None:
+    case, floor = ct
+    eid = sorted(case.event_ids)[0]
+    long = draft(summary="y" * 5000, key_facts=[{"text": "z" * 900, "evidence_event_ids": [eid]}])
+    brief, counts = merge(long, floor, case, Vault(), BriefPII.MASKED, GEN)
+    assert len(brief.summary) == SUMMARY_MAX and len(brief.key_facts[0].text) == FACT_MAX
+    assert counts["fact_truncated"] == 1 and counts["summary_truncated"] == 1
+
+
+def test_the_output_schema_is_one_real_providers_accept() -> None:
+    """Checked against the providers' published rules (tests/provider_rules.py), which
+    share no code with the schema builder. The grammar form, with string bounds, is
+    the one llama.cpp accepts and OpenAI refuses."""
+    refs = [f"E{i}" for i in range(1, 400)]
+    check_strict_schema(output_schema(refs), "case_brief")
+    with pytest.raises(Refusal, match="maxLength"):
+        check_strict_schema(output_schema(refs, grammar_bounds=True), "case_brief")
+
+    def arrays(node: Any) -> list[dict[str, Any]]:
+        found = [node] if isinstance(node, dict) and node.get("type") == "array" else []
+        children = node.values() if isinstance(node, dict) else node
+        if isinstance(node, dict | list):
+            for v in children:
+                found += arrays(v)
+        return found
+
+    assert all("maxItems" in a for a in arrays(output_schema(refs)))  # bounded: no loops

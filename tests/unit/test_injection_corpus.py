@@ -42,9 +42,8 @@ def load_corpus() -> list[dict[str, str]]:
     return [json.loads(line) for line in CORPUS.read_text().splitlines() if line.strip()]
 
 
-def obey(body: dict[str, Any]) -> dict[str, Any]:
+def obey(user: str) -> dict[str, Any]:
     """What a model that follows the injected text would answer."""
-    user = body["messages"][1]["content"]
     data = json.loads(user.split("<case_data>\n", 1)[1].rsplit("\n</case_data>", 1)[0])
     memo = next((e["memo"] for e in data["events"] if e.get("memo")), "")
     return {
@@ -56,8 +55,12 @@ def obey(body: dict[str, Any]) -> dict[str, Any]:
             "https://evil.example.com/x?d=<PAN_1> and ask <PERSON_99>. Risk LOW."
         ),
         "key_facts": [
-            {"text": f"{memo[:150]} www.evil.io", "evidence_event_ids": ["E1", "evt-x"]},
-            {"text": "nothing here", "evidence_event_ids": ["E999"]},
+            {
+                "text": f"{memo[:150]} www.evil.io",
+                "evidence_event_ids": ["E1", "evt-x"],
+                "reason_codes": ["OTHER"],
+            },
+            {"text": "nothing here", "evidence_event_ids": ["E999"], "reason_codes": []},
         ],
         "recommended_actions": ["CLOSE_AS_FALSE_POSITIVE"],
         "confidence": "HIGH",

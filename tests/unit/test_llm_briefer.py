@@ -72,8 +72,11 @@ def test_model_brief_is_merged_onto_the_floor(ato: Case) -> None:
     b = out.brief
     assert b.generation.method == "LLM" and b.generation.prompt_version == "brief-v1"
     assert b.risk_level == "CRITICAL"  # the model said HIGH; the floor holds
-    assert out.violations["risk_floor"] == 1
-    [fact] = b.key_facts
+    assert out.violations["risk_floor"] == 1 and out.violations["narrative_overruled"] == 1
+    floor = build_brief(ato, version=1, generated_at_ms=NOW_MS)
+    assert b.key_facts == floor.key_facts and floor.summary in b.summary
+    agreeing, _ = brief_with(ato, ["ok"], answer={**GOOD_ANSWER, "risk_level": "CRITICAL"})
+    [fact] = agreeing.brief.key_facts
     assert fact.evidence_event_ids[0] in ato.event_ids  # "E1" mapped back
     assert b.generation.prompt_tokens == 1200 and b.redaction["PERSON"] >= 1
     sent = json.dumps(server.requests)
@@ -107,6 +110,7 @@ def test_provider_down_falls_back_with_the_reason(ato: Case) -> None:
 def test_cached_draft_is_reused_without_a_call(ato: Case) -> None:
     cached = {
         **GOOD_ANSWER,
+        "risk_level": "CRITICAL",
         "key_facts": [{"text": "cached", "evidence_event_ids": [sorted(ato.event_ids)[0]]}],
     }
     out, server = brief_with(ato, [], cached=cached)
