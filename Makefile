@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 TOOLS  := .tools/.installed
 
-.PHONY: venv tools demo test test-unit lint typecheck schemas bench eval faults clean
+.PHONY: venv tools demo test test-unit lint typecheck schemas bench eval faults injection-report clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "streamproc needs Python 3.11+")'
@@ -60,3 +60,8 @@ eval: venv
 # The fault suite at full length (phases of a minute, larger runs); make test runs it short.
 faults: venv tools
 	STREAMPROC_FAULT_SCALE=full $(BIN)/python -m pytest -m faults -s $(ARGS)
+
+# The prompt-injection corpus against a model that obeys, both API shapes:
+# tests/eval/results/injection.{md,json} (make test checks the committed report is current).
+injection-report: venv
+	$(BIN)/python -m tests.eval.injection.attack

@@ -39,7 +39,7 @@ from streamproc.brief.model import (
 )
 from streamproc.config import BriefPII
 from streamproc.domain.case import Case, Record
-from streamproc.privacy.detect import find_all
+from streamproc.privacy.detect import DEFAULT_REGIONS, find_all
 from streamproc.privacy.redact import Vault, apply_policy
 
 # Links of any kind: web and file URLs, script and data URIs (a scheme directly
@@ -113,7 +113,7 @@ def clean_text(text: str, vault: Vault, policy: BriefPII, counts: Counter[str]) 
     """URLs and raw PII out, unknown placeholders out, policy applied to the rest."""
     text, n = URL.subn(REMOVED, text)
     counts["url_removed"] += n
-    for span in reversed(find_all(text, {}, ())):
+    for span in reversed(find_all(text, {}, DEFAULT_REGIONS)):
         text = text[: span.start] + REMOVED + text[span.end :]
         counts["pii_removed"] += 1
     text, invented = apply_policy(text, vault, policy)
