@@ -90,8 +90,9 @@ def level_for(score: int) -> RiskLevel:
     return next((lvl for floor, lvl in LEVEL_FLOORS if score >= floor), RiskLevel.LOW)
 
 
-def assess(case: Case) -> Assessment:
-    findings = tuple(find_all(case))
+def assess(case: Case, failed: list[str] | None = None) -> Assessment:
+    """`failed`: collects the names of detectors that raised (see features.find_all)."""
+    findings = tuple(find_all(case, failed))
     top = max(case.alerts, key=lambda a: SEVERITY_POINTS[a["severity"]])
     score = SEVERITY_POINTS[top["severity"]]
     score += round(ALERT_SCORE_POINTS * max((a.get("score") or 0.0) for a in case.alerts))
@@ -125,10 +126,17 @@ def _actions(level: RiskLevel, reasons: Iterable[ReasonCode]) -> tuple[Action, .
 
 
 def build_brief(
-    case: Case, *, version: int, generated_at_ms: int, fallback_reason: str | None = None
+    case: Case,
+    *,
+    version: int,
+    generated_at_ms: int,
+    fallback_reason: str | None = None,
+    failed: list[str] | None = None,
 ) -> CaseBrief:
-    """The complete deterministic brief for a case."""
-    a = assess(case)
+    """The complete deterministic brief for a case, for any contract-valid case. A
+    detector that fails becomes a data gap; its name is appended to `failed`."""
+    failed = [] if failed is None else failed
+    a = assess(case, failed)
     facts = [
         _alert_fact(case),
         *(KeyFact(text=f.text, evidence_event_ids=list(f.evidence)) for f in a.findings),
@@ -150,7 +158,9 @@ def build_brief(
         timeline=_timeline(case, a),
         recommended_actions=list(a.actions),
         confidence=a.confidence,
-        data_gaps=list(case.data_gaps) + _timeline_gap(case),
+        data_gaps=list(case.data_gaps)
+        + _timeline_gap(case)
+        + [f"detector {name} failed on this case; its pattern was not checked" for name in failed],
         generation=Generation(
             method=Method.FALLBACK,
             fallback_reason=fallback_reason,

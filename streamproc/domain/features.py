@@ -7,6 +7,7 @@ All functions are pure and deterministic: same case, same findings, same order.
 from __future__ import annotations
 
 import itertools
+import logging
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -16,6 +17,7 @@ from streamproc.brief.model import ReasonCode
 from streamproc.domain.case import Case, Record
 from streamproc.domain.money import fmt_amount
 
+log = logging.getLogger(__name__)
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 
@@ -301,8 +303,8 @@ def mule_activity(case: Case) -> Finding | None:
         if first_in <= t["occurred_at"] <= first_in + MULE_HORIZON_MS
     ]
     outbound = sum(t["amount_minor"] for t in outs)
-    if not outs or outbound < MULE_OUT_SHARE * inbound:
-        return None
+    if not outs or inbound == 0 or outbound < MULE_OUT_SHARE * inbound:
+        return None  # zero-amount credits move nothing: no mule pattern to speak of
     cur = credits[0]["currency"]
     return Finding(
         ReasonCode.MULE_ACTIVITY,
@@ -340,6 +342,21 @@ DETECTORS: tuple[Callable[[Case], Finding | None], ...] = (
 )
 
 
-def find_all(case: Case) -> list[Finding]:
-    """Every finding of the case, in a fixed order (strongest patterns first)."""
-    return [f for f in (d(case) for d in DETECTORS) if f is not None]
+def find_all(case: Case, failed: list[str] | None = None) -> list[Finding]:
+    """Every finding of the case, in a fixed order (strongest patterns first).
+
+    A detector that raises is a bug, never the case's fault: it is logged, its name is
+    appended to `failed` (the brief lists it as a data gap, /metrics counts it) and the
+    other detectors still run, so the alert still gets its brief."""
+    findings = []
+    for detector in DETECTORS:
+        try:
+            finding = detector(case)
+        except Exception:
+            log.exception("detector failed", extra={"detector": detector.__name__})
+            if failed is not None:
+                failed.append(detector.__name__)
+            continue
+        if finding is not None:
+            findings.append(finding)
+    return findings

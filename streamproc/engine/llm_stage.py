@@ -33,6 +33,10 @@ from streamproc.privacy.redact import Redactor
 
 log = logging.getLogger(__name__)
 CIRCUIT_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+# Rounds a case may fail on the model path (its brief cannot be encoded or its answer
+# stored) before the deterministic brief goes out instead, with reason stage_error.
+# A failure to deliver (the broker is away) is not the model's: the case waits for it.
+MAX_STAGE_FAILURES = 3
 
 
 class LLMStage:
@@ -51,6 +55,7 @@ class LLMStage:
         self.cache, self.publish, self.send, self.persist = cache, publish, send, persist
         self.in_flight: dict[str, asyncio.Task[None]] = {}
         self.partition_of: dict[str, int] = {}
+        self.failures: dict[str, int] = {}  # failed rounds of a case, until it is published
         self.waiting = 0
 
     def offer(self, plan: BriefPlan) -> None:
@@ -118,15 +123,10 @@ class LLMStage:
     async def _brief_bound(self, plan: BriefPlan) -> None:
         key = self.cache_key(plan)
         cached = self.cache.get(key)
-        try:
-            outcome = await asyncio.wait_for(
-                self.briefer.brief(plan.case, plan.brief, cached), self.s.llm_case_deadline_s
-            )
-        except TimeoutError:
-            outcome = self._fallback(plan, "timeout")
-        except Exception:  # a bug must not cost the case its brief
-            log.exception("LLM briefing failed unexpectedly; publishing the deterministic brief")
-            outcome = self._fallback(plan, "provider_error")
+        if self.failures.get(plan.case_id, 0) >= MAX_STAGE_FAILURES:
+            outcome = self._fallback(plan, "stage_error")  # the model path keeps failing
+        else:
+            outcome = await self._outcome(plan, cached)
         self._count(outcome, cached is not None)
         gen = outcome.brief.generation
         if gen.method is Method.FALLBACK:
@@ -134,14 +134,17 @@ class LLMStage:
                 "model brief fell back to the deterministic brief",
                 extra={"fallback_reason": gen.fallback_reason},
             )
+        delivering = False  # failures before delivery are the model path's own, and bounded
         try:
+            published = plan.with_brief(outcome.brief, self.codec, self.s.topics.briefs)
             if outcome.draft is not None and cached is None:
                 # Stored before the brief goes out: a crash after this point re-briefs the
                 # case from the stored answer instead of paying for a second call.
                 self.cache.partition = plan.partition
                 self.cache[key] = outcome.draft
                 await self.persist()
-            await self.publish(plan.with_brief(outcome.brief, self.codec, self.s.topics.briefs))
+            delivering = True
+            await self.publish(published)
             if outcome.audit is not None:
                 await self.send(
                     Outgoing(
@@ -153,7 +156,26 @@ class LLMStage:
                 )
             await self.persist()
         except Exception:  # stays pending: the next round offers it again
-            log.exception("publishing an LLM brief failed; the case stays pending")
+            if not delivering:
+                self.failures[plan.case_id] = self.failures.get(plan.case_id, 0) + 1
+            log.exception(
+                "publishing an LLM brief failed; the case stays pending",
+                extra={"stage_failures": self.failures.get(plan.case_id, 0)},
+            )
+        else:
+            self.failures.pop(plan.case_id, None)
+
+    async def _outcome(self, plan: BriefPlan, cached: dict[str, Any] | None) -> BriefOutcome:
+        """The model's brief, or the deterministic one with the reason; never raises."""
+        try:
+            return await asyncio.wait_for(
+                self.briefer.brief(plan.case, plan.brief, cached), self.s.llm_case_deadline_s
+            )
+        except TimeoutError:
+            return self._fallback(plan, "timeout")
+        except Exception:  # a bug must not cost the case its brief
+            log.exception("LLM briefing failed unexpectedly; publishing the deterministic brief")
+            return self._fallback(plan, "provider_error")
 
     def _fallback(self, plan: BriefPlan, reason: str) -> BriefOutcome:
         fields = self.briefer.generation_fields(plan.brief)

@@ -276,7 +276,12 @@ class CaseProcessor:
             self._unpend(case_id)
             self.metrics.briefs_unchanged.inc()
             return None
-        brief = build_brief(assembled, version=case["version"] + 1, generated_at_ms=int(now * 1000))
+        failed: list[str] = []
+        brief = build_brief(
+            assembled, version=case["version"] + 1, generated_at_ms=int(now * 1000), failed=failed
+        )
+        for detector in failed:
+            self.metrics.detector_failures.labels(detector).inc()
         value = self.codec.encode(self.topics.briefs, brief.to_avro())
         out = Outgoing(self.topics.briefs, case_id.encode(), value, _brief_headers(brief))
         return BriefPlan(case_id, brief, out, pend["since"], pend["partition"], assembled)

@@ -34,8 +34,9 @@ from streamproc.llm.client import LLMClient
 from streamproc.llm.providers import LLMRequest
 from streamproc.privacy.redact import Redactor
 
-# Fallback reason by error; with "provider_error" for the rest, the bounded label set of
-# streamproc_llm_fallbacks_total{reason}.
+# Fallback reason by error; with "provider_error" for the rest, and the LLM stage's own
+# "timeout" (case deadline) and "stage_error" (its brief kept failing), the bounded
+# label set of streamproc_llm_fallbacks_total{reason}.
 _REASON_OF: tuple[tuple[type[LLMError], str], ...] = (
     (LLMCircuitOpen, "circuit_open"),
     (LLMTimeout, "timeout"),

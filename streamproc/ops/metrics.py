@@ -54,6 +54,12 @@ class Metrics:
             "Settled cases whose content equals the last brief (nothing republished).",
             registry=r,
         )
+        self.detector_failures = Counter(
+            "streamproc_detector_failures",
+            "Detectors that raised on a case (a bug; the brief lists it as a data gap).",
+            ["detector"],
+            registry=r,
+        )
         self.brief_latency = Histogram(
             "streamproc_brief_latency_seconds",
             "Alert consumed → brief published, settle delay included.",
