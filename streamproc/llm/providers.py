@@ -18,6 +18,7 @@ from streamproc.errors import LLMOutputError
 
 TOOL_NAME = "write_case_brief"
 ANTHROPIC_VERSION = "2023-06-01"
+CUT_SHORT = "the answer was cut at the output token limit (raise LLM_MAX_OUTPUT_TOKENS)"
 
 
 @dataclass(frozen=True)
@@ -109,9 +110,12 @@ class OpenAIProvider:
     def parse(self, body: str) -> LLMResponse:
         data = _load(body)
         try:
-            message = data["choices"][0]["message"]
+            choice = data["choices"][0]
+            message = choice["message"]
         except (KeyError, IndexError, TypeError) as exc:
             raise LLMOutputError("chat completion has no choices[0].message") from exc
+        if choice.get("finish_reason") == "length":
+            raise LLMOutputError(CUT_SHORT)
         if message.get("refusal"):
             raise LLMOutputError("the model refused to answer")
         try:
@@ -168,6 +172,8 @@ class AnthropicProvider:
 
     def parse(self, body: str) -> LLMResponse:
         data = _load(body)
+        if data.get("stop_reason") == "max_tokens":
+            raise LLMOutputError(CUT_SHORT)
         blocks = data.get("content") or []
         tool = next(
             (
