@@ -161,9 +161,7 @@ def serving(
         stop_child(proc, 10)
 
 
-def _wait_healthy(
-    base: str, proc: subprocess.Popen[bytes], timeout_s: float, log: Path
-) -> None:
+def _wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout_s: float, log: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
