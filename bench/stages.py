@@ -71,7 +71,7 @@ def worker_env(bootstrap: str, data_dir: Path, **extra: str) -> dict[str, str]:
             "STREAMPROC_BROKER_SESSION_TIMEOUT_S": "10",
             "STREAMPROC_BROKER_HEARTBEAT_INTERVAL_S": "1",
             "STREAMPROC_DATA_DIR": str(data_dir),
-            "STREAMPROC_LOG_LEVEL": "warn",
+            "STREAMPROC_LOG_LEVEL": "warning",
             **extra,
         }
     )
