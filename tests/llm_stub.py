@@ -14,6 +14,12 @@ from typing import Any
 
 from aiohttp import web
 
+from streamproc.brief.prompt import load_template
+from streamproc.config import BriefPII
+from streamproc.contracts.schemas import SchemaSet
+from streamproc.llm.briefer import LLMBriefer
+from streamproc.llm.client import LLMClient
+from streamproc.privacy.redact import Redactor
 from tests.provider_rules import (
     Refusal,
     anthropic_error,
@@ -46,6 +52,18 @@ MODES = (
 )
 
 
+def masked_briefer(client: LLMClient, max_prompt_tokens: int = 8000) -> LLMBriefer:
+    """The worker's briefer for tests: the shipped prompt, the input schemas' redactor,
+    PII masked in the brief."""
+    return LLMBriefer(
+        client,
+        load_template(),
+        Redactor.for_inputs(SchemaSet()),
+        policy=BriefPII.MASKED,
+        max_prompt_tokens=max_prompt_tokens,
+    )
+
+
 class StubLLM:
     def __init__(self, answer: dict[str, Any] | None = None, delay_s: float = 0.0) -> None:
         self.answer = answer or GOOD_ANSWER
@@ -72,6 +90,10 @@ class StubLLM:
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}"
         return self.url
+
+    def base_url(self, shape: str) -> str:
+        """The base URL a client of `shape` (openai, anthropic) is configured with."""
+        return f"{self.url}/v1" if shape == "openai" else self.url
 
     async def stop(self) -> None:
         self._release.set()

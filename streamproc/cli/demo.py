@@ -21,7 +21,7 @@ from streamproc.config import Settings
 from streamproc.contracts.topics import load_topics
 from streamproc.errors import BrokerError
 from streamproc.kafka.admin import admin_client, apply_topics
-from streamproc.kafka.broker import EmbeddedBroker, free_port, spawn_child, stop_child
+from streamproc.kafka.broker import EmbeddedBroker, free_port, spawn_child, stop_child, wait_http_ok
 from streamproc.sim.scenario import Scenario, build_scenario
 
 READY_TIMEOUT_S = 90.0
@@ -83,17 +83,11 @@ def _worker_env(bootstrap: str, data_dir: Path) -> dict[str, str]:
 
 
 def _wait_ready(worker: Any, port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-2000:]
-            raise BrokerError(f"worker exited with {worker.returncode}; last log lines:\n{tail}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
+    if wait_http_ok(f"http://127.0.0.1:{port}/readyz", worker, READY_TIMEOUT_S, poll_s=0.3):
+        return
+    if worker.poll() is not None:
+        tail = log_path.read_text(errors="replace")[-2000:]
+        raise BrokerError(f"worker exited with {worker.returncode}; last log lines:\n{tail}")
     raise BrokerError(f"worker not ready within {READY_TIMEOUT_S:.0f}s; see {log_path}")
 
 

@@ -43,6 +43,22 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> None:
     raise BrokerError(f"broker did not listen on {host}:{port} within {timeout_s:.0f}s")
 
 
+def wait_http_ok(
+    url: str, proc: subprocess.Popen[bytes], timeout_s: float, poll_s: float = 0.2
+) -> bool:
+    """Poll `url` until it answers 200 (True), the child `proc` exits or the time is up
+    (False: the caller says which, with its own log)."""
+    import httpx  # only the children that serve HTTP need it
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=min(2.0, timeout_s)).status_code == 200:
+                return True
+        time.sleep(poll_s)
+    return False
+
+
 def _die_with_parent() -> None:
     """In the child: get SIGTERM when the parent dies, so no broker is left behind."""
     if sys.platform.startswith("linux"):

@@ -32,10 +32,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from streamproc.errors import ConfigError
-from streamproc.kafka.broker import free_port, spawn_child, stop_child
+from streamproc.kafka.broker import free_port, spawn_child, stop_child, wait_http_ok
 
 
 @dataclass(frozen=True)
@@ -162,16 +160,10 @@ def serving(
 
 
 def _wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout_s: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ConfigError(f"llama-server exited with {proc.returncode}; see {log}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
+    if wait_http_ok(f"{base}/health", proc, timeout_s):
+        return
+    if proc.poll() is not None:
+        raise ConfigError(f"llama-server exited with {proc.returncode}; see {log}")
     raise ConfigError(f"llama-server not healthy within {timeout_s:g}s; see {log}")
 
 

@@ -248,14 +248,19 @@ def find_known(text: str, known: dict[str, Entity]) -> Iterator[Span]:
                     yield Span(start, end, entity, text[start:end])
 
 
+def parts(value: str) -> list[str]:
+    """A value's words, folded: `Dubois, Chloé` → [dubois, chloe]."""
+    return [p for p in re.split(r"[^\w]+|_", fold(value)) if p]
+
+
 def _needles(value: str, entity: Entity) -> set[str]:
     """The squeezed, folded spellings of a known value to look for."""
-    parts = [p for p in re.split(r"[^\w]+|_", fold(value)) if p]
-    if not parts:
+    parts_ = parts(value)
+    if not parts_:
         return set()
-    if entity is Entity.PERSON and 1 < len(parts) <= MAX_NAME_PARTS:
-        return {"".join(order) for order in itertools.permutations(parts)}
-    needles = {"".join(parts)}
+    if entity is Entity.PERSON and 1 < len(parts_) <= MAX_NAME_PARTS:
+        return {"".join(order) for order in itertools.permutations(parts_)}
+    needles = {"".join(parts_)}
     if entity is Entity.PHONE:
         needles |= _phone_needles(value)
     return needles
@@ -273,7 +278,7 @@ def _phone_needles(value: str) -> set[str]:
 
 def _name_parts(value: str) -> list[str]:
     """Parts of a name that name the person on their own (initials do not)."""
-    return [p for p in re.split(r"[^\w]+|_", fold(value)) if len(p) >= 2]
+    return [p for p in parts(value) if len(p) >= 2]
 
 
 def _bounded(text: str, start: int, end: int) -> bool:

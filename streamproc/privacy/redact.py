@@ -20,7 +20,7 @@ import phonenumbers
 
 from streamproc.config import BriefPII, Topics
 from streamproc.contracts.schemas import EventSchema, SchemaSet
-from streamproc.privacy.detect import DEFAULT_REGIONS, Entity, digits, find_all, fold
+from streamproc.privacy.detect import DEFAULT_REGIONS, Entity, digits, find_all, parts
 
 PLACEHOLDER = re.compile(r"<(PAN|IBAN|EMAIL|PHONE|PERSON|IP)_(\d+)>")
 Record = dict[str, Any]
@@ -45,7 +45,7 @@ def normal_form(entity: Entity, value: str) -> str:
             return ipaddress.ip_address(value.strip()).compressed
         except ValueError:
             return value.strip().lower()
-    return " ".join(sorted(re.split(r"[^\w]+|_", fold(value)))).strip()  # any order, case, accents
+    return " ".join(sorted(parts(value)))  # a name in any order, case or accents
 
 
 @dataclass

@@ -95,6 +95,17 @@ def checked(topic: str, raw: dict[str, Any], schemas: SchemaSet) -> dict[str, An
 
 
 SCHEMA_SET = SchemaSet()
+ALERT = {
+    "event_id": "a1",
+    "alert_id": "a1",
+    "case_id": "c1",
+    "account_id": ACCOUNT,
+    "occurred_at": NOW_MS,
+    "rule_id": "R",
+    "rule_name": "r",
+    "severity": "CRITICAL",
+    "transaction_ids": [],
+}
 CODEC = AvroCodec(SCHEMA_SET)
 
 
@@ -154,21 +165,7 @@ def test_zero_amount_credits_are_no_mule_pattern_and_raise_nothing() -> None:
         record = checked(TXN_TOPIC, raw, SCHEMA_SET)
         assert record is not None
         add_event(window, TXN, record, lookback_ms=LOOKBACK, max_events=500)
-    alert = checked(
-        ALERT_TOPIC,
-        {
-            "event_id": "a1",
-            "alert_id": "a1",
-            "case_id": "c1",
-            "account_id": ACCOUNT,
-            "occurred_at": NOW_MS,
-            "rule_id": "R",
-            "rule_name": "r",
-            "severity": "HIGH",
-            "transaction_ids": [],
-        },
-        SCHEMA_SET,
-    )
+    alert = checked(ALERT_TOPIC, {**ALERT, "severity": "HIGH"}, SCHEMA_SET)
     assert alert is not None
     case = assemble_case("c1", ACCOUNT, [alert], window, lookback_ms=LOOKBACK, after_ms=AFTER)
     failed: list[str] = []
@@ -183,18 +180,7 @@ def test_a_failing_detector_is_a_data_gap_not_an_exception(monkeypatch: Any) -> 
         raise ZeroDivisionError("bug")
 
     monkeypatch.setattr(features, "DETECTORS", (broken, *features.DETECTORS))
-    alert = {
-        "event_id": "a1",
-        "alert_id": "a1",
-        "case_id": "c1",
-        "account_id": ACCOUNT,
-        "occurred_at": NOW_MS,
-        "rule_id": "R",
-        "rule_name": "r",
-        "severity": "CRITICAL",
-        "transaction_ids": [],
-    }
-    record = checked(ALERT_TOPIC, alert, SCHEMA_SET)
+    record = checked(ALERT_TOPIC, ALERT, SCHEMA_SET)
     assert record is not None
     case = assemble_case(
         "c1", ACCOUNT, [record], empty_window(), lookback_ms=LOOKBACK, after_ms=AFTER

@@ -11,21 +11,18 @@ import httpx
 from prometheus_client import CollectorRegistry
 
 from streamproc.brief.fallback import build_brief
-from streamproc.brief.prompt import load_template
-from streamproc.config import BriefPII, Settings
+from streamproc.config import Settings
 from streamproc.contracts.codec import AvroCodec
 from streamproc.contracts.schemas import SchemaSet
 from streamproc.engine.dlq import Outgoing
 from streamproc.engine.llm_stage import MAX_STAGE_FAILURES, LLMStage
 from streamproc.engine.processor import BriefPlan
-from streamproc.llm.briefer import LLMBriefer
 from streamproc.llm.client import LLMClient
 from streamproc.llm.providers import provider_for
 from streamproc.ops.metrics import Metrics
-from streamproc.privacy.redact import Redactor
 from streamproc.sim.scenario import build_scenario
 from tests.conftest import NOW_MS
-from tests.llm_stub import GOOD_ANSWER
+from tests.llm_stub import GOOD_ANSWER, masked_briefer
 from tests.unit.test_case_and_brief import build_cases
 
 
@@ -68,13 +65,7 @@ def test_a_model_path_that_keeps_failing_ends_in_the_deterministic_brief() -> No
         client = LLMClient(
             provider_for("openai"), "http://m.test/v1", "m", transport=httpx.MockTransport(handler)
         )
-        briefer = LLMBriefer(
-            client,
-            load_template(),
-            Redactor.for_inputs(schemas),
-            policy=BriefPII.MASKED,
-            max_prompt_tokens=8000,
-        )
+        briefer = masked_briefer(client)
         settings = Settings(llm_provider="openai", llm_model="m")
         stage = LLMStage(
             settings, codec, Metrics(CollectorRegistry()), briefer, Table(), publish, nothing,

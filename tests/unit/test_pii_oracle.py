@@ -24,16 +24,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamproc.brief.fallback import build_brief
-from streamproc.brief.prompt import load_template
-from streamproc.config import BriefPII
 from streamproc.contracts.schemas import SchemaSet
 from streamproc.domain.case import Case
-from streamproc.llm.briefer import LLMBriefer
 from streamproc.llm.client import LLMClient
 from streamproc.llm.providers import provider_for
-from streamproc.privacy.redact import Redactor
 from streamproc.sim.scenario import build_scenario
 from tests.conftest import NOW_MS
+from tests.llm_stub import masked_briefer
 from tests.unit.test_case_and_brief import build_cases
 
 # Valid values, written here by hand (Luhn and mod-97 checked once, by the issuers' own
@@ -186,13 +183,7 @@ def send(case: Case, shape: str) -> tuple[list[bytes], dict[str, Any] | None]:
         client = LLMClient(
             provider_for(shape), "http://model.test/v1", "m", transport=httpx.MockTransport(handler)
         )
-        briefer = LLMBriefer(
-            client,
-            load_template(),
-            Redactor.for_inputs(SchemaSet()),
-            policy=BriefPII.MASKED,
-            max_prompt_tokens=8000,
-        )
+        briefer = masked_briefer(client)
         try:
             floor = build_brief(case, version=1, generated_at_ms=NOW_MS)
             return (await briefer.brief(case, floor)).audit

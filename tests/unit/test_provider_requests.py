@@ -18,18 +18,16 @@ import pytest
 
 from streamproc.brief.draft import output_schema
 from streamproc.brief.fallback import build_brief
-from streamproc.brief.prompt import load_template
-from streamproc.config import BriefPII, OpenAIDialect
+from streamproc.config import OpenAIDialect
 from streamproc.contracts.schemas import SchemaSet
 from streamproc.domain.case import Case
 from streamproc.errors import LLMRequestError
-from streamproc.llm.briefer import BriefOutcome, LLMBriefer
+from streamproc.llm.briefer import BriefOutcome
 from streamproc.llm.client import PROVIDER_MESSAGE_MAX, LLMClient, RetryPolicy
 from streamproc.llm.providers import LLMRequest, provider_for
-from streamproc.privacy.redact import Redactor
 from streamproc.sim.scenario import build_scenario
 from tests.conftest import NOW_MS
-from tests.llm_stub import StubLLM
+from tests.llm_stub import StubLLM, masked_briefer
 from tests.provider_rules import Refusal, check_anthropic, check_openai
 from tests.unit.test_case_and_brief import build_cases
 
@@ -134,15 +132,9 @@ def brief_against_stub(provider: str, dialect: OpenAIDialect, model: str) -> Bri
     async def main() -> BriefOutcome:
         server = StubLLM()
         await server.start()
-        base = f"{server.url}/v1" if provider == "openai" else server.url
+        base = server.base_url(provider)
         client = LLMClient(provider_for(provider, dialect=dialect), base, model, timeout_s=5)
-        briefer = LLMBriefer(
-            client,
-            load_template(),
-            Redactor.for_inputs(SchemaSet()),
-            policy=BriefPII.MASKED,
-            max_prompt_tokens=8000,
-        )
+        briefer = masked_briefer(client)
         try:
             return await briefer.brief(case, build_brief(case, version=1, generated_at_ms=NOW_MS))
         finally:

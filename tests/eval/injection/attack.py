@@ -28,15 +28,11 @@ from typing import Any
 
 from streamproc.brief.fallback import build_brief
 from streamproc.brief.model import CaseBrief
-from streamproc.brief.prompt import load_template
-from streamproc.config import BriefPII
 from streamproc.contracts.schemas import SchemaSet
 from streamproc.domain.case import Case
-from streamproc.llm.briefer import LLMBriefer
 from streamproc.llm.client import LLMClient
 from streamproc.llm.providers import provider_for
-from streamproc.privacy.redact import Redactor
-from tests.llm_stub import StubLLM
+from tests.llm_stub import StubLLM, masked_briefer
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus.jsonl"
@@ -190,15 +186,9 @@ async def attack(shape: str, case: Case, rows: list[dict[str, Any]]) -> dict[str
     floor = build_brief(case, version=1, generated_at_ms=case.window_end_ms)
     server = StubLLM()
     await server.start()
-    base = f"{server.url}/v1" if shape == "openai" else server.url
+    base = server.base_url(shape)
     client = LLMClient(provider_for(shape), base, "obedient", timeout_s=10)
-    briefer = LLMBriefer(
-        client,
-        load_template(),
-        Redactor.for_inputs(SchemaSet()),
-        policy=BriefPII.MASKED,
-        max_prompt_tokens=8000,
-    )
+    briefer = masked_briefer(client)
     tally = {e: Counter[str]() for e in EFFECTS}
     guardrails: Counter[str] = Counter()
     methods: Counter[str] = Counter()
