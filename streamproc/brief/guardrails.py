@@ -7,7 +7,8 @@ The model cannot talk the risk down or weaken the brief:
 - a reason code the model adds stands only when a kept key fact names it and cites
   events of the kind that can show it (a mule pattern needs a credit, a new device a
   device signal);
-- a draft that argued a level below the floor is overruled: the analyst reads the
+- a draft that argued a level below the floor, or suggested closing as a false
+  positive a case the floor rates MEDIUM or above, is overruled: the analyst reads the
   deterministic summary and facts, marked as such, never prose arguing against the
   published level.
 Evidence ids that are not events of the case are dropped, and a fact left without
@@ -183,8 +184,16 @@ def case_events(case: Case) -> dict[str, tuple[str, Record]]:
 
 
 def overruled(draft: BriefDraft, floor: CaseBrief) -> bool:
-    """Did the draft argue a level below the deterministic floor?"""
-    return draft.risk_level.rank < floor.risk_level.rank
+    """Did the draft argue for less than the deterministic floor: a lower level, or
+    closing the case as a false positive when the floor says it needs a look?"""
+    return draft.risk_level.rank < floor.risk_level.rank or _closes(draft, floor)
+
+
+def _closes(draft: BriefDraft, floor: CaseBrief) -> bool:
+    return (
+        Action.CLOSE_AS_FALSE_POSITIVE in draft.recommended_actions
+        and floor.risk_level.rank >= RiskLevel.MEDIUM.rank
+    )
 
 
 def merge(
@@ -293,8 +302,9 @@ def _actions(
 
 
 def _overruled_summary(draft: BriefDraft, floor: CaseBrief) -> str:
-    return (
-        f"[Model draft overruled: it argued {draft.risk_level.value} risk, below the "
-        f"deterministic {floor.risk_level.value}; the deterministic summary follows.] "
-        + floor.summary
+    argued = (
+        f"it argued {draft.risk_level.value} risk, below the deterministic {floor.risk_level.value}"
+        if draft.risk_level.rank < floor.risk_level.rank
+        else f"it suggested closing a {floor.risk_level.value} case as a false positive"
     )
+    return f"[Model draft overruled: {argued}; the deterministic summary follows.] " + floor.summary

@@ -47,11 +47,16 @@ IBAN_MIN, IBAN_MAX = 15, 34
 MAX_NAME_PARTS = 4  # orders of parts tried for a glued full name: at most 4! = 24
 GLUED_MIN = 8  # a known value is searched glued to other letters only from this length
 
-SEPARATORS = " \t\n\r\u00a0-._/"
+# Separators that may stand between the digits of one number: whitespace, dashes of
+# every kind, dots, underscores, slashes; up to MAX_GAP of them in a row ("4539 - 1488").
+DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212"
+SEPARATORS = " \t\n\r\u00a0\u2007\u2009\u202f-._/" + DASHES
+MAX_GAP = 3
+_SEP = "[\\s\\-._/" + DASHES + "]"
 # Digits with at most two separators between them: the runs card numbers hide in.
-_DIGIT_RUN = re.compile(r"[0-9](?:[\s\u00a0\-._/]{0,2}[0-9])*")
+_DIGIT_RUN = re.compile(f"[0-9](?:{_SEP}{{0,{MAX_GAP}}}[0-9])*")
 # Phone numbers: a leading + and parentheses are part of the number's spelling.
-_PHONE_RUN = re.compile(r"\+?\(?[0-9](?:[\s\u00a0\-._/()]{0,3}[0-9])*")
+_PHONE_RUN = re.compile(f"\\+?\\(?[0-9](?:(?:{_SEP}|[()]){{0,{MAX_GAP}}}[0-9])*")
 _IBAN_START = re.compile(r"(?=([A-Za-z]{2}[0-9]{2}))")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
@@ -68,6 +73,14 @@ class Span:
 
 def digits(text: str) -> str:
     return "".join(ch for ch in text if "0" <= ch <= "9")
+
+
+def ascii_digits(text: str) -> str:
+    """Other scripts' decimal digits (fullwidth ４, Arabic-Indic ٤, ...) as 0-9, one
+    character for one, so a span found in the copy is the same span in the text."""
+    if text.isascii():
+        return text
+    return "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() else ch for ch in text)
 
 
 def fold(text: str) -> str:
@@ -151,13 +164,13 @@ def find_ibans(text: str) -> Iterator[Span]:
         if start < taken_until:
             continue
         chars: list[int] = []  # indexes of the candidate's alphanumeric characters
-        gap = 0  # separators in a row: at most two between characters
+        gap = 0  # separators in a row: at most MAX_GAP between characters
         for i in range(start, len(text)):
             ch = text[i]
             if ch.isascii() and ch.isalnum():
                 chars.append(i)
                 gap = 0
-            elif ch in SEPARATORS and gap < 2:
+            elif ch in SEPARATORS and gap < MAX_GAP:
                 gap += 1
             else:
                 break
@@ -292,14 +305,16 @@ def _bounded(text: str, start: int, end: int) -> bool:
 def find_all(text: str, known: dict[str, Entity], regions: Iterable[str]) -> list[Span]:
     """Non-overlapping spans, longest first, then by PRIORITY, in text order. Spans that
     overlap without one holding the other are joined, so no part of either is left."""
+    ascii_text = ascii_digits(text)  # same length: spans hold for both
     spans = [
-        *find_pans(text),
-        *find_ibans(text),
+        *find_pans(ascii_text),
+        *find_ibans(ascii_text),
         *find_emails(text),
-        *find_ips(text),
-        *find_phones(text, regions),
+        *find_ips(ascii_text),
+        *find_phones(ascii_text, regions),
         *find_known(text, known),
     ]
+    spans = [Span(s.start, s.end, s.entity, text[s.start : s.end]) for s in spans]
     spans.sort(key=lambda s: (-(s.end - s.start), PRIORITY.index(s.entity), s.start))
     taken: list[Span] = []
     for span in spans:

@@ -273,6 +273,20 @@ def test_a_draft_arguing_below_the_floor_is_not_published_as_agreeing(
     assert counts["narrative_overruled"] == 1
 
 
+def test_a_draft_that_would_close_the_case_is_overruled_too(ct: tuple[Case, CaseBrief]) -> None:
+    """Same level as the floor, but "close it, known good customer": not published."""
+    case, floor = ct
+    argued = draft(
+        risk_level=floor.risk_level.value,
+        summary="Known good customer; close it.",
+        recommended_actions=["CLOSE_AS_FALSE_POSITIVE"],
+    )
+    brief, counts = merge(argued, floor, case, Vault(), BriefPII.MASKED, GEN)
+    assert "good customer" not in brief.summary.lower()
+    assert brief.summary.startswith("[Model draft overruled: it suggested closing")
+    assert counts["narrative_overruled"] == 1 and counts["weakening_action"] == 1
+
+
 def test_long_texts_are_cut_after_parsing_not_in_the_schema(ct: tuple[Case, CaseBrief]) -> None:
     case, floor = ct
     eid = sorted(case.event_ids)[0]
