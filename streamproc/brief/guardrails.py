@@ -114,7 +114,7 @@ def clean_text(text: str, vault: Vault, policy: BriefPII, counts: Counter[str]) 
     """URLs and raw PII out, unknown placeholders out, policy applied to the rest."""
     text, n = URL.subn(REMOVED, text)
     counts["url_removed"] += n
-    for span in reversed(find_all(text, {}, DEFAULT_REGIONS)):
+    for span in reversed(find_all(text, None, DEFAULT_REGIONS)):
         text = text[: span.start] + REMOVED + text[span.end :]
         counts["pii_removed"] += 1
     text, invented = apply_policy(text, vault, policy)

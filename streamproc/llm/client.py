@@ -263,7 +263,7 @@ def provider_message(message: str | None) -> str | None:
     if not message:
         return None
     text = " ".join(message.split())[: PROVIDER_MESSAGE_MAX * 2]
-    for span in reversed(find_all(text, {}, DEFAULT_REGIONS)):
+    for span in reversed(find_all(text, None, DEFAULT_REGIONS)):
         text = text[: span.start] + "[removed]" + text[span.end :]
     return text if len(text) <= PROVIDER_MESSAGE_MAX else text[: PROVIDER_MESSAGE_MAX - 1] + "…"
 

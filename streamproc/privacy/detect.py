@@ -18,7 +18,7 @@ import ipaddress
 import itertools
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -57,6 +57,7 @@ _SEP = "[\\s\\-._/" + DASHES + "]"
 _DIGIT_RUN = re.compile(f"[0-9](?:{_SEP}{{0,{MAX_GAP}}}[0-9])*")
 # Phone numbers: a leading + and parentheses are part of the number's spelling.
 _PHONE_RUN = re.compile(f"\\+?\\(?[0-9](?:(?:{_SEP}|[()]){{0,{MAX_GAP}}}[0-9])*")
+_WORD = re.compile(r"[^\W_]+")
 _IBAN_START = re.compile(r"(?=([A-Za-z]{2}[0-9]{2}))")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
@@ -241,24 +242,40 @@ def _valid_phone(raw: str, regions: Iterable[str]) -> bool:
     return False
 
 
-def find_known(text: str, known: dict[str, Entity]) -> Iterator[Span]:
-    """Values from the case's PII fields wherever they recur: compared folded (case,
-    accents) and squeezed (spacing, separators); a name's parts in any order."""
-    words = _Folded(text)
-    squeezed = _Folded(text, keep="alnum")
-    for value, entity in known.items():
-        for needle in _needles(value, entity):
+class Known:
+    """The values of a case's PII fields, prepared once per case for every free-text
+    field: compared folded (case, accents) and squeezed (spacing, separators), a
+    name's parts in any order and on their own."""
+
+    def __init__(self, values: Mapping[str, Entity] | None = None) -> None:
+        self.needles: dict[str, Entity] = {}
+        self.parts: dict[str, Entity] = {}
+        for value, entity in (values or {}).items():
+            for needle in _needles(value, entity):
+                self.needles.setdefault(needle, entity)
+            if entity is Entity.PERSON:
+                for part in _name_parts(value):
+                    self.parts.setdefault(part, entity)
+
+    def find(self, text: str) -> Iterator[Span]:
+        """Where the known values recur in `text`."""
+        if not self.needles:
+            return
+        squeezed = _Folded(text, keep="alnum")
+        for needle, entity in self.needles.items():
+            if needle not in squeezed.text:  # a substring test per value; most texts have none
+                continue
             glued = len(needle) >= GLUED_MIN
             for m in re.finditer(re.escape(needle), squeezed.text):
                 start, end = squeezed.span(m.start(), m.end())
                 if glued or _bounded(text, start, end):
                     yield Span(start, end, entity, text[start:end])
-        if entity is Entity.PERSON:
-            for part in _name_parts(value):
-                pattern = r"(?<![^\W_])" + re.escape(part) + r"(?![^\W_])"
-                for m in re.finditer(pattern, words.text):
+        if self.parts:
+            words = _Folded(text)
+            for m in _WORD.finditer(words.text):
+                if m.group() in self.parts:
                     start, end = words.span(m.start(), m.end())
-                    yield Span(start, end, entity, text[start:end])
+                    yield Span(start, end, self.parts[m.group()], text[start:end])
 
 
 def parts(value: str) -> list[str]:
@@ -302,7 +319,7 @@ def _bounded(text: str, start: int, end: int) -> bool:
     return not before.isalnum() and not after.isalnum()
 
 
-def find_all(text: str, known: dict[str, Entity], regions: Iterable[str]) -> list[Span]:
+def find_all(text: str, known: Known | None, regions: Iterable[str]) -> list[Span]:
     """Non-overlapping spans, longest first, then by PRIORITY, in text order. Spans that
     overlap without one holding the other are joined, so no part of either is left."""
     ascii_text = ascii_digits(text)  # same length: spans hold for both
@@ -312,7 +329,7 @@ def find_all(text: str, known: dict[str, Entity], regions: Iterable[str]) -> lis
         *find_emails(text),
         *find_ips(ascii_text),
         *find_phones(ascii_text, regions),
-        *find_known(text, known),
+        *(known.find(text) if known is not None else ()),
     ]
     spans = [Span(s.start, s.end, s.entity, text[s.start : s.end]) for s in spans]
     spans.sort(key=lambda s: (-(s.end - s.start), PRIORITY.index(s.entity), s.start))

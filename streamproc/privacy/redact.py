@@ -20,7 +20,7 @@ import phonenumbers
 
 from streamproc.config import BriefPII, Topics
 from streamproc.contracts.schemas import EventSchema, SchemaSet
-from streamproc.privacy.detect import DEFAULT_REGIONS, Entity, digits, find_all, parts
+from streamproc.privacy.detect import DEFAULT_REGIONS, Entity, Known, digits, find_all, parts
 
 PLACEHOLDER = re.compile(r"<(PAN|IBAN|EMAIL|PHONE|PERSON|IP)_(\d+)>")
 Record = dict[str, Any]
@@ -105,21 +105,22 @@ class Redactor:
                         known[value] = Entity(etype)
                         vault.placeholder(Entity(etype), value)
         regions = self._regions(kinds)
+        prepared = Known(known)
         out: dict[str, list[Record]] = {}
         for kind, records in kinds.items():
             schema = self.schemas[kind]
-            out[kind] = [self._record(r, schema, vault, known, regions) for r in records]
+            out[kind] = [self._record(r, schema, vault, prepared, regions) for r in records]
         return out, vault
 
     def redact_text(
         self,
         text: str,
         vault: Vault,
-        known: dict[str, Entity] | None = None,
+        known: Known | None = None,
         regions: Iterable[str] | None = None,
     ) -> str:
         """Replace every PII span of `text` by its placeholder."""
-        spans = find_all(text, known or {}, regions or self.regions)
+        spans = find_all(text, known, regions or self.regions)
         for span in reversed(spans):
             text = text[: span.start] + vault.placeholder(span.entity, span.text) + text[span.end :]
         return text
@@ -129,7 +130,7 @@ class Redactor:
         record: Record,
         schema: EventSchema,
         vault: Vault,
-        known: dict[str, Entity],
+        known: Known,
         regions: tuple[str, ...],
     ) -> Record:
         out = dict(record)

@@ -192,7 +192,7 @@ def test_no_raw_pii_survives(
     # And the prompt built from them, as it would be sent, holds no raw value either.
     prompt = build_prompt(TEMPLATE, out, FLOOR, max_tokens=8000)
     sent = prompt.system + prompt.user
-    leaks = [s for s in find_all(sent, {}, ()) if s.entity is not Entity.PHONE]
+    leaks = [s for s in find_all(sent, None, ()) if s.entity is not Entity.PHONE]
     assert not leaks, leaks
     assert phone not in sent and email.casefold() not in sent.casefold()
     for name in (first, last):
