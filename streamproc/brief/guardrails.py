@@ -69,7 +69,7 @@ CHECKS = (
     "free_text_echo",  # case free text (memo, analyst note, ...) repeated word for word
     "reason_unsupported",  # a code the model added without a fact showing it
     "weakening_action",  # CLOSE_AS_FALSE_POSITIVE at MEDIUM or above
-    "narrative_overruled",  # the draft argued a level below the floor
+    "narrative_overruled",  # the draft argued below the floor (level, or closing the case)
 )
 ECHO_WORDS = 4  # a run this long copied from the case's free text is quoted, not written
 WORD = re.compile(r"[^\W_]+")
@@ -225,7 +225,7 @@ def merge(
         facts, confidence = list(floor.key_facts), floor.confidence
     else:
         summary = clean_text(strip_echo(draft.summary, quoted, counts), vault, policy, counts)
-        facts, confidence = facts or list(floor.key_facts), draft.confidence
+        facts, confidence = facts or list(floor.key_facts), draft.confidence  # none grounded
     if len(summary) > SUMMARY_MAX:
         counts["summary_truncated"] += 1
         summary = summary[: SUMMARY_MAX - 1] + "…"
@@ -235,7 +235,7 @@ def merge(
             "risk_score": score,
             "reason_codes": reasons,
             "summary": summary,
-            "key_facts": facts,  # no grounded fact left: the events' own
+            "key_facts": facts,
             "recommended_actions": actions,
             "confidence": confidence,
             "generation": generation,

@@ -81,6 +81,7 @@ class LLMStage:
         for case_id, task in list(self.in_flight.items()):
             if self.partition_of.get(case_id) in partitions:
                 task.cancel()
+                self.failures.pop(case_id, None)  # the next owner counts afresh
                 cancelled += 1
         return cancelled
 

@@ -53,7 +53,7 @@ DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212"
 SEPARATORS = " \t\n\r\u00a0\u2007\u2009\u202f-._/" + DASHES
 MAX_GAP = 3
 _SEP = "[\\s\\-._/" + DASHES + "]"
-# Digits with at most two separators between them: the runs card numbers hide in.
+# Digits with at most MAX_GAP separators between them: the runs card numbers hide in.
 _DIGIT_RUN = re.compile(f"[0-9](?:{_SEP}{{0,{MAX_GAP}}}[0-9])*")
 # Phone numbers: a leading + and parentheses are part of the number's spelling.
 _PHONE_RUN = re.compile(f"\\+?\\(?[0-9](?:(?:{_SEP}|[()]){{0,{MAX_GAP}}}[0-9])*")
@@ -137,6 +137,8 @@ def _pan_candidates(pos: list[int]) -> Iterator[tuple[int, int]]:
     edges = [0] + [k for k in range(1, len(pos)) if pos[k] != pos[k - 1] + 1] + [len(pos)]
     for i, start in enumerate(edges):
         for end in edges[i + 1 :]:
+            if end - start > PAN_LENGTHS.start:
+                break  # edges only grow: every later candidate is longer still
             if end - start in PAN_LENGTHS:
                 yield start, end
     for start, end in itertools.pairwise(edges):
