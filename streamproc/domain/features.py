@@ -23,7 +23,10 @@ HOUR_MS = 60 * MINUTE_MS
 
 SMALL_AMOUNT_MINOR = 500  # card testing probes: ≤ 5.00 in the card's currency
 CARD_TESTING_MIN_PROBES = 5
-CARD_TESTING_MIN_MERCHANTS = 3
+CARD_TESTING_MIN_MERCHANTS = 3  # with at least one decline among the probes
+CARD_TESTING_MANY_MERCHANTS = 5  # approved or not
+CARD_TESTING_DECLINE_SHARE = 0.5  # at any number of merchants
+CARD_TESTING_WINDOW_MS = 60 * 60_000  # the probes of one run
 VELOCITY_WINDOW_MS = 10 * MINUTE_MS
 VELOCITY_MIN_TXNS = 6
 HIGH_AMOUNT_RATIO = 5.0  # versus the account's median debit
@@ -60,7 +63,36 @@ def alert_transactions(case: Case) -> list[Record]:
     return [t for t in case.transactions if t["transaction_id"] in named]
 
 
+def merchant_identity(t: Record) -> str:
+    """Who was paid: the merchant's name (folded), else its category and country. Forty
+    web shops of one category are forty merchants, not one."""
+    name = " ".join(str(t.get("merchant_name") or "").casefold().split())
+    if name:
+        return name
+    return f"mcc {t.get('merchant_category_code') or '?'} in {t.get('merchant_country') or '?'}"
+
+
+def _densest(txns: list[Record], window_ms: int) -> list[Record]:
+    """The most transactions that fit in one window of `window_ms` (by event time)."""
+    best: list[Record] = []
+    lo = 0
+    for hi, t in enumerate(txns):
+        while t["occurred_at"] - txns[lo]["occurred_at"] > window_ms:
+            lo += 1
+        if hi - lo + 1 > len(best):
+            best = txns[lo : hi + 1]
+    return best
+
+
 def card_testing(case: Case) -> Finding | None:
+    """Small card-not-present attempts in a burst, spread over merchants or mostly
+    declined: a stolen card being checked before it is used (or sold).
+
+    Fires on at least CARD_TESTING_MIN_PROBES probes within CARD_TESTING_WINDOW_MS that
+    either reach CARD_TESTING_MIN_MERCHANTS distinct merchants with a decline among
+    them, reach CARD_TESTING_MANY_MERCHANTS merchants, or are declined in at least
+    CARD_TESTING_DECLINE_SHARE of attempts. Small subscription or in-app payments (one
+    merchant, approved) and purchases spread over a day do not."""
     probes = [
         t
         for t in case.transactions
@@ -68,28 +100,32 @@ def card_testing(case: Case) -> Finding | None:
         and t["direction"] == "DEBIT"
         and t["amount_minor"] <= SMALL_AMOUNT_MINOR
     ]
-    merchants = {t.get("merchant_category_code") or t.get("merchant_name") for t in probes}
-    if len(probes) < CARD_TESTING_MIN_PROBES or len(merchants) < CARD_TESTING_MIN_MERCHANTS:
+    burst = _densest(probes, CARD_TESTING_WINDOW_MS)
+    if len(burst) < CARD_TESTING_MIN_PROBES:
         return None
-    declined = sum(1 for t in probes if t["status"] == "DECLINED")
-    span_min = (probes[-1]["occurred_at"] - probes[0]["occurred_at"]) / MINUTE_MS
+    merchants = {merchant_identity(t) for t in burst}
+    declined = sum(1 for t in burst if t["status"] == "DECLINED")
+    share = declined / len(burst)
+    spread = len(merchants) >= CARD_TESTING_MIN_MERCHANTS and declined >= 1
+    if not (
+        spread
+        or len(merchants) >= CARD_TESTING_MANY_MERCHANTS
+        or share >= CARD_TESTING_DECLINE_SHARE
+    ):
+        return None
+    span_min = (burst[-1]["occurred_at"] - burst[0]["occurred_at"]) / MINUTE_MS
     return Finding(
         ReasonCode.CARD_TESTING,
-        f"{len(probes)} small card-not-present debits (≤ {SMALL_AMOUNT_MINOR / 100:.2f}) at "
-        f"{len(merchants)} merchants within {span_min:.0f} min, {declined} declined",
-        ids(probes),
+        f"{len(burst)} small card-not-present debits (≤ {SMALL_AMOUNT_MINOR / 100:.2f}) at "
+        f"{len(merchants)} merchants within {span_min:.0f} min, {declined} declined "
+        f"({100 * share:.0f}%)",
+        ids(burst),
     )
 
 
 def velocity_spike(case: Case) -> Finding | None:
     txns = [t for t in case.transactions if t["direction"] == "DEBIT"]
-    best: list[Record] = []
-    lo = 0
-    for hi, t in enumerate(txns):
-        while t["occurred_at"] - txns[lo]["occurred_at"] > VELOCITY_WINDOW_MS:
-            lo += 1
-        if hi - lo + 1 > len(best):
-            best = txns[lo : hi + 1]
+    best = _densest(txns, VELOCITY_WINDOW_MS)
     if len(best) < VELOCITY_MIN_TXNS:
         return None
     return Finding(
