@@ -7,6 +7,7 @@ bounded reason. The audit record holds what the model saw (redacted) and said.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from streamproc.errors import (
 )
 from streamproc.llm.client import LLMClient
 from streamproc.llm.providers import LLMRequest
-from streamproc.privacy.redact import Redactor
+from streamproc.privacy.redact import Redactor, Vault
 
 # Fallback reason by error; with "provider_error" for the rest, and the LLM stage's own
 # "timeout" (case deadline) and "stage_error" (its brief kept failing), the bounded
@@ -97,17 +98,9 @@ class LLMBriefer:
     async def brief(
         self, case: Case, floor: CaseBrief, cached_draft: dict[str, Any] | None = None
     ) -> BriefOutcome:
-        redacted, vault = self.redactor.redact(
-            {"alert": case.alerts, "transaction": case.transactions, "signal": case.signals}
-        )
-        prompt = build_prompt(self.template, redacted, floor, max_tokens=self.max_prompt_tokens)
-        quoted = echo_grams(
-            r[name]
-            for kind, records in redacted.items()
-            for r in records
-            for name in self.redactor.schemas[kind].free_text_fields
-            if isinstance(r.get(name), str)
-        )
+        # Redaction and the prompt are CPU work that grows with the case: done in a thread
+        # so the worker's event loop keeps ingesting meanwhile.
+        vault, prompt, quoted = await asyncio.to_thread(self._prepare, case, floor)
         gen = self.generation_fields(floor)
         if cached_draft is not None:
             draft = BriefDraft.model_validate(cached_draft)
@@ -152,6 +145,24 @@ class LLMBriefer:
         counts = +counts
         audit.update(outcome="llm", latency_ms=latency, guardrail_violations=dict(counts))
         return BriefOutcome(brief, draft.model_dump(mode="json"), audit, counts, vault.counts())
+
+    def _prepare(
+        self, case: Case, floor: CaseBrief
+    ) -> tuple[Vault, Prompt, frozenset[tuple[str, ...]]]:
+        """The case redacted into a prompt, its vault, and its free text as the model saw it
+        (for the echo guard)."""
+        redacted, vault = self.redactor.redact(
+            {"alert": case.alerts, "transaction": case.transactions, "signal": case.signals}
+        )
+        prompt = build_prompt(self.template, redacted, floor, max_tokens=self.max_prompt_tokens)
+        quoted = echo_grams(
+            r[name]
+            for kind, records in redacted.items()
+            for r in records
+            for name in self.redactor.schemas[kind].free_text_fields
+            if isinstance(r.get(name), str)
+        )
+        return vault, prompt, quoted
 
     def generation_fields(self, floor: CaseBrief) -> dict[str, Any]:
         """What a brief's `generation` says of the model, whichever way the brief went."""

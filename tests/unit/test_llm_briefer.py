@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -151,3 +152,19 @@ def test_schema_rejections_are_counted_as_guardrail_interventions(ato: Case) -> 
     failed, _ = brief_with(ato, [], answer=closed)
     assert failed.brief.generation.fallback_reason == "invalid_output"
     assert failed.violations["schema_rejected"] == 2  # the answer and its repair
+
+
+def test_redaction_runs_off_the_event_loop(ato: Case, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redacting a large case is CPU work: it must not hold the worker's loop (ingestion)."""
+    threads: list[int] = []
+    redact = Redactor.redact
+
+    def spy(self: Redactor, kinds: Any) -> Any:
+        threads.append(threading.get_ident())
+        return redact(self, kinds)
+
+    monkeypatch.setattr(Redactor, "redact", spy)
+    loop_thread = threading.get_ident()  # asyncio.run runs its loop in this thread
+    out, _ = brief_with(ato, ["ok"])
+    assert out.brief.generation.method == "LLM"
+    assert threads and all(t != loop_thread for t in threads)
