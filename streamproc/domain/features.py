@@ -215,19 +215,27 @@ def device_risk(case: Case) -> Finding | None:
     )
 
 
-def _located(case: Case) -> list[tuple[int, str, str]]:
-    """(time, country, event_id) for events that place the customer somewhere."""
-    points = [
+def _physical(case: Case) -> list[tuple[int, str, str]]:
+    """(time, country, event_id) where the card itself was: card present, ATM."""
+    return sorted(
         (t["occurred_at"], t["merchant_country"], t["event_id"])
         for t in case.transactions
         if t["channel"] in {"CARD_PRESENT", "ATM"} and t.get("merchant_country")
-    ]
-    points += [
+    )
+
+
+def _online(case: Case) -> list[tuple[int, str, str]]:
+    """(time, country, event_id) where a session's IP was placed (VPNs excluded)."""
+    return sorted(
         (s["occurred_at"], s["geo_country"], s["event_id"])
         for s in case.signals
         if s.get("geo_country") and not s.get("is_vpn")
-    ]
-    return sorted(points)
+    )
+
+
+def _located(case: Case) -> list[tuple[int, str, str]]:
+    """(time, country, event_id) for events that place the customer somewhere."""
+    return sorted(_physical(case) + _online(case))
 
 
 def geo_mismatch(case: Case) -> Finding | None:
@@ -250,14 +258,19 @@ def geo_mismatch(case: Case) -> Finding | None:
 
 
 def impossible_travel(case: Case) -> Finding | None:
-    points = _located(case)
-    for (t1, c1, e1), (t2, c2, e2) in itertools.pairwise(points):
-        if c1 != c2 and t2 - t1 <= IMPOSSIBLE_TRAVEL_MS:
-            return Finding(
-                ReasonCode.IMPOSSIBLE_TRAVEL,
-                f"present in {c1} then {c2} within {(t2 - t1) / MINUTE_MS:.0f} minutes",
-                (e1, e2),
-            )
+    """Two places too far apart in time, judged within one kind of evidence: the card
+    itself (card present, ATM: a cloned card) or session IPs (logins: a second person).
+    A login abroad next to a card payment at home is not enough: IP geolocation places
+    roaming phones, relays and corporate networks elsewhere, and a family member may
+    hold the card; GEO_MISMATCH tells that story."""
+    for kind, points in (("card used", _physical(case)), ("signed in", _online(case))):
+        for (t1, c1, e1), (t2, c2, e2) in itertools.pairwise(points):
+            if c1 != c2 and t2 - t1 <= IMPOSSIBLE_TRAVEL_MS:
+                return Finding(
+                    ReasonCode.IMPOSSIBLE_TRAVEL,
+                    f"{kind} in {c1} then in {c2} within {(t2 - t1) / MINUTE_MS:.0f} minutes",
+                    (e1, e2),
+                )
     return None
 
 

@@ -15,6 +15,7 @@ from streamproc.contracts.records import iso, parse_timestamp
 from streamproc.sim.scenario import DAY, HOUR, MIN, Event, _Builder
 
 DEFAULT_NOW_MS = 1_790_000_000_000  # 2026-09-21T14:13:20Z: fixed, so a seed means one set
+TRAVEL_TIME = 3 * HOUR  # a traveller's last payment at home is at least this long before abroad
 KINDS = (
     "card_testing",
     "account_takeover",
@@ -337,7 +338,7 @@ def _friendly_fraud_dispute(c: _Case) -> Label:
 
 def _benign_travel(c: _Case) -> Label:
     b, t0 = c.b, c.b.now - b_rand(c, 2, 6) * HOUR
-    b.history(c.acct, days=3, country="DE")
+    b.history(c.acct, days=3, country="DE", until=t0 - TRAVEL_TIME)  # no card at home abroad
     abroad = b.rng.choice(["ES", "IT", "PT", "FR"])
     b.sig(c.acct, t0, "LOGIN", f"dev-home-{c.acct}", geo=abroad)
     spends = [

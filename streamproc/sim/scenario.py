@@ -121,19 +121,33 @@ class _Builder:
         return e
 
     def history(
-        self, account: str, days: int = 3, country: str = "DE", device: str = "dev-home"
+        self,
+        account: str,
+        days: int = 3,
+        country: str = "DE",
+        device: str = "dev-home",
+        until: int | None = None,
     ) -> None:
+        """Everyday logins and card payments at home; none at or after `until` (a
+        customer who has left the country stops paying at home)."""
         for d in range(days, 0, -1):
             base = self.now - d * DAY
-            self.sig(account, base + 8 * HOUR, "LOGIN", f"{device}-{account}", geo=country)
+            if until is None or base + 8 * HOUR < until:
+                self.sig(account, base + 8 * HOUR, "LOGIN", f"{device}-{account}", geo=country)
             for k in range(self.rng.randint(2, 4)):
+                at = base + (9 + 3 * k) * HOUR + self.rng.randint(0, 50) * MIN
+                amount = self.rng.randint(800, 9000)
+                mcc = self.rng.choice(["5411", "5812", "5541"])
+                merchant = self.rng.choice(["Rewe", "Aral", "Cafe Sol"])
+                if until is not None and at >= until:
+                    continue
                 self.txn(
                     account,
-                    base + (9 + 3 * k) * HOUR + self.rng.randint(0, 50) * MIN,
-                    self.rng.randint(800, 9000),
-                    mcc=self.rng.choice(["5411", "5812", "5541"]),
+                    at,
+                    amount,
+                    mcc=mcc,
                     country=country,
-                    merchant_name=self.rng.choice(["Rewe", "Aral", "Cafe Sol"]),
+                    merchant_name=merchant,
                     card_pan="4111 1111 1111 1111",
                 )
 
