@@ -29,13 +29,14 @@ from typing import Any
 
 from streamproc.brief.fallback import build_brief
 from streamproc.brief.model import CaseBrief, Method, RiskLevel
-from streamproc.brief.prompt import build_prompt, load_template
+from streamproc.brief.prompt import load_template
 from streamproc.config import REPO_ROOT, LLMProvider, Settings
 from streamproc.contracts.codec import AvroCodec
 from streamproc.contracts.records import from_json
 from streamproc.contracts.schemas import SchemaSet
 from streamproc.domain.case import Case, assemble_case
 from streamproc.domain.window import SIGNAL, TXN, add_event, empty_window
+from streamproc.llm.briefer import prepare
 from streamproc.privacy.redact import Redactor
 from streamproc.sim.labelled import Label
 
@@ -142,10 +143,7 @@ async def brief_cases(
     async def one(label: Label) -> CaseResult:
         case = cases[label.case_id]
         floor = build_brief(case, version=1, generated_at_ms=now)
-        redacted, _vault = redactor.redact(
-            {"alert": case.alerts, "transaction": case.transactions, "signal": case.signals}
-        )
-        prompt = build_prompt(template, redacted, floor, max_tokens=settings.llm_max_prompt_tokens)
+        _, prompt, _ = prepare(redactor, template, case, floor, settings.llm_max_prompt_tokens)
         brief, tokens = floor, prompt.estimated_tokens
         if briefer is not None:
             outcome = await briefer.brief(case, floor)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,8 +73,11 @@ def build_prompt(
     floor: CaseBrief,
     *,
     max_tokens: int,
+    scrub: Callable[[str], str] = str,
 ) -> Prompt:
-    """The prompt for a case whose records (by kind) are already redacted."""
+    """The prompt for a case whose records (by kind) are already redacted. `scrub`
+    redacts the deterministic assessment's texts, which are written from the raw
+    records (ids included) and so may carry what a producer put in an id."""
     records = {
         k: sorted(redacted.get(k, ()), key=lambda r: (r["occurred_at"], r["event_id"]))
         for k in KINDS
@@ -84,7 +87,10 @@ def build_prompt(
         for i, r in enumerate((r for k in KINDS for r in records[k]), start=1)
     }
     must = _must_include(records, floor)
-    fixed = {"assessment": _assessment(floor), "data_gaps": floor.data_gaps}
+    fixed = {
+        "assessment": _assessment(floor, scrub),
+        "data_gaps": [scrub(gap) for gap in floor.data_gaps],
+    }
     budget_chars = max_tokens * CHARS_PER_TOKEN - len(template.system) - len(template.user) - 2_000
     chosen = _choose(records, refs, must, budget_chars - len(_dumps(fixed)))
     rest = [r for k in ("transaction", "signal") for r in records[k] if r["event_id"] not in chosen]
@@ -129,12 +135,12 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
-def _assessment(floor: CaseBrief) -> dict[str, Any]:
+def _assessment(floor: CaseBrief, scrub: Callable[[str], str]) -> dict[str, Any]:
     return {
         "risk_level": floor.risk_level.value,
         "risk_score": floor.risk_score,
         "reason_codes": [r.value for r in floor.reason_codes],
-        "findings": [f.text for f in floor.key_facts],
+        "findings": [scrub(f.text) for f in floor.key_facts],
         "suggested_actions": [a.value for a in floor.recommended_actions],
     }
 

@@ -56,6 +56,14 @@ class EventSchema:
         return tuple(n for n, f in self.fields.items() if f.get("free_text"))
 
     @cached_property
+    def id_text_fields(self) -> tuple[str, ...]:
+        """Other fields of strings (ids, device and session ids, rule ids; arrays of them)
+        that a producer may still fill with personal data: scanned like free text before
+        they reach a model. The event id and the account id never reach one."""
+        skip = {"event_id", "account_id", *self.pii_fields, *self.free_text_fields}
+        return tuple(n for n, f in self.fields.items() if n not in skip and _holds_text(f["type"]))
+
+    @cached_property
     def timestamp_fields(self) -> tuple[str, ...]:
         return tuple(n for n, f in self.fields.items() if _is_timestamp(f["type"]))
 
@@ -117,3 +125,14 @@ class SchemaSet:
         except KeyError:
             known = ", ".join(sorted(self.by_topic))
             raise ConfigError(f"topic {topic!r} has no schema; known: {known}") from None
+
+
+def _holds_text(avro_type: Any) -> bool:
+    """A string, a nullable string or an array of strings (enums are closed: no)."""
+    if avro_type == "string":
+        return True
+    if isinstance(avro_type, list):
+        return any(_holds_text(t) for t in avro_type)
+    if isinstance(avro_type, dict) and avro_type.get("type") == "array":
+        return _holds_text(avro_type.get("items"))
+    return False

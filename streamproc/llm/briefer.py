@@ -149,20 +149,7 @@ class LLMBriefer:
     def _prepare(
         self, case: Case, floor: CaseBrief
     ) -> tuple[Vault, Prompt, frozenset[tuple[str, ...]]]:
-        """The case redacted into a prompt, its vault, and its free text as the model saw it
-        (for the echo guard)."""
-        redacted, vault = self.redactor.redact(
-            {"alert": case.alerts, "transaction": case.transactions, "signal": case.signals}
-        )
-        prompt = build_prompt(self.template, redacted, floor, max_tokens=self.max_prompt_tokens)
-        quoted = echo_grams(
-            r[name]
-            for kind, records in redacted.items()
-            for r in records
-            for name in self.redactor.schemas[kind].free_text_fields
-            if isinstance(r.get(name), str)
-        )
-        return vault, prompt, quoted
+        return prepare(self.redactor, self.template, case, floor, self.max_prompt_tokens)
 
     def generation_fields(self, floor: CaseBrief) -> dict[str, Any]:
         """What a brief's `generation` says of the model, whichever way the brief went."""
@@ -212,6 +199,31 @@ class LLMBriefer:
             self.max_output_tokens,
             output_schema(prompt.shown_refs, grammar_bounds=True),
         )
+
+
+def prepare(
+    redactor: Redactor, template: PromptTemplate, case: Case, floor: CaseBrief, max_tokens: int
+) -> tuple[Vault, Prompt, frozenset[tuple[str, ...]]]:
+    """The case redacted into a prompt, its vault, and its free text as the model saw it
+    (for the echo guard). The deterministic assessment in the prompt is redacted too."""
+    redacted, vault = redactor.redact(
+        {"alert": case.alerts, "transaction": case.transactions, "signal": case.signals}
+    )
+    prompt = build_prompt(
+        template,
+        redacted,
+        floor,
+        max_tokens=max_tokens,
+        scrub=lambda text: redactor.redact_text(text, vault),
+    )
+    quoted = echo_grams(
+        r[name]
+        for kind, records in redacted.items()
+        for r in records
+        for name in redactor.schemas[kind].free_text_fields
+        if isinstance(r.get(name), str)
+    )
+    return vault, prompt, quoted
 
 
 def _describe(exc: ValidationError) -> str:

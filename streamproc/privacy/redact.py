@@ -55,6 +55,8 @@ class Vault:
     _by_key: dict[tuple[Entity, str], str] = field(default_factory=dict)
     originals: dict[str, str] = field(default_factory=dict)
     entities: dict[str, Entity] = field(default_factory=dict)
+    known: Known | None = None  # the case's PII field values, to find them in other text
+    regions: tuple[str, ...] = ()  # the case's countries, for phone numbers
 
     def placeholder(self, entity: Entity, value: str) -> str:
         key = (entity, normal_form(entity, value))
@@ -104,44 +106,33 @@ class Redactor:
                     if isinstance(value, str) and value.strip():
                         known[value] = Entity(etype)
                         vault.placeholder(Entity(etype), value)
-        regions = self._regions(kinds)
-        prepared = Known(known)
+        vault.regions, vault.known = self._regions(kinds), Known(known)
         out: dict[str, list[Record]] = {}
         for kind, records in kinds.items():
             schema = self.schemas[kind]
-            out[kind] = [self._record(r, schema, vault, prepared, regions) for r in records]
+            out[kind] = [self._record(r, schema, vault) for r in records]
         return out, vault
 
-    def redact_text(
-        self,
-        text: str,
-        vault: Vault,
-        known: Known | None = None,
-        regions: Iterable[str] | None = None,
-    ) -> str:
-        """Replace every PII span of `text` by its placeholder."""
-        spans = find_all(text, known, regions or self.regions)
+    def redact_text(self, text: str, vault: Vault) -> str:
+        """Replace every PII span of `text` by its placeholder: any text of the case
+        (a record's field, or a finding written from the records), after `redact`."""
+        spans = find_all(text, vault.known, vault.regions or self.regions)
         for span in reversed(spans):
             text = text[: span.start] + vault.placeholder(span.entity, span.text) + text[span.end :]
         return text
 
-    def _record(
-        self,
-        record: Record,
-        schema: EventSchema,
-        vault: Vault,
-        known: Known,
-        regions: tuple[str, ...],
-    ) -> Record:
+    def _record(self, record: Record, schema: EventSchema, vault: Vault) -> Record:
         out = dict(record)
         for name, etype in schema.pii_fields.items():
             value = out.get(name)
             if isinstance(value, str) and value.strip():
                 out[name] = vault.placeholder(Entity(etype), value)
-        for name in schema.free_text_fields:
+        for name in (*schema.free_text_fields, *schema.id_text_fields):
             value = out.get(name)
             if isinstance(value, str) and value:
-                out[name] = self.redact_text(value, vault, known, regions)
+                out[name] = self.redact_text(value, vault)
+            elif isinstance(value, list):
+                out[name] = [self.redact_text(v, vault) if isinstance(v, str) else v for v in value]
         return out
 
     def _regions(self, kinds: Mapping[str, Iterable[Record]]) -> tuple[str, ...]:

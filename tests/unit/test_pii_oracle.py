@@ -251,3 +251,23 @@ def test_reported_leaks_are_closed(base_case: Case, memo: str) -> None:
         for body in bodies:
             assert not leaks(json.dumps(json.loads(body), ensure_ascii=False))
         assert not leaks(json.dumps(audit, ensure_ascii=False))
+
+
+def test_ids_that_carry_personal_data_are_redacted_too(base_case: Case) -> None:
+    """Upstream systems put what they have into ids: a device named by its owner's email,
+    a session id with a phone number, a rule id with a card number."""
+    case = plant(base_case, "nothing to see")
+    case = replace(
+        case,
+        transactions=tuple({**t, "device_id": f"iphone-{EMAIL}"} for t in case.transactions),
+        signals=tuple(
+            {**s, "device_id": f"{FIRST}-{LAST}-pixel", "session_id": f"sess/{PHONE_E164}"}
+            for s in case.signals
+        ),
+        alerts=tuple({**a, "rule_id": f"R-{OTHER_CARD}"} for a in case.alerts),
+    )
+    for shape in ("openai", "anthropic"):
+        bodies, audit = send(case, shape)
+        for body in bodies:
+            assert not leaks(json.dumps(json.loads(body), ensure_ascii=False))
+        assert not leaks(json.dumps(audit, ensure_ascii=False))
