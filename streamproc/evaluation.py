@@ -262,8 +262,10 @@ def _present(secret: str, text: str) -> bool:
     return False
 
 
-def _ratio(a: int, b: int) -> float:
-    return round(a / b, 4) if b else 1.0
+def _ratio(a: int, b: int) -> float | None:
+    """a / b, or None (reported n/a) when there was nothing to count: an empty
+    denominator proves nothing, so it never reads as a perfect score."""
+    return round(a / b, 4) if b else None
 
 
 def mode_of(settings: Settings) -> str:
@@ -275,13 +277,18 @@ def mode_of(settings: Settings) -> str:
 def compare(metrics: dict[str, Any], baseline: dict[str, Any] | None) -> list[str]:
     """Failures: hard gates always; regressions beyond THRESHOLDS against the baseline."""
     failures = [f"{k} = {metrics[k]} (must be 0)" for k in HARD_ZERO if metrics[k]]
-    if metrics["schema_validity"] < 1.0:
+    if not metrics["cases"]:
+        failures.append("no case was evaluated")
+    elif metrics["schema_validity"] != 1.0:
         failures.append(f"schema_validity = {metrics['schema_validity']} (must be 1.0)")
     if baseline is None:
         return failures
     for key, (direction, allowed) in THRESHOLDS.items():
         old, new = baseline.get(key), metrics[key]
         if old is None:
+            continue
+        if new is None:  # measured before, nothing to measure now: say so, never pass it
+            failures.append(f"{key} is n/a (baseline {old}): nothing to measure it on")
             continue
         if direction == "up" and new < old - allowed:
             failures.append(f"{key} fell from {old} to {new} (allowed -{allowed})")
@@ -322,7 +329,8 @@ def report_md(
                 gate = f"{'≥ −' if direction == 'up' else '≤ +'}{allowed}"
         else:
             gate = ""
-        lines.append(f"| {key} | {value} | {old} | {gate} |")
+        shown = "n/a" if value is None else value
+        lines.append(f"| {key} | {shown} | {'n/a' if old is None else old} | {gate} |")
     if failures:
         lines += ["", "## Failures", "", *(f"- {f}" for f in failures)]
     lines += [

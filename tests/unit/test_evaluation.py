@@ -24,6 +24,7 @@ from streamproc.evaluation import (
     evaluate,
     load_baseline,
     load_set,
+    report_md,
     score,
 )
 from streamproc.sim.labelled import KINDS
@@ -117,8 +118,24 @@ def test_the_metrics_see_leaks_injections_and_wrong_levels() -> None:
 )
 def test_regression_thresholds(key: str, old: float, new: float, fails: bool) -> None:
     metrics, _ = score([])
+    metrics = dict(metrics, cases=1, schema_validity=1.0)
     baseline = dict(metrics, **{key: old})
     assert bool(compare(dict(metrics, **{key: new}), baseline)) is fails
+
+
+def test_an_empty_denominator_is_na_and_never_a_pass() -> None:
+    """Nothing to count reads n/a, not 1.0, and a metric that went n/a fails its gate."""
+    metrics, _ = score([])
+    for key in ("reason_precision", "reason_recall", "risk_agreement", "evidence_grounding",
+                "evidence_recall", "schema_validity", "fallback_rate"):  # fmt: skip
+        assert metrics[key] is None, key
+    assert "no case was evaluated" in compare(metrics, None)
+    baseline = dict(metrics, cases=1, schema_validity=1.0, evidence_recall=0.95)
+    now = dict(metrics, cases=1, schema_validity=1.0)
+    assert compare(now, baseline) == [
+        "evidence_recall is n/a (baseline 0.95): nothing to measure it on"
+    ]
+    assert "| evidence_recall | n/a | 0.95 |" in report_md("m", now, baseline, [], [])
 
 
 def test_model_path_holds_against_a_model_that_obeys_injections() -> None:
