@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -100,7 +100,9 @@ class LLMBriefer:
     ) -> BriefOutcome:
         # Redaction and the prompt are CPU work that grows with the case: done in a thread
         # so the worker's event loop keeps ingesting meanwhile.
-        vault, prompt, quoted = await asyncio.to_thread(self._prepare, case, floor)
+        vault, prompt, quoted = await asyncio.to_thread(
+            prepare, self.redactor, self.template, case, floor, self.max_prompt_tokens
+        )
         gen = self.generation_fields(floor)
         if cached_draft is not None:
             draft = BriefDraft.model_validate(cached_draft)
@@ -146,11 +148,6 @@ class LLMBriefer:
         audit.update(outcome="llm", latency_ms=latency, guardrail_violations=dict(counts))
         return BriefOutcome(brief, draft.model_dump(mode="json"), audit, counts, vault.counts())
 
-    def _prepare(
-        self, case: Case, floor: CaseBrief
-    ) -> tuple[Vault, Prompt, frozenset[tuple[str, ...]]]:
-        return prepare(self.redactor, self.template, case, floor, self.max_prompt_tokens)
-
     def generation_fields(self, floor: CaseBrief) -> dict[str, Any]:
         """What a brief's `generation` says of the model, whichever way the brief went."""
         return {
@@ -162,7 +159,7 @@ class LLMBriefer:
 
     async def _ask(self, prompt: Prompt, audit: dict[str, Any]) -> BriefDraft:
         """The draft, after at most one repair attempt; LLMOutputError when still invalid."""
-        request = self._request(prompt, prompt.user)
+        request = self._request(prompt)
         errors = ""
         for attempt in ("first", "repair"):
             try:
@@ -187,14 +184,14 @@ class LLMBriefer:
                     audit["validation"] = "ok" if attempt == "first" else "repaired"
                     return draft
             audit["validation"] = "invalid"
-            request = self._request(prompt, prompt.user + _repair_note(errors))
+            request = replace(request, user=prompt.user + _repair_note(errors))
         raise LLMOutputError(f"answer invalid after one repair attempt: {errors[:200]}")
 
-    def _request(self, prompt: Prompt, user: str) -> LLMRequest:
+    def _request(self, prompt: Prompt) -> LLMRequest:
         """The request for a prompt: evidence pinned to the events the model was shown."""
         return LLMRequest(
             prompt.system,
-            user,
+            prompt.user,
             output_schema(prompt.shown_refs),
             self.max_output_tokens,
             output_schema(prompt.shown_refs, grammar_bounds=True),
