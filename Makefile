@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TOOLS  := .tools/.installed
 MODELS := .models/.installed
 
-.PHONY: venv tools models demo test test-unit lint typecheck schemas bench eval faults injection-report clean
+.PHONY: venv tools models demo test test-unit lint typecheck schemas bench eval eval-local faults injection-report clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "streamproc needs Python 3.11+")'
@@ -74,3 +74,10 @@ faults: venv tools
 # tests/eval/results/injection.{md,json} (make test checks the committed report is current).
 injection-report: venv
 	$(BIN)/python -m tests.eval.injection.attack
+
+# The labelled set through a real local model (llama.cpp's server, SmolLM2-135M; see
+# streamproc/llm/local.py): 2 cases of each kind per split (about 30 s a case on 2 cores,
+# 35 minutes; ARGS=--limit 400 for all of it), beside the deterministic briefs of the same
+# cases: tests/eval/results/report-*-limit-32.md and quality-card.md.
+eval-local: venv models
+	$(BIN)/python -m streamproc.evaluation --local-model .models --limit 32 $(ARGS)

@@ -30,6 +30,9 @@ from streamproc.domain.money import fmt_amount
 
 GENERATOR_VERSION = "det-1"
 TIMELINE_MAX = 200
+DEVICE_FACTS_MAX = 2  # flagged transactions whose device is described
+DEVICE_CHANGES_MAX = 3  # credential/device changes named per device
+CHANGES = frozenset({"PASSWORD_RESET", "PROFILE_CHANGE", "NEW_DEVICE", "MFA_FAILED", "PAYEE_ADDED"})
 
 SEVERITY_POINTS = {"LOW": 5, "MEDIUM": 10, "HIGH": 20, "CRITICAL": 30}
 ALERT_SCORE_POINTS = 10  # × the rule's own score (0..1)
@@ -139,6 +142,7 @@ def build_brief(
     a = assess(case, failed)
     facts = [
         _alert_fact(case),
+        *_device_facts(case),
         *(KeyFact(text=f.text, evidence_event_ids=list(f.evidence)) for f in a.findings),
     ]
     return CaseBrief(
@@ -186,6 +190,61 @@ def _alert_fact(case: Case) -> KeyFact:
         text=text,
         evidence_event_ids=[a["event_id"] for a in case.alerts] + [t["event_id"] for t in named],
     )
+
+
+def _device_facts(case: Case) -> list[KeyFact]:
+    """Where each flagged transaction was made from, when it names a device the case has
+    seen signed in before it: in a dispute, the customer's own device and session are
+    what the analyst needs; in a takeover, a device first seen minutes earlier."""
+    facts = []
+    for t in alert_transactions(case)[:DEVICE_FACTS_MAX]:
+        device = t.get("device_id")
+        before = [
+            s
+            for s in case.signals
+            if device and s["device_id"] == device and s["occurred_at"] <= t["occurred_at"]
+        ]
+        if not before:
+            continue
+        last = before[-1]
+        since = min(
+            r["occurred_at"]
+            for r in (*case.signals, *case.transactions)
+            if r.get("device_id") == device
+        )
+        changes = [s for s in before if s["signal_type"] in CHANGES][-DEVICE_CHANGES_MAX:]
+        text = (
+            f"flagged {fmt_amount(t['amount_minor'], t['currency'])} "
+            f"{t['channel'].lower().replace('_', '-')} payment made on device {device}, "
+            f"{_ago(t['occurred_at'] - last['occurred_at'])} after a {last['signal_type']} "
+            f"from {last.get('geo_country') or 'an unknown country'} on that device; "
+            f"the device has been in use on this account since {iso(since)}"
+        )
+        if changes:
+            text += "; before the payment it reported " + ", ".join(
+                f"{s['signal_type']} {_ago(t['occurred_at'] - s['occurred_at'])} earlier"
+                for s in changes
+            )
+        cited = {s["event_id"]: s for s in (*changes, last)}
+        facts.append(
+            KeyFact(
+                text=text,
+                evidence_event_ids=[
+                    *(s["event_id"] for s in sorted(cited.values(), key=_order)),
+                    t["event_id"],
+                ],
+            )
+        )
+    return facts
+
+
+def _order(r: Record) -> tuple[int, str]:
+    return (r["occurred_at"], r["event_id"])
+
+
+def _ago(ms: int) -> str:
+    minutes = ms // 60_000
+    return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h"
 
 
 def _summary(case: Case, a: Assessment) -> str:

@@ -2,7 +2,8 @@
 
 The model cannot talk the risk down or weaken the brief:
 - level and score never go below the deterministic floor, and the floor's reason
-  codes and actions stay;
+  codes, actions and key facts stay (the model's facts come first; it adds to what
+  the brief shows and cites, never drops any of it);
 - CLOSE_AS_FALSE_POSITIVE is never published at MEDIUM or above;
 - a reason code the model adds stands only when a kept key fact names it and cites
   events of the kind that can show it (a mule pattern needs a credit, a new device a
@@ -69,25 +70,42 @@ CHECKS = (
     "free_text_echo",  # case free text (memo, analyst note, ...) repeated word for word
     "reason_unsupported",  # a code the model added without a fact showing it
     "weakening_action",  # CLOSE_AS_FALSE_POSITIVE at MEDIUM or above
-    "narrative_overruled",  # the draft argued below the floor (level, or closing the case)
+    "narrative_overruled",  # the draft argued below the floor (level, closing), or looped
+    "fact_repeated",  # a fact the draft already stated (numbering aside), or one that loops
 )
 ECHO_WORDS = 4  # a run this long copied from the case's free text is quoted, not written
+REPEAT_MAX = 3  # a run of ECHO_WORDS words this often in one text: the model is looping
+NUMBERING = re.compile(r"^\s*\d+[.)]\s*")  # "3. " before a fact
 WORD = re.compile(r"[^\W_]+")
 QUOTE_REMOVED = "[quoted case text removed]"
+# A code-like token: 6+ letters, digits and hyphens with at least one of each of a digit
+# and a letter ("CANARY-4C9D6907", "X7K2P9QZ"); "invoice 2231" is words, not a code.
+CODE = re.compile(r"(?<![\w-])(?=[\w-]*\d)(?=[\w-]*[^\W\d_])[\w-]{6,}(?![\w-])")
+CODE_MARK = "\x00code"  # tags code tokens among the echo grams
 
 
 def echo_grams(texts: Iterable[str]) -> frozenset[tuple[str, ...]]:
-    """Every run of ECHO_WORDS words in the case's free-text fields (as the model saw them)."""
+    """Every run of ECHO_WORDS words in the case's free-text fields (as the model saw them),
+    and every code-like token in them, as (CODE_MARK, token): a reference number or
+    canary an injection asks the model to repeat is one token, not a run of words."""
     grams: set[tuple[str, ...]] = set()
     for text in texts:
         words = [w.lower() for w in WORD.findall(text)]
         grams.update(tuple(words[i : i + ECHO_WORDS]) for i in range(len(words) - ECHO_WORDS + 1))
+        for match in CODE.finditer(text):
+            token = match.group()
+            grams.update((CODE_MARK, t.lower()) for t in (token, *token.split("-")) if _code(t))
     return frozenset(grams)
 
 
+def _code(token: str) -> bool:
+    return CODE.fullmatch(token) is not None
+
+
 def strip_echo(text: str, grams: frozenset[tuple[str, ...]], counts: Counter[str]) -> str:
-    """Cut runs of words copied from the case's free text: attacker-written instructions in
-    a memo or note must not reach the analyst through the model's prose."""
+    """Cut runs of words and code-like tokens copied from the case's free text: attacker-
+    written instructions in a memo or note must not reach the analyst through the model's
+    prose, nor the marker an injection asks the model to repeat."""
     if not grams:
         return text
     words = list(WORD.finditer(text))
@@ -104,7 +122,12 @@ def strip_echo(text: str, grams: frozenset[tuple[str, ...]], counts: Counter[str
             spans[-1] = (spans[-1][0], words[i].end())
         else:
             spans.append((words[i].start(), words[i].end()))
-    for start, end in reversed(spans):
+    spans += [
+        (m.start(), m.end())
+        for m in CODE.finditer(text)
+        if (CODE_MARK, m.group().lower()) in grams and not any(a <= m.start() < b for a, b in spans)
+    ]
+    for start, end in sorted(spans, reverse=True):
         text = text[:start] + QUOTE_REMOVED + text[end:]
     counts["free_text_echo"] += len(spans)
     return text
@@ -184,9 +207,21 @@ def case_events(case: Case) -> dict[str, tuple[str, Record]]:
 
 
 def overruled(draft: BriefDraft, floor: CaseBrief) -> bool:
-    """Did the draft argue for less than the deterministic floor: a lower level, or
-    closing the case as a false positive when the floor says it needs a look?"""
-    return draft.risk_level.rank < floor.risk_level.rank or _closes(draft, floor)
+    """Did the draft argue for less than the deterministic floor (a lower level, or
+    closing the case as a false positive when the floor says it needs a look), or is its
+    summary degenerate (a small model looping on one phrase)?"""
+    return (
+        draft.risk_level.rank < floor.risk_level.rank
+        or _closes(draft, floor)
+        or degenerate(draft.summary)
+    )
+
+
+def degenerate(text: str) -> bool:
+    """Text that loops: some run of ECHO_WORDS words occurs REPEAT_MAX times or more."""
+    words = [w.lower() for w in WORD.findall(text)]
+    grams = Counter(tuple(words[i : i + ECHO_WORDS]) for i in range(len(words) - ECHO_WORDS + 1))
+    return bool(grams) and max(grams.values()) >= REPEAT_MAX
 
 
 def _closes(draft: BriefDraft, floor: CaseBrief) -> bool:
@@ -225,7 +260,7 @@ def merge(
         facts, confidence = list(floor.key_facts), floor.confidence
     else:
         summary = clean_text(strip_echo(draft.summary, quoted, counts), vault, policy, counts)
-        facts, confidence = facts or list(floor.key_facts), draft.confidence  # none grounded
+        facts, confidence = facts + _kept_facts(facts, floor), draft.confidence
     if len(summary) > SUMMARY_MAX:
         counts["summary_truncated"] += 1
         summary = summary[: SUMMARY_MAX - 1] + "…"
@@ -253,8 +288,8 @@ def _facts(
     quoted: frozenset[tuple[str, ...]],
     counts: Counter[str],
 ) -> tuple[list[KeyFact], set[ReasonCode]]:
-    """The draft's grounded facts, cleaned, and the reason codes they show."""
-    facts, shown = [], set()
+    """The draft's grounded facts, cleaned, once each, and the reason codes they show."""
+    facts, shown, seen = [], set(), set()
     for fact in draft.key_facts:
         cited = list(dict.fromkeys(fact.evidence_event_ids))
         evidence = [e for e in cited if e in events]
@@ -262,18 +297,31 @@ def _facts(
         if not evidence:
             counts["fact_dropped"] += 1
             continue
+        text = fact.text
+        key = " ".join(w.lower() for w in WORD.findall(NUMBERING.sub("", text)))
+        if key in seen or degenerate(text):  # "1. X", "2. X", …: a model looping
+            counts["fact_repeated"] += 1
+            continue
+        seen.add(key)
         shown |= {
             code
             for code in fact.reason_codes
             if any(EVIDENCE_FOR[code](*events[e]) for e in evidence)
         }
-        text = fact.text
         if len(text) > FACT_MAX:
             counts["fact_truncated"] += 1
             text = text[: FACT_MAX - 1] + "…"
         text = clean_text(strip_echo(text, quoted, counts), vault, policy, counts)
         facts.append(KeyFact(text=text, evidence_event_ids=evidence))
     return facts, shown
+
+
+def _kept_facts(facts: list[KeyFact], floor: CaseBrief) -> list[KeyFact]:
+    """The floor's facts, after the draft's own: each states a checked pattern with its
+    evidence, and a draft citing the same events need not say what the floor says. By
+    design, so not counted as a guardrail intervention."""
+    own = {f.text for f in facts}
+    return [f for f in floor.key_facts if f.text not in own]
 
 
 def _reasons(
@@ -302,9 +350,13 @@ def _actions(
 
 
 def _overruled_summary(draft: BriefDraft, floor: CaseBrief) -> str:
-    argued = (
-        f"it argued {draft.risk_level.value} risk, below the deterministic {floor.risk_level.value}"
-        if draft.risk_level.rank < floor.risk_level.rank
-        else f"it suggested closing a {floor.risk_level.value} case as a false positive"
-    )
+    if draft.risk_level.rank < floor.risk_level.rank:
+        argued = (
+            f"it argued {draft.risk_level.value} risk, below the deterministic "
+            f"{floor.risk_level.value}"
+        )
+    elif _closes(draft, floor):
+        argued = f"it suggested closing a {floor.risk_level.value} case as a false positive"
+    else:
+        argued = "its summary repeats itself"
     return f"[Model draft overruled: {argued}; the deterministic summary follows.] " + floor.summary

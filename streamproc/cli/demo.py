@@ -6,6 +6,7 @@ versions); `--follow` keeps printing briefs until Ctrl-C. Children die with us.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -17,7 +18,7 @@ import httpx
 
 from streamproc.brief.render import render_brief
 from streamproc.cli.kafkaio import make_codec, produce_raw, publish_events, read_records
-from streamproc.config import Settings
+from streamproc.config import LLMProvider, Settings
 from streamproc.contracts.topics import load_topics
 from streamproc.errors import BrokerError
 from streamproc.kafka.admin import admin_client, apply_topics
@@ -25,6 +26,9 @@ from streamproc.kafka.broker import EmbeddedBroker, free_port, spawn_child, stop
 from streamproc.sim.scenario import Scenario, build_scenario
 
 READY_TIMEOUT_S = 90.0
+TIMEOUT_S = 180.0
+LOCAL_TIMEOUT_S = 900.0  # a CPU model answers in tens of seconds a brief
+AUDIT_WAITS = 3  # reads of the audit topic before a brief's record is given up on
 DEMO_ENV = {  # fast group joins on the embedded broker; short settle delay for a demo
     "STREAMPROC_CASE_SETTLE_S": "2",
     "STREAMPROC_BROKER_REBALANCE_TIMEOUT_S": "3",
@@ -41,17 +45,64 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def run_demo(settings: Settings, *, follow: bool, timeout_s: float, seed: int) -> int:
+def run_demo(
+    settings: Settings,
+    *,
+    follow: bool,
+    timeout_s: float | None,
+    seed: int,
+    models: Path | None = None,
+) -> int:
+    """`models`: brief with the local model server installed there (installed on first
+    use); None: the deterministic briefs only."""
     signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored
     signal.signal(signal.SIGTERM, _interrupt)
     data_dir = Path(settings.data_dir).resolve() / "demo"
     data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with contextlib.ExitStack() as stack:
+            model_env: dict[str, str] = {}
+            if models is not None:
+                model_env = _local_model(stack, models, data_dir)
+            elif settings.llm_provider is LLMProvider.NONE:
+                say(
+                    "deterministic briefs (no model configured); to see a model write them: "
+                    "make demo ARGS=--local-model"
+                )
+            default = LOCAL_TIMEOUT_S if models is not None else TIMEOUT_S
+            return _run(settings, data_dir, model_env, follow, timeout_s or default, seed)
+    except KeyboardInterrupt:
+        say("\ninterrupted; stopping worker and broker")
+        return 130
+
+
+def _local_model(stack: contextlib.ExitStack, models: Path, data_dir: Path) -> dict[str, str]:
+    """Install (first use) and start the local model server; the worker's settings for it."""
+    from streamproc.llm import local
+
+    if not local.installed(models):
+        say(f"⓪ installing the local model server into {models} (first use only) …")
+    local.install(models)
+    say(f"⓪ starting llama-server with {local.MODEL_DESCRIPTION}")
+    server = stack.enter_context(local.serving(models, data_dir / "llama-server.log"))
+    say(f"   serving {server.model} at {server.url}; about 30 s a brief on 2 cores")
+    return local.settings_env(server)
+
+
+def _run(
+    settings: Settings,
+    data_dir: Path,
+    model_env: dict[str, str],
+    follow: bool,
+    timeout_s: float,
+    seed: int,
+) -> int:
     broker = EmbeddedBroker(log_path=data_dir / "broker.log")
     worker = None
     try:
         broker.start()
         say(f"① embedded broker (Tansu) on {broker.bootstrap}")
-        env = _worker_env(broker.bootstrap, data_dir)
+        env = {**_worker_env(broker.bootstrap, data_dir), **model_env}
         demo_settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
         apply_topics(admin_client(demo_settings), load_topics())
         say("② topics applied from topics/topics.yaml")
@@ -63,10 +114,14 @@ def run_demo(settings: Settings, *, follow: bool, timeout_s: float, seed: int) -
         say(f"③ worker ready; metrics at http://127.0.0.1:{port}/metrics (log: {log_path})")
         scenario = build_scenario(seed=seed, now_ms=int(time.time() * 1000))
         _publish_scenario(demo_settings, scenario)
-        return _follow_briefs(demo_settings, scenario, port, follow=follow, timeout_s=timeout_s)
-    except KeyboardInterrupt:
-        say("\ninterrupted; stopping worker and broker")
-        return 130
+        return _follow_briefs(
+            demo_settings,
+            scenario,
+            port,
+            follow=follow,
+            timeout_s=timeout_s,
+            audited=bool(model_env),
+        )
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip clean-up
         if worker is not None:
@@ -105,7 +160,13 @@ def _publish_scenario(settings: Settings, sc: Scenario) -> None:
 
 
 def _follow_briefs(
-    settings: Settings, sc: Scenario, port: int, *, follow: bool, timeout_s: float
+    settings: Settings,
+    sc: Scenario,
+    port: int,
+    *,
+    follow: bool,
+    timeout_s: float,
+    audited: bool = False,
 ) -> int:
     wanted = {e.case_id: e.versions for e in sc.expected}
     seen: dict[str, int] = {}
@@ -114,7 +175,7 @@ def _follow_briefs(
     for brief in read_records(
         settings, settings.topics.briefs, timeout_s=deadline if deadline is not None else 10**9
     ):
-        say(render_brief(brief) + "\n")
+        say(render_brief(brief) + ("\n" + _guardrails(settings, brief) if audited else "") + "\n")
         seen[brief["case_id"]] = max(seen.get(brief["case_id"], 0), brief["brief_version"])
         if not follow_up_sent and all(c in seen for c in wanted):
             _publish_follow_up(settings, sc)
@@ -128,6 +189,29 @@ def _follow_briefs(
         return 1
     say(f"✓ every scenario case briefed ({len(wanted)} cases, {sum(seen.values())} briefs)")
     return 0
+
+
+def _guardrails(settings: Settings, brief: dict[str, Any]) -> str:
+    """What the guardrails changed in the model's draft of this brief, from the audit
+    record the worker publishes with it (fraud.llm-audit.v1)."""
+    if brief["generation"]["method"] != "LLM":
+        return f"   model: not used ({brief['generation'].get('fallback_reason')})"
+    for _ in range(AUDIT_WAITS):
+        for record in read_records(settings, settings.topics.audit, timeout_s=2.0):
+            audit = record.get("value") or {}
+            if (audit.get("brief_id"), audit.get("brief_version")) != (
+                brief["brief_id"],
+                brief["brief_version"],
+            ):
+                continue
+            changed = audit.get("guardrail_violations") or {}
+            shown = ", ".join(f"{k} ×{v}" for k, v in sorted(changed.items()))
+            return (
+                f"   model {audit.get('model')}: {audit.get('latency_ms')} ms, "
+                f"{audit.get('prompt_tokens')}+{audit.get('completion_tokens')} tokens; "
+                f"guardrails changed: {shown or 'nothing'}"
+            )
+    return "   guardrails: audit record not found"
 
 
 def _publish_follow_up(settings: Settings, sc: Scenario) -> None:

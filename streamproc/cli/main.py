@@ -35,8 +35,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim = sub.add_parser("simulate", help="write the seeded, labelled scenario set as JSONL")
     sim.add_argument("--out", type=Path, required=True, metavar="DIR")
-    sim.add_argument("--seed", type=int, default=42)
-    sim.add_argument("--per-kind", type=int, default=3, help="cases of each of the 8 kinds")
+    sim.add_argument(
+        "--seed",
+        type=int,
+        action="append",
+        dest="seeds",
+        metavar="N",
+        help="a generator seed; repeat for a set made from several (default 42)",
+    )
+    sim.add_argument("--per-kind", type=int, default=3, help="cases of each kind, per seed")
     sim.add_argument("--noise-accounts", type=int, default=0, help="accounts with history only")
     sim.add_argument("--noise-days", type=int, default=3)
     sim.add_argument(
@@ -44,8 +51,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo = sub.add_parser("demo", help="broker, topics, worker and synthetic traffic, all embedded")
     demo.add_argument("--follow", action="store_true", help="keep running after the scenario")
-    demo.add_argument("--timeout", type=float, default=180.0, metavar="S")
+    demo.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="give up after S seconds (default 180; 900 with --local-model)",
+    )
     demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument(
+        "--local-model",
+        action="store_true",
+        help="a local model writes the briefs: llama.cpp's server and SmolLM2-135M, "
+        "installed into --models on first use (about 160 MB)",
+    )
+    demo.add_argument("--models", type=Path, default=Path(".models"), metavar="DIR")
     return p
 
 
@@ -84,7 +104,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         return run_simulate(
             args.out,
-            seed=args.seed,
+            seeds=args.seeds or [42],
             per_kind=args.per_kind,
             noise_accounts=args.noise_accounts,
             noise_days=args.noise_days,
@@ -92,7 +112,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         )
     from streamproc.cli.demo import run_demo
 
-    return run_demo(settings, follow=args.follow, timeout_s=args.timeout, seed=args.seed)
+    return run_demo(
+        settings,
+        follow=args.follow,
+        timeout_s=args.timeout,
+        seed=args.seed,
+        models=args.models if args.local_model else None,
+    )
 
 
 def _topics_apply(settings: Settings) -> int:

@@ -12,22 +12,35 @@ from pathlib import Path
 from typing import Any
 
 from streamproc.contracts.records import iso, parse_timestamp
-from streamproc.sim.labelled import DEFAULT_NOW_MS, KINDS, build_eval_set
+from streamproc.sim.labelled import DEFAULT_NOW_MS, KINDS, EvalSet, build_eval_set
 
 
 def run_simulate(
     out: Path,
     *,
-    seed: int,
+    seeds: list[int],
     per_kind: int,
     noise_accounts: int,
     noise_days: int,
     now: str | None,
 ) -> int:
     now_ms = DEFAULT_NOW_MS if now is None else _now(now)
-    s = build_eval_set(
-        seed, per_kind, now_ms=now_ms, noise_accounts=noise_accounts, noise_days=noise_days
-    )
+    s = EvalSet()
+    for seed in seeds:
+        # One seed alone keeps the ids it always had; several are told apart by a tag.
+        tag = "" if len(seeds) == 1 else f"s{seed}-"
+        part = build_eval_set(
+            seed,
+            per_kind,
+            now_ms=now_ms,
+            noise_accounts=noise_accounts,
+            noise_days=noise_days,
+            tag=tag,
+        )
+        s.transactions += part.transactions
+        s.signals += part.signals
+        s.alerts += part.alerts
+        s.labels += part.labels
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[Any]] = {
         "transactions": s.transactions,
@@ -38,7 +51,7 @@ def run_simulate(
     for name, rows in files.items():
         (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     manifest = {
-        "seed": seed,
+        "seeds": seeds,
         "per_kind": per_kind,
         "noise_accounts": noise_accounts,
         "noise_days": noise_days,

@@ -96,7 +96,11 @@ def _data_gaps(
     gaps = []
     if missing:
         shown = ", ".join(missing[:10]) + (" …" if len(missing) > 10 else "")
-        gaps.append(f"{len(missing)} transaction(s) named by the alert not received: {shown}")
+        gaps.append(
+            f"{len(missing)} transaction(s) named by the alert not received: {shown} "
+            "(late, lost upstream, or older than the lookback the worker keeps, as a "
+            "dispute of an old purchase is)"
+        )
     if window.get("cut") and window.get("cut_ms", 0) >= start:
         gaps.append(
             f"history cut: {window['cut']} older event(s) of this account were dropped by the "

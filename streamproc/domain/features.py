@@ -44,6 +44,8 @@ RECENT_MS = 24 * HOUR_MS
 HIGH_RISK_MCC = frozenset({"4829", "6051", "6540", "7995", "5967"})
 CARD_CHANNELS = frozenset({"CARD_NOT_PRESENT", "WALLET"})
 TAKEOVER_SIGNALS = frozenset({"PASSWORD_RESET", "PROFILE_CHANGE", "NEW_DEVICE", "MFA_FAILED"})
+ALWAYS_FOREIGN = frozenset({"NEW_DEVICE", "MFA_FAILED"})  # whichever device reports them
+FAMILIAR_DEVICE_MS = 24 * HOUR_MS  # in use this long before a change: the customer's own
 FAILED_AUTH = frozenset({"LOGIN_FAILED", "MFA_FAILED"})
 
 
@@ -140,22 +142,27 @@ def high_amount(case: Case) -> Finding | None:
     if not flagged:
         return None
     top = max(flagged, key=lambda t: t["amount_minor"])
+    # Everyday spending: earlier debits the alert does not name. A bust-out's own run of
+    # large purchases would otherwise raise the median it is compared with.
+    named = {t["event_id"] for t in flagged}
     history = [
         t["amount_minor"]
         for t in case.transactions
         if t["direction"] == "DEBIT"
-        and t["event_id"] != top["event_id"]
+        and t["event_id"] not in named
         and t["currency"] == top["currency"]
         and t["occurred_at"] < top["occurred_at"]
     ]
     if len(history) >= HIGH_AMOUNT_MIN_HISTORY:
         median = statistics.median(history)
         if median > 0 and top["amount_minor"] >= HIGH_AMOUNT_RATIO * median:
+            # The median is over events the fact does not cite, so its amount is not
+            # stated: a fact states only what the events it cites can show.
             return Finding(
                 ReasonCode.HIGH_AMOUNT,
                 f"flagged debit of {fmt_amount(top['amount_minor'], top['currency'])} is "
-                f"{top['amount_minor'] / median:.0f}× the account's median debit "
-                f"({fmt_amount(int(median), top['currency'])})",
+                f"{top['amount_minor'] / median:.0f}× the median of the account's "
+                f"{len(history)} earlier debits in {top['currency']}",
                 (top["event_id"],),
             )
         return None
@@ -182,13 +189,7 @@ def new_device(case: Case) -> Finding | None:
 
 
 def device_risk(case: Case) -> Finding | None:
-    risky = [
-        s
-        for s in case.signals
-        if s.get("is_emulator")
-        or s.get("is_vpn")
-        or (s.get("risk_score") or 0.0) >= DEVICE_RISK_SCORE
-    ]
+    risky = [s for s in case.signals if _risky(s)]
     failed = [s for s in case.signals if s["signal_type"] in FAILED_AUTH]
     parts = []
     if any(s.get("is_emulator") for s in risky):
@@ -250,10 +251,12 @@ def geo_mismatch(case: Case) -> Finding | None:
     if not away:
         return None
     countries = sorted({c for _, c, _ in away})
+    # The latest event at home before the first one away shows where "usual" was.
+    before = [eid for at, c, eid in points if c == home and at < away[0][0]]
     return Finding(
         ReasonCode.GEO_MISMATCH,
         f"activity from {', '.join(countries)} while the account's usual country is {home}",
-        tuple(eid for _, _, eid in away),
+        (*before[-1:], *(eid for _, _, eid in away)),
     )
 
 
@@ -282,8 +285,39 @@ def _outbound_transfers(case: Case) -> list[Record]:
     ]
 
 
+def _risky(s: Record) -> bool:
+    return bool(
+        s.get("is_emulator") or s.get("is_vpn") or (s.get("risk_score") or 0.0) >= DEVICE_RISK_SCORE
+    )
+
+
+def _foreign_changes(case: Case) -> list[Record]:
+    """Credential or device changes an intruder would make: a new device or failed MFA
+    always; a password reset or profile change only from a device the account had not
+    been using for FAMILIAR_DEVICE_MS before it, or one flagged risky. A customer who
+    resets a forgotten password on their own phone is not taken over; an intruder who
+    signs in on their own device minutes before the reset is."""
+    first_seen: dict[str, int] = {}
+    for r in (*case.signals, *case.transactions):
+        device = r.get("device_id")
+        if device:
+            first_seen[device] = min(first_seen.get(device, r["occurred_at"]), r["occurred_at"])
+    return [
+        s
+        for s in case.signals
+        if s["signal_type"] in TAKEOVER_SIGNALS
+        and (
+            s["signal_type"] in ALWAYS_FOREIGN
+            or _risky(s)
+            or s["occurred_at"] - first_seen[s["device_id"]] < FAMILIAR_DEVICE_MS
+        )
+    ]
+
+
 def account_takeover(case: Case) -> Finding | None:
-    changes = [s for s in case.signals if s["signal_type"] in TAKEOVER_SIGNALS]
+    """A foreign credential or device change (see `_foreign_changes`) followed within
+    TAKEOVER_HORIZON_MS by a payee added or money sent out: the intruder's cash-out."""
+    changes = _foreign_changes(case)
     if not changes:
         return None
     first = changes[0]["occurred_at"]
@@ -308,8 +342,8 @@ def account_takeover(case: Case) -> Finding | None:
         then.append(f"{len(outs)} outbound transfer(s)")
     return Finding(
         ReasonCode.ACCOUNT_TAKEOVER,
-        f"credential/device change ({', '.join(kinds)}) followed within 24 h by "
-        + " and ".join(then),
+        f"credential/device change ({', '.join(kinds)}) from an unfamiliar or risky device "
+        "followed within 24 h by " + " and ".join(then),
         ids(changes) + ids(payees) + ids(outs),
     )
 

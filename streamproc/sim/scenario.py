@@ -38,15 +38,16 @@ class Scenario:
 
 
 class _Builder:
-    def __init__(self, seed: int, now_ms: int) -> None:
+    def __init__(self, seed: int, now_ms: int, tag: str = "") -> None:
         self.rng = random.Random(seed)
         self.now = now_ms
         self.n = 0
+        self.tag = tag  # prefixes every id, so builders' events can share one stream
         self.s = Scenario()
 
     def _id(self, prefix: str) -> str:
         self.n += 1
-        return f"{prefix}-{self.n:06d}"
+        return f"{prefix}-{self.tag}{self.n:06d}"
 
     def txn(
         self,

@@ -24,24 +24,13 @@ from streamproc.cli.kafkaio import publish_events, read_records
 from streamproc.config import Settings
 from streamproc.contracts.records import parse_timestamp
 from streamproc.kafka.broker import stop_child
-from streamproc.llm.local import LocalServer, installed, serving
+from streamproc.llm.local import LocalServer, installed, serving, settings_env
 from streamproc.sim.scenario import build_scenario
 from tests.integration.conftest import start_worker, tail_json
 
 pytestmark = pytest.mark.integration
 MODELS = Path(__file__).resolve().parents[2] / ".models"
 ACCOUNTS = ("acct-ato-001", "acct-mule-001")
-LOCAL_MODEL_ENV = {  # the README's settings for a local model on 2 cores
-    "STREAMPROC_LLM_PROVIDER": "openai",
-    "STREAMPROC_LLM_DIALECT": "llamacpp",
-    "STREAMPROC_LLM_TEMPERATURE": "0",
-    "STREAMPROC_LLM_TIMEOUT_S": "180",
-    "STREAMPROC_LLM_CASE_DEADLINE_S": "400",
-    "STREAMPROC_LLM_MAX_CONCURRENCY": "1",
-    "STREAMPROC_LLM_MAX_PROMPT_TOKENS": "3000",
-    "STREAMPROC_LLM_MAX_OUTPUT_TOKENS": "2000",
-    "STREAMPROC_LLM_MAX_RETRIES": "1",
-}
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +60,7 @@ def test_the_worker_briefs_with_a_real_local_model(
     worker = start_worker(
         {
             **env,
-            **LOCAL_MODEL_ENV,
-            "STREAMPROC_LLM_BASE_URL": llama.url,
-            "STREAMPROC_LLM_MODEL": llama.model,
+            **settings_env(llama),  # the README's settings for a local model on 2 cores
         },
         tmp_path / "worker.log",
     )
@@ -113,3 +100,24 @@ def test_the_worker_briefs_with_a_real_local_model(
         assert worker.metric("streamproc_briefs_published_total", method="LLM") == len(ACCOUNTS)
     finally:
         stop_child(worker.proc, 20)
+
+
+def test_make_eval_local_runs_the_labelled_set_through_the_model(tmp_path: Path) -> None:
+    """`make eval-local` on one held-out case: the model's report, the deterministic one
+    for the same case, and the quality card with the model's own draft beside them (so
+    the target cannot silently stop working, as `make bench` once did)."""
+    from streamproc.evaluation import HELD_OUT_SET, main
+
+    args = ["--local-model", str(MODELS), "--set", f"held-out={HELD_OUT_SET}", "--limit", "1"]
+    rc = main([*args, "--out", str(tmp_path), "--baseline", str(tmp_path / "b.json")])
+    name = "report-openai-SmolLM2-135M-Instruct-Q4_1-limit-1"
+    assert rc == 0, (tmp_path / f"{name}.md").read_text()
+    report = json.loads((tmp_path / f"{name}.json").read_text())
+    split = report["splits"]["held-out"]
+    [case] = split["cases"]
+    assert case["method"] == "LLM" and case["latency_ms"] > 0
+    metrics = split["metrics"]
+    assert metrics["draft_risk_agreement"] is not None and metrics["draft_support"] is not None
+    assert "SmolLM2-135M-Instruct" in report["model"]["about"]
+    card = (tmp_path / "quality-card-limit-1.md").read_text()
+    assert "deterministic" in card and "its own draft" in card

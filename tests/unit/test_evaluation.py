@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,8 @@ from streamproc.evaluation import (
     DEFAULT_BASELINE,
     DEFAULT_SET,
     HARD_ZERO,
+    HELD_OUT_SET,
+    SPLITS,
     brief_cases,
     build_cases,
     compare,
@@ -27,32 +31,51 @@ from streamproc.evaluation import (
     report_md,
     score,
 )
-from streamproc.sim.labelled import KINDS
+from streamproc.sim.labelled import KIND_INFO, KINDS
 from tests.llm_stub import StubInThread
 from tests.unit.test_injection_corpus import obey
 
-FAST = 8  # one case of each kind
+FAST = len(KINDS)  # one case of each kind
 
 
-def test_committed_set_is_what_simulate_makes(tmp_path: Path) -> None:
-    manifest = json.loads((DEFAULT_SET / "manifest.json").read_text())
+@pytest.mark.parametrize("set_dir", [DEFAULT_SET, HELD_OUT_SET], ids=["development", "held-out"])
+def test_committed_set_is_what_simulate_makes(tmp_path: Path, set_dir: Path) -> None:
+    manifest = json.loads((set_dir / "manifest.json").read_text())
     run_simulate(
         tmp_path,
-        seed=manifest["seed"],
+        seeds=manifest["seeds"],
         per_kind=manifest["per_kind"],
         noise_accounts=manifest["noise_accounts"],
         noise_days=manifest["noise_days"],
         now=manifest["now"],
     )
-    for path in DEFAULT_SET.iterdir():
+    for path in set_dir.iterdir():
         assert (tmp_path / path.name).read_text() == path.read_text(), path.name
 
 
-def test_every_kind_is_labelled_with_evidence_pii_and_an_injection() -> None:
-    events, labels = load_set(DEFAULT_SET)
+def test_the_splits_can_prove_us_wrong() -> None:
+    """At least 10 cases of every kind from at least three seeds in each split, no seed in
+    both, and every fraud kind imitated by at least one benign lookalike."""
+    seeds = {}
+    for name, set_dir in SPLITS.items():
+        _, labels = load_set(set_dir)
+        per_kind = Counter(lab.kind for lab in labels)
+        assert set(per_kind) == set(KINDS) and min(per_kind.values()) >= 10, name
+        seeds[name] = {lab.seed for lab in labels}
+        assert len(seeds[name]) >= 3, name
+    assert not seeds["held-out"] & seeds["development"]
+    fraud = {k for k, info in KIND_INFO.items() if info.fraud}
+    imitated = {f for info in KIND_INFO.values() if not info.fraud for f in info.lookalike_of}
+    assert fraud <= imitated, fraud - imitated
+
+
+@pytest.mark.parametrize("set_dir", [DEFAULT_SET, HELD_OUT_SET], ids=["development", "held-out"])
+def test_every_kind_is_labelled_with_evidence_pii_and_an_injection(set_dir: Path) -> None:
+    events, labels = load_set(set_dir)
     assert sorted({lab.kind for lab in labels}) == sorted(KINDS)
     ids = {e["event_id"] for topic in events.values() for e in topic}
-    now = json.loads((DEFAULT_SET / "manifest.json").read_text())["now"]
+    assert len(ids) == sum(len(topic) for topic in events.values())  # unique across seeds
+    now = json.loads((set_dir / "manifest.json").read_text())["now"]
     assert max(e["occurred_at"] for topic in events.values() for e in topic) <= now  # ISO sorts
     raw = "".join(json.dumps(e) for topic in events.values() for e in topic)
     for lab in labels:
@@ -63,14 +86,24 @@ def test_every_kind_is_labelled_with_evidence_pii_and_an_injection() -> None:
         assert "RULE_HIT" in lab.reason_codes
 
 
-def test_fast_subset_meets_its_baseline() -> None:
-    """What `make test` runs of `make eval`: hard gates plus no regression."""
-    metrics, rows = evaluate(Settings(), DEFAULT_SET, limit=FAST)
-    assert len({r["kind"] for r in rows}) == len(KINDS)
-    baseline = load_baseline(DEFAULT_BASELINE, "deterministic", f"limit-{FAST}")
+@pytest.mark.parametrize("split", ["held-out", "development"])
+def test_deterministic_briefs_meet_minimums_and_baseline(split: str) -> None:
+    """`make eval` in full, deterministic mode: both splits, every gate."""
+    metrics, rows = evaluate(Settings(), SPLITS[split])
+    assert len(rows) >= 10 * len(KINDS)
+    baseline = load_baseline(DEFAULT_BASELINE, "deterministic", split, "all")
     assert baseline is not None
     assert compare(metrics, baseline) == []
     assert all(metrics[k] == 0 for k in HARD_ZERO)
+
+
+def test_fast_subset_meets_its_baseline() -> None:
+    """What the model-path tests use: one case of each kind."""
+    metrics, rows = evaluate(Settings(), DEFAULT_SET, limit=FAST)
+    assert len({r["kind"] for r in rows}) == len(KINDS)
+    baseline = load_baseline(DEFAULT_BASELINE, "deterministic", "development", f"limit-{FAST}")
+    assert baseline is not None
+    assert compare(metrics, baseline) == []
 
 
 def test_the_metrics_see_leaks_injections_and_wrong_levels() -> None:
@@ -120,21 +153,23 @@ def test_regression_thresholds(key: str, old: float, new: float, fails: bool) ->
     metrics, _ = score([])
     metrics = dict(metrics, cases=1, schema_validity=1.0)
     baseline = dict(metrics, **{key: old})
-    assert bool(compare(dict(metrics, **{key: new}), baseline)) is fails
+    assert bool(compare(dict(metrics, **{key: new}), baseline, minimums=False)) is fails
 
 
 def test_an_empty_denominator_is_na_and_never_a_pass() -> None:
     """Nothing to count reads n/a, not 1.0, and a metric that went n/a fails its gate."""
     metrics, _ = score([])
     for key in ("reason_precision", "reason_recall", "risk_agreement", "evidence_grounding",
-                "evidence_recall", "schema_validity", "fallback_rate"):  # fmt: skip
+                "draft_grounding", "evidence_support", "evidence_recall", "schema_validity",
+                "fallback_rate"):  # fmt: skip
         assert metrics[key] is None, key
     assert "no case was evaluated" in compare(metrics, None)
     baseline = dict(metrics, cases=1, schema_validity=1.0, evidence_recall=0.95)
     now = dict(metrics, cases=1, schema_validity=1.0)
-    assert compare(now, baseline) == [
+    assert compare(now, baseline, minimums=False) == [
         "evidence_recall is n/a (baseline 0.95): nothing to measure it on"
     ]
+    assert "evidence_recall is n/a: nothing to measure it on (minimum 0.9)" in compare(now, None)
     assert "| evidence_recall | n/a | 0.95 |" in report_md("m", now, baseline, [], [])
 
 
@@ -179,3 +214,27 @@ def test_echoed_free_text_is_cut_but_short_quotes_stay() -> None:
     assert "ignore previous" not in out.lower() and QUOTE_REMOVED in out
     assert "invoice 2231" in out and out.endswith("Review it.")
     assert counts["free_text_echo"] == 1
+
+
+def fast_results() -> list[Any]:
+    """Deterministic results for one case of each kind (for metric tests elsewhere)."""
+    from streamproc.evaluation import _spread
+
+    settings, schemas = Settings(), SchemaSet()
+    events, labels = load_set(DEFAULT_SET)
+    cases = build_cases(settings, schemas, events)
+    return asyncio.run(brief_cases(settings, schemas, cases, _spread(labels, FAST)))
+
+
+def test_simulate_cli_makes_one_set_from_several_seeds(tmp_path: Path) -> None:
+    from streamproc.cli.main import main
+
+    assert main(["simulate", "--out", str(tmp_path), "--seed", "5", "--seed", "6",
+                 "--per-kind", "1"]) == 0  # fmt: skip
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["seeds"] == [5, 6] and manifest["counts"]["labels"] == 2 * len(KINDS)
+    events, labels = load_set(tmp_path)
+    ids = [e["event_id"] for topic in events.values() for e in topic]
+    assert len(ids) == len(set(ids))
+    assert {lab.seed for lab in labels} == {5, 6}
+    assert len({lab.case_id for lab in labels}) == len(labels)

@@ -77,8 +77,9 @@ def test_model_brief_is_merged_onto_the_floor(ato: Case) -> None:
     floor = build_brief(ato, version=1, generated_at_ms=NOW_MS)
     assert b.key_facts == floor.key_facts and floor.summary in b.summary
     agreeing, _ = brief_with(ato, ["ok"], answer={**GOOD_ANSWER, "risk_level": "CRITICAL"})
-    [fact] = agreeing.brief.key_facts
+    fact, *kept = agreeing.brief.key_facts  # the model's own, then the floor's
     assert fact.evidence_event_ids[0] in ato.event_ids  # "E1" mapped back
+    assert kept == floor.key_facts
     assert b.generation.prompt_tokens == 1200 and b.redaction["PERSON"] >= 1
     sent = json.dumps(server.requests)
     for value in PII:
