@@ -195,7 +195,9 @@ def _alert_fact(case: Case) -> KeyFact:
 def _device_facts(case: Case) -> list[KeyFact]:
     """Where each flagged transaction was made from, when it names a device the case has
     seen signed in before it: in a dispute, the customer's own device and session are
-    what the analyst needs; in a takeover, a device first seen minutes earlier."""
+    what the analyst needs; in a takeover, a device first seen minutes earlier. The
+    device is named by the events cited, not by its id (producers put what they have
+    into ids, personal data included)."""
     facts = []
     for t in alert_transactions(case)[:DEVICE_FACTS_MAX]:
         device = t.get("device_id")
@@ -215,10 +217,10 @@ def _device_facts(case: Case) -> list[KeyFact]:
         changes = [s for s in before if s["signal_type"] in CHANGES][-DEVICE_CHANGES_MAX:]
         text = (
             f"flagged {fmt_amount(t['amount_minor'], t['currency'])} "
-            f"{t['channel'].lower().replace('_', '-')} payment made on device {device}, "
-            f"{_ago(t['occurred_at'] - last['occurred_at'])} after a {last['signal_type']} "
-            f"from {last.get('geo_country') or 'an unknown country'} on that device; "
-            f"the device has been in use on this account since {iso(since)}"
+            f"{t['channel'].lower().replace('_', '-')} payment made on the device of the "
+            f"{last['signal_type']} from {last.get('geo_country') or 'an unknown country'} "
+            f"{_ago(t['occurred_at'] - last['occurred_at'])} before it; the device has been "
+            f"in use on this account since {iso(since)}"
         )
         if changes:
             text += "; before the payment it reported " + ", ".join(
