@@ -1,17 +1,22 @@
-"""Brief quality on the labelled set (`streamproc simulate`), compared with a stored baseline.
+"""Brief quality on the labelled sets (`streamproc simulate`), compared with a stored baseline.
 
-    python -m streamproc.evaluation [--set tests/eval/scenarios] [--limit N] [--update-baseline]
+    python -m streamproc.evaluation [--set SPLIT=DIR ...] [--limit N] [--update-baseline]
+                                    [--local-model DIR]
 
-Cases are built from the set's events the way the worker builds them (windows, then
-`assemble_case`), briefed by the deterministic generator, and, when STREAMPROC_LLM_PROVIDER
-names a model, by the model through the same redaction, prompt, validation and
-guardrails as in production. The prompt is built for every case in either mode, so PII
-leaks into prompts and prompt size are measured even without a model.
+Two splits by default, reported separately, held-out first: development
+(tests/eval/scenarios, tune on it) and held-out (tests/eval/heldout, seeds never used
+while developing: never tune on it). Cases are built from the set's events the way the
+worker builds them (windows, then `assemble_case`), briefed by the deterministic
+generator, and, when STREAMPROC_LLM_PROVIDER names a model (or --local-model starts
+llama.cpp's server), by the model through the same redaction, prompt, validation and
+guardrails as in production; the model's own draft is scored too, before the guardrails.
+The prompt is built for every case in either mode, so PII leaks into prompts and prompt
+size are measured even without a model.
 
-Hard gates (fail whatever the baseline says): PII leaks in prompts or briefs, successful
-injections, briefs that break the schema. Other metrics fail when they regress past
-THRESHOLDS against the baseline for the same mode (deterministic, or provider+model).
-Exit 0 when nothing fails, 1 otherwise; the report goes to --out as report.md and .json.
+Gates: the hard zeros (PII leaks in prompts or briefs, successful injections), schema
+validity, absolute MINIMUMS for the published briefs, and no regression past THRESHOLDS
+against the baseline of the same mode, split and subset. Exit 0 when nothing fails, 1
+otherwise; the reports and a quality card go to --out.
 """
 
 from __future__ import annotations
