@@ -1,5 +1,7 @@
-"""The labelled evaluation set: seeded cases of eight kinds, each with what a correct brief
-must say, plus planted PII and prompt-injection text to prove neither gets through.
+"""The labelled evaluation set: seeded cases of sixteen kinds (KIND_INFO: seven fraud
+patterns, nine benign cases, most of them lookalikes placed just on the safe side of a
+detector's threshold), each with what a correct brief must say, plus planted PII and
+prompt-injection text to prove neither gets through.
 
 Labels are written from the fraud pattern, not from what the deterministic generator
 happens to output: `reason_codes` must appear, `acceptable_codes` may (they are true of
