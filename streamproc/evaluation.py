@@ -398,10 +398,11 @@ def supports(text: str, cited: list[str], events: dict[str, dict[str, Any]]) -> 
                 t["amount_minor"] for t in txns if t["direction"] == d and t["currency"] == cur
             )
             stated.add((total, cur))
+    currencies = {e["currency"] for e in events.values() if "currency" in e}
     for units, frac, cur in _amounts(text):
         value = Decimal(units.replace(",", "") + "." + (frac or "0"))
         minor = value * 10 ** _ZERO_DECIMAL.get(cur, 2)
-        if cur in _currencies(events) and (minor, cur) not in stated:
+        if cur in currencies and (minor, cur) not in stated:
             return False
     kinds = {
         "debit": [t for t in txns if t["direction"] == "DEBIT"],
@@ -435,10 +436,6 @@ def _amounts(text: str) -> list[tuple[str, str, str]]:
     after = [(u, f, c) for u, f, c in _AMOUNT.findall(text) if c != "MIN"]
     before = [(u, f, c) for c, u, f in _AMOUNT_BEFORE.findall(text)]
     return after + before
-
-
-def _currencies(events: dict[str, dict[str, Any]]) -> set[str]:
-    return {e["currency"] for e in events.values() if "currency" in e}
 
 
 def _countries(e: dict[str, Any]) -> list[str]:

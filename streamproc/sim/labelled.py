@@ -230,14 +230,11 @@ def _account_takeover(c: _Case) -> Label:
     payee = b.sig(c.acct, t0 + 6 * MIN, "PAYEE_ADDED", dev, geo="RO")
     payee_name, iban = b.rng.choice(NAMES), b.rng.choice(IBANS)
     c.pii += [payee_name, iban]
-    transfer = b.txn(
+    transfer = b.transfer(
         c.acct,
         t0 + 9 * MIN,
         b.rng.randint(150_000, 400_000),
-        channel="TRANSFER",
         currency="GBP",
-        mcc=None,
-        country=None,
         counterparty_name=payee_name,
         counterparty_iban=iban,
         device_id=dev,
@@ -261,26 +258,20 @@ def _money_mule(c: _Case) -> Label:
         name, iban = NAMES[i % len(NAMES)], IBANS[i % len(IBANS)]
         c.pii += [name, iban]
         credits.append(
-            b.txn(
+            b.transfer(
                 c.acct,
                 t0 + i * HOUR,
                 b.rng.randint(60_000, 130_000),
                 direction="CREDIT",
-                channel="TRANSFER",
-                mcc=None,
-                country=None,
                 counterparty_name=name,
                 counterparty_iban=iban,
             )
         )
     inbound = sum(t["amount_minor"] for t in credits)
-    out = b.txn(
+    out = b.transfer(
         c.acct,
         t0 + (len(credits) + 1) * HOUR,
         int(inbound * b.rng.uniform(0.72, 0.95)),  # MULE_OUT_SHARE is 0.7
-        channel="TRANSFER",
-        mcc=None,
-        country=None,
         counterparty_name="QuickFX Ltd",
         counterparty_iban="GB33BUKB20201555555555",
         memo=c.injection,
@@ -399,14 +390,11 @@ def _salary_day_spike(c: _Case) -> Label:
     b.history(c.acct, days=4)
     employer_iban = b.rng.choice(IBANS)
     c.pii.append(employer_iban)
-    b.txn(
+    b.transfer(
         c.acct,
         t0,
         b.rng.randint(280_000, 420_000),
         direction="CREDIT",
-        channel="TRANSFER",
-        mcc=None,
-        country=None,
         counterparty_name="Acme GmbH Payroll",
         counterparty_iban=employer_iban,
     )
@@ -438,13 +426,10 @@ def _app_scam(c: _Case) -> Label:
     payee_name, iban = b.rng.choice(NAMES), b.rng.choice(IBANS)
     c.pii += [payee_name, iban]
     sends = [
-        b.txn(
+        b.transfer(
             c.acct,
             t0 + (10 + 15 * k) * MIN,
             b.rng.randint(150_000, 900_000),
-            channel="TRANSFER",
-            mcc=None,
-            country=None,
             counterparty_name=payee_name,
             counterparty_iban=iban,
             device_id=home,
@@ -531,13 +516,10 @@ def _benign_password_reset(c: _Case) -> Label:
     b.sig(c.acct, t0 + 4 * MIN, "LOGIN", home, geo="DE")
     payee_name, iban = b.rng.choice(NAMES), b.rng.choice(IBANS)
     c.pii += [payee_name, iban]
-    pay = b.txn(
+    pay = b.transfer(
         c.acct,
         t0 + b_rand(c, 20, 90) * MIN,
         int(c.median_debit() * b.rng.uniform(1.5, 4.5)),
-        channel="TRANSFER",
-        mcc=None,
-        country=None,
         counterparty_name=payee_name,
         counterparty_iban=iban,
         device_id=home,
@@ -557,26 +539,20 @@ def _benign_family_transfers(c: _Case) -> Label:
         name, iban = NAMES[(i + 2) % len(NAMES)], IBANS[(i + 1) % len(IBANS)]
         c.pii += [name, iban]
         credits.append(
-            b.txn(
+            b.transfer(
                 c.acct,
                 t0 + i * b.rng.randint(1, 5) * HOUR,
                 b.rng.randint(100_000, 300_000),
                 direction="CREDIT",
-                channel="TRANSFER",
-                mcc=None,
-                country=None,
                 counterparty_name=name,
                 counterparty_iban=iban,
             )
         )
     inbound = sum(t["amount_minor"] for t in credits)
-    out = b.txn(
+    out = b.transfer(
         c.acct,
         out_at(credits[-1]) + b_rand(c, 2, 8) * HOUR,
         int(inbound * b.rng.uniform(0.45, 0.65)),
-        channel="TRANSFER",
-        mcc=None,
-        country=None,
         counterparty_name="Autohaus Weber GmbH",
         counterparty_iban="DE44500105175407324931",
         memo=c.injection,
@@ -615,13 +591,10 @@ def _benign_new_payee(c: _Case) -> Label:
     payee = b.sig(c.acct, t0 + 3 * MIN, "PAYEE_ADDED", home, geo="DE")
     name, iban = b.rng.choice(NAMES), b.rng.choice(IBANS)
     c.pii += [name, iban]
-    pay = b.txn(
+    pay = b.transfer(
         c.acct,
         t0 + 5 * MIN,
         int(c.median_debit() * b.rng.uniform(1.0, 4.5)),
-        channel="TRANSFER",
-        mcc=None,
-        country=None,
         counterparty_name=name,
         counterparty_iban=iban,
         device_id=home,

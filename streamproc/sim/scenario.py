@@ -80,6 +80,10 @@ class _Builder:
         self.s.transactions.append(e)
         return e
 
+    def transfer(self, account: str, at: int, amount: int, **extra: Any) -> Event:
+        """A bank transfer: no merchant category or country; say the counterparty."""
+        return self.txn(account, at, amount, channel="TRANSFER", mcc=None, country=None, **extra)
+
     def sig(
         self, account: str, at: int, kind: str, device: str, *, geo: str | None = "DE", **extra: Any
     ) -> Event:
@@ -230,14 +234,11 @@ def _account_takeover(b: _Builder) -> None:
     )
     b.sig(acct, t0 + 2 * MIN, "NEW_DEVICE", dev, geo="RO", is_emulator=True)
     b.sig(acct, t0 + 5 * MIN, "PAYEE_ADDED", dev, geo="RO")
-    transfer = b.txn(
+    transfer = b.transfer(
         acct,
         t0 + 8 * MIN,
         250_000,
-        channel="TRANSFER",
         currency="GBP",
-        mcc=None,
-        country=None,
         counterparty_name="Ion Popescu",
         counterparty_iban="GB82WEST12345698765432",
         device_id=dev,
@@ -285,14 +286,11 @@ def _money_mule(b: _Builder) -> None:
     acct, t0 = "acct-mule-001", b.now - 10 * HOUR
     b.history(acct, days=2)
     credits = [
-        b.txn(
+        b.transfer(
             acct,
             t0 + i * HOUR,
             amt,
             direction="CREDIT",
-            channel="TRANSFER",
-            mcc=None,
-            country=None,
             counterparty_name=name,
             counterparty_iban=iban,
         )
@@ -305,13 +303,10 @@ def _money_mule(b: _Builder) -> None:
             ]
         )
     ]
-    out = b.txn(
+    out = b.transfer(
         acct,
         t0 + 5 * HOUR,
         360_000,
-        channel="TRANSFER",
-        mcc=None,
-        country=None,
         counterparty_name="QuickFX Ltd",
         counterparty_iban="GB33BUKB20201555555555",
     )
