@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     if args.smoke:
-        args.events, args.accounts, args.latency_seconds = 3_000, 500, 3.0
+        args.events, args.accounts, args.latency_seconds = 20_000, 2_000, 3.0
         args.skip_peer = True
     if args.only:
         return _only(args)

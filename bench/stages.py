@@ -95,9 +95,13 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def spawn_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as fh:
-        proc = spawn_child([sys.executable, "-m", "streamproc", "worker"], env=env, log=fh)
+        return spawn_child([sys.executable, "-m", "streamproc", "worker"], env=env, log=fh)
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    proc = spawn_worker(env, log)
     port = int(env["STREAMPROC_HTTP_PORT"])
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -116,18 +120,28 @@ def engine_ingest(bootstrap: str, n: int, work: Path, **env_extra: str) -> dict[
     """The worker on input produced beforehand: events/s from first to last event, and RSS."""
     env = worker_env(bootstrap, work / "state", **env_extra)
     port = int(env["STREAMPROC_HTTP_PORT"])
-    proc = start_worker(env, work / "worker-ingest.log")
+    # Watched from its start, not from when it says it is ready: by then a small input
+    # may be consumed already.
+    proc = spawn_worker(env, work / "worker-ingest.log")
     try:
         t0 = None
         deadline = time.monotonic() + 600
         done = 0.0
         while time.monotonic() < deadline:
-            done = metric(port, "streamproc_events_consumed_total")
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"worker died: {(work / 'worker-ingest.log').read_text()[-2000:]}"
+                )
+            try:
+                done = metric(port, "streamproc_events_consumed_total")
+            except httpx.HTTPError:  # not listening yet
+                time.sleep(0.02)
+                continue
             if done and t0 is None:
                 t0, first = time.monotonic(), done
             if done >= n:
                 break
-            time.sleep(0.1)
+            time.sleep(0.02)  # a smoke run is over in well under a second
         elapsed = time.monotonic() - (t0 or time.monotonic())
         rate = (done - first) / elapsed if t0 and elapsed > 0 else 0.0
         time.sleep(1.0)

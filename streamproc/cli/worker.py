@@ -9,7 +9,7 @@ import faust
 
 from streamproc.cli.kafkaio import make_codec
 from streamproc.config import LLMProvider, LogFormat, Settings
-from streamproc.engine.app import build_app, changelog_topics, http_service
+from streamproc.engine.app import CaseWorker, changelog_topics, http_service
 from streamproc.errors import TopologyError
 from streamproc.kafka import security
 from streamproc.kafka.admin import admin_client, broker_count, check_copartitioned, partition_counts
@@ -63,10 +63,10 @@ def run_worker(settings: Settings) -> int:
         settings.http_port,
     )
     metrics = Metrics()
-    app, health = build_app(settings, make_codec(settings), metrics, partitions, replication)
+    case_worker = CaseWorker(settings, make_codec(settings), metrics, partitions, replication)
     worker = _Worker(
-        app,
-        http_service(app, health, metrics, settings.http_port),
+        case_worker.app,
+        http_service(case_worker.app, case_worker.health, metrics, settings.http_port),
         loglevel=settings.log_level.value,
         log_format=settings.log_format,
         quiet=True,

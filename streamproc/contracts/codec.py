@@ -65,7 +65,16 @@ class AvroCodec:
         return out.getvalue()
 
     def decode(self, topic: str, data: bytes | None) -> dict[str, Any]:
-        """Decode one record; raises EventDecodeError (or UnknownSchemaError) when it cannot."""
+        """Decode one record, timestamps as datetimes (fastavro's form); raises
+        EventDecodeError (or UnknownSchemaError) when it cannot."""
+        return self._decode(topic, data, millis=False)
+
+    def decode_millis(self, topic: str, data: bytes | None) -> dict[str, Any]:
+        """Decode one record with its timestamp-millis fields as epoch milliseconds, the
+        worker's form (no datetime is built and converted back)."""
+        return self._decode(topic, data, millis=True)
+
+    def _decode(self, topic: str, data: bytes | None, millis: bool) -> dict[str, Any]:
         reader = self.schemas.for_topic(topic)
         if not data:
             raise EventDecodeError("empty record value")
@@ -76,8 +85,12 @@ class AvroCodec:
         buf.seek(offset)
         try:
             # Schema resolution costs ~2x; skip it when the writer is the reader schema.
-            resolve_to = None if writer is reader else reader.parsed
-            record = schemaless_reader(buf, writer.parsed, resolve_to)
+            if millis:
+                resolve_to = None if writer is reader else reader.parsed_millis
+                record = schemaless_reader(buf, writer.parsed_millis, resolve_to)
+            else:
+                resolve_to = None if writer is reader else reader.parsed
+                record = schemaless_reader(buf, writer.parsed, resolve_to)
         except (EOFError, StopIteration) as exc:
             raise EventDecodeError("truncated Avro record") from exc
         except UnicodeDecodeError as exc:

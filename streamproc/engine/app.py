@@ -1,20 +1,23 @@
-"""The faust app: three tables, one agent over the inputs and settle ticks, one timer.
+"""The worker: faust's group membership, tables and recovery around our batch path.
 
-faust acks an event even when the agent raises, so the agent never lets an
-exception escape: a record that fails goes to the DLQ with the reason. Writes to
-tables happen only inside the agent (faust needs the current event to pick the
-changelog partition); the timer therefore sends settle ticks to the case's own
-partition and the agent briefs the case when the tick comes back.
+Input records reach `CaseWorker.handle` in sub-batches straight from the consumer
+(internals.BatchConsumer), not through a faust agent. A record that fails goes to the
+DLQ with the reason; nothing escapes a batch. Table writes carry the partition of the
+record (or case) that caused them, so changelogs stay co-partitioned with the inputs;
+timers never write state, they send settle ticks to the case's own partition and the
+worker acts on the tick when it comes back (or sooner, when a batch finds it due).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 from faust.types import TP
@@ -22,9 +25,9 @@ from mode import Service
 
 from streamproc.config import Settings
 from streamproc.contracts.codec import AvroCodec
+from streamproc.engine import internals
 from streamproc.engine import processor as processor_mod
-from streamproc.engine import recovery, transport
-from streamproc.engine.dlq import InMessage, Outgoing, dead_letter
+from streamproc.engine.dlq import InMessage, Outgoing, as_in_message, dead_letter
 from streamproc.engine.llm_stage import llm_stage
 from streamproc.engine.processor import BriefPlan, CaseProcessor
 from streamproc.engine.state import ConfluentChangelog, WriteBackTable
@@ -36,8 +39,6 @@ from streamproc.ops.metrics import Metrics
 log = logging.getLogger(__name__)
 TABLES = ("windows", "cases", "pending", "llm_cache")
 TIMER_INTERVAL_S = 0.1
-BATCH_MAX = 500  # records per batch: changelog writes are coalesced per key within one
-BATCH_WITHIN_S = 0.05
 BROKER_PROBE_INTERVAL_S = 5.0
 LAG_INTERVAL_S = 2.0
 DLQ_MAX_BYTES = 4 * 1024 * 1024
@@ -63,169 +64,318 @@ def changelog_topics(settings: Settings) -> list[str]:
     return [f"{settings.app_id}-{name}-changelog" for name in TABLES]
 
 
-def build_app(
-    settings: Settings, codec: AvroCodec, metrics: Metrics, partitions: int, replication: int
-) -> tuple[faust.App, Health]:
-    """The faust app for `partitions` co-partitioned input partitions."""
-    app = faust.App(
-        settings.app_id,
-        broker=[f"kafka://{hostport.strip()}" for hostport in settings.kafka_bootstrap.split(",")],
-        broker_credentials=security.faust_credentials(security.resolve(settings)),
-        store="memory://",
-        datadir=str(settings.data_dir),
-        web_enabled=False,
-        topic_partitions=partitions,
-        topic_replication_factor=replication,
-        broker_rebalance_timeout=settings.broker_rebalance_timeout_s,
-        broker_session_timeout=settings.broker_session_timeout_s,
-        broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
-        consumer_auto_offset_reset="earliest",
-        key_serializer="json",  # for the tables; the source topic says raw itself
-        value_serializer="json",
-        producer_acks=-1,
-        # A dead-lettered record keeps its value: the producer must take the largest input
-        # record plus headers (inputs allow 2 MiB, the DLQ topic 4 MiB; topics/topics.yaml).
-        producer_max_request_size=DLQ_MAX_BYTES,
-        # Fetch and buffer more per round trip: the agent takes batches anyway.
-        stream_buffer_maxsize=32_768,
-        broker_max_poll_records=10_000,
-        consumer_max_fetch_size=8 * 1024 * 1024,
-        # Seeks the inputs to their committed offsets before resuming them (recovery.py).
-        TableManager=recovery.TableManager,
-    )
-    changelog = ConfluentChangelog(producer_config(settings))
-    transport.install(app, settings.broker_fetch_max_wait_ms)
-    tables = {
-        name: WriteBackTable(app.Table(name, partitions=partitions), changelog) for name in TABLES
-    }
-    processor = CaseProcessor(
-        settings, codec, metrics, tables["windows"], tables["cases"], tables["pending"]
-    )
-    topics = settings.topics
+class CaseWorker:
+    """One worker: fetched records → state → due cases briefed → changelog → acks.
 
-    processor.committed = lambda topic, partition: committed_offset(app, topic, partition)
-    source = app.topic(
-        *topics.inputs,
-        topics.settle,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    health = Health()
+    Read it in this order:
+      `handle`           a sub-batch of input records, from internals.BatchConsumer;
+        `_apply`         one record: the processor applies it, a bad one is dead-lettered;
+        `brief_due_cases` cases due now are briefed in line (or offered to the model);
+        the changelog's durable future, after which the consumer acks the offsets.
+      `publish`          a brief is delivered, then recorded as briefed.
+      the timers         settle ticks, log-end offsets for the case gate, lag, health.
 
-    async def dead_letter_or_die(msg: InMessage, exc: Exception) -> None:
+    faust keeps group membership, the co-partitioning assignor, changelog recovery and
+    the commit of acknowledged offsets; records of the input topics never go through its
+    per-message path (internals.py says why and what is guaranteed).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        codec: AvroCodec,
+        metrics: Metrics,
+        partitions: int,
+        replication: int,
+    ) -> None:
+        internals.check()
+        self.s, self.metrics, self.topics = settings, metrics, settings.topics
+        t = self.topics
+        # internals.BatchSink: inputs before the alerts that refer to them, ticks last.
+        self.input_topics = (t.transactions, t.device_signals, t.alerts, t.settle)
+        self.health = Health()
+        self.app = faust.App(
+            settings.app_id,
+            broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
+            broker_credentials=security.faust_credentials(security.resolve(settings)),
+            store="memory://",
+            datadir=str(settings.data_dir),
+            web_enabled=False,
+            topic_partitions=partitions,
+            topic_replication_factor=replication,
+            table_standby_replicas=settings.table_standby_replicas,
+            broker_rebalance_timeout=settings.broker_rebalance_timeout_s,
+            broker_session_timeout=settings.broker_session_timeout_s,
+            broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
+            consumer_auto_offset_reset="earliest",
+            key_serializer="json",  # for the tables; the source topic says raw itself
+            value_serializer="json",
+            producer_acks=-1,
+            # A dead-lettered record keeps its value: the producer must take the largest
+            # input record plus headers (inputs allow 2 MiB, the DLQ topic 4 MiB).
+            producer_max_request_size=DLQ_MAX_BYTES,
+            broker_max_poll_records=10_000,
+            consumer_max_fetch_size=8 * 1024 * 1024,
+            # Seeks the inputs to their committed offsets before resuming them.
+            TableManager=internals.TableManager,
+        )
+        self.changelog = ConfluentChangelog(producer_config(settings))
+        internals.install(self.app, settings.broker_fetch_max_wait_ms, sink=self)
+        self.tables = {}
+        for name in TABLES:
+            table = self.app.Table(name, partitions=partitions)
+            self.tables[name] = WriteBackTable(table, self.changelog, internals.store_dict(table))
+        self.processor = CaseProcessor(
+            settings,
+            codec,
+            metrics,
+            self.tables["windows"],
+            self.tables["cases"],
+            self.tables["pending"],
+            committed=self._committed,
+        )
+        cache = self.tables["llm_cache"]
+        self.stage = llm_stage(
+            settings, codec, metrics, cache, self.publish, self.send, self.persist
+        )
+        # Subscribed through the conductor; its records reach `handle`, not an agent.
+        self.app.topics.add(
+            self.app.topic(
+                *self.input_topics,
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+            )
+        )
+        self._partition = -1  # the tables' changelog partition for the writes at hand
+        self._publishing: set[str] = set()  # cases whose brief is being delivered
+        self._gate_moved = asyncio.Event()  # a case is held by the inputs gate
+        self._register_timers()
+
+    # -- from fetch to brief ------------------------------------------------------------
+
+    async def handle(self, records: list[Any]) -> asyncio.Future[None]:
+        """Apply a sub-batch of records, brief the cases now due, write the changelog;
+        returns the future of the changelog's delivery (offsets are acked after it)."""
+        moved: set[int] = set()
+        for record in records:
+            if record.partition != self._partition:
+                self._use_partition(record.partition)
+            moved.add(record.partition)
+            await self._apply(record)
+        if self.processor.gated:  # inputs moved: cases they held may be due now
+            self.processor.recheck_gated(moved)
+        if self.processor.wants_end_offsets:
+            self.processor.wants_end_offsets = False
+            self._gate_moved.set()
+        await self.brief_due_cases()
+        self._write_tables()
+        self.changelog.poll()  # reports of earlier batches: their offsets can be acked
+        return self.changelog.durable()
+
+    async def _apply(self, record: Any) -> None:
         try:
-            await send(dead_letter(topics.dlq, msg, exc, stage="process"))
+            if record.topic == self.topics.settle:
+                await self._deliver(self.processor.on_tick(record))
+                return
+            dead = self.processor.on_input(record)
+            if dead is not None:
+                await self.send(dead)
+        except Exception as exc:  # never escape: the batch's other records must go on
+            self.metrics.processing_errors.labels("process").inc()
+            log.exception(
+                "record failed; dead-lettering it",
+                extra={
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                },
+            )
+            await self._dead_letter_or_die(as_in_message(record), exc)
+
+    async def brief_due_cases(self) -> None:
+        """Brief due cases without waiting for their tick's round trip through Kafka.
+        Deterministic briefs go out together: one delivery wait for all of them."""
+        plans = []
+        for case_id, partition in self.processor.due_now(self._active_partitions()):
+            if case_id in self._publishing:
+                continue
+            if self.stage is not None and case_id in self.stage.in_flight:
+                continue
+            self._use_partition(partition)
+            try:
+                plan = self.processor.plan_brief(case_id)
+            except Exception:  # the case stays pending; its tick retries it
+                self.metrics.processing_errors.labels("brief").inc()
+                log.exception("briefing a due case failed; its settle tick will retry")
+                continue
+            if plan is None:
+                continue
+            if self.stage is None:
+                plans.append(plan)
+            else:
+                self.stage.offer(plan)  # the model writes it off the worker's path
+        if plans:
+            await self._publish_together(plans)
+        if self.stage is not None:
+            self.stage.end_round()
+
+    async def _publish_together(self, plans: list[BriefPlan]) -> None:
+        """Send every brief, then wait for all deliveries; a case whose brief was not
+        delivered stays pending (its tick retries it)."""
+        ids = {plan.case_id for plan in plans}
+        self._publishing |= ids
+        try:
+            sent = [await self._send_nowait(plan.output) for plan in plans]
+            delivered = await asyncio.gather(*sent, return_exceptions=True)
+        finally:
+            self._publishing -= ids
+        for plan, result in zip(plans, delivered, strict=True):
+            if isinstance(result, BaseException):
+                self.metrics.processing_errors.labels("brief").inc()
+                log.error("a brief was not delivered; its settle tick will retry: %r", result)
+                continue
+            self._use_partition(plan.partition)  # no await between this and the writes
+            self.processor.finalize_brief(plan)
+
+    async def _deliver(self, plan: BriefPlan | None) -> None:
+        if plan is None:
+            return
+        if self.stage is None:
+            await self.publish(plan)
+        else:
+            self.stage.offer(plan)  # the model writes it off the worker's path
+
+    async def publish(self, plan: BriefPlan) -> None:
+        self._publishing.add(plan.case_id)
+        try:
+            await self.send(plan.output)  # delivered before the case is recorded as briefed
+        finally:
+            self._publishing.discard(plan.case_id)
+        self._use_partition(plan.partition)  # no await between this and the writes below
+        self.processor.finalize_brief(plan)
+
+    async def send(self, out: Outgoing) -> None:
+        await (await self._send_nowait(out))  # delivered before the input offset is acked
+        if out.topic == self.topics.dlq:
+            self.metrics.dlq_published.inc()
+
+    async def _send_nowait(self, out: Outgoing) -> Awaitable[Any]:
+        """Queue `out` with the producer; the returned future completes on delivery."""
+        fut: Awaitable[Any] = await self.app.producer.send(
+            out.topic, out.key, out.value, out.partition, None, out.headers
+        )
+        return fut
+
+    async def persist(self) -> None:
+        """Write cached state changes and wait until the changelog has them (the LLM
+        stage's tasks use it: they may finish while no batch is being handled)."""
+        self._write_tables()
+        await self.changelog.flush()
+
+    def undeliverable(self, exc: BaseException) -> NoReturn:
+        log.error("changelog write failed: %s", exc)
+        die("state changes could not be written to the changelog")
+
+    def _write_tables(self) -> None:
+        for table in self.tables.values():
+            table.flush()
+
+    def _use_partition(self, partition: int) -> None:
+        self._partition = partition
+        for table in self.tables.values():
+            table.partition = partition
+
+    async def _dead_letter_or_die(self, msg: InMessage, exc: Exception) -> None:
+        try:
+            await self.send(dead_letter(self.topics.dlq, msg, exc, stage="process"))
         except Exception:
             die("a record could be neither processed nor dead-lettered")
 
-    async def send(out: Outgoing) -> None:
-        fut = await app.producer.send(
-            out.topic, out.key, out.value, out.partition, None, out.headers
-        )
-        await fut  # delivered before the input offset can be committed
-        if out.topic == topics.dlq:
-            metrics.dlq_published.inc()
+    def _active_partitions(self) -> set[int]:
+        alerts = self.topics.alerts
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == alerts}
 
-    async def handle(msg: InMessage) -> None:
-        if msg.topic == topics.settle:
-            await deliver(processor.on_tick(msg))
-            return
-        for out in processor.on_input(msg):
-            await send(out)
+    def _committed(self, topic: str, partition: int) -> int | None:
+        return internals.committed_offset(self.app, topic, partition)
 
-    def active_partitions() -> set[int]:
-        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.alerts}
+    # -- timers and signals -----------------------------------------------------------
 
-    def use_partition(partition: int) -> None:
-        for table in tables.values():
-            table.partition = partition
+    def _register_timers(self) -> None:
+        app = self.app
+        app.timer(TIMER_INTERVAL_S, name="settle-ticks")(self._settle_ticks)
+        app.timer(LAG_INTERVAL_S, name="consumer-lag")(self._observe_consumer)
+        app.timer(BROKER_PROBE_INTERVAL_S, name="broker-probe")(self._probe_broker)
+        app.task(self._ask_end_offsets_when_gated)
+        app.task(self._on_started)
+        app.on_partitions_revoked.connect(self._hand_back_revoked, weak=False)
+        app.on_before_shutdown.connect(self._drain_on_shutdown, weak=False)
 
-    async def publish(plan: BriefPlan) -> None:
-        await send(plan.output)  # delivered before the case is recorded as briefed
-        use_partition(plan.partition)  # no await between this and the writes below
-        processor.finalize_brief(plan)
+    async def _settle_ticks(self) -> None:
+        for tick in self.processor.due_ticks(self._active_partitions()):
+            await self.send(self.processor.tick_message(tick))
+        self.processor.observe_state()
+        if self.stage is not None:
+            self.stage.observe()
 
-    async def persist() -> None:
-        """Apply cached state writes and wait until the changelog has them (used after each
-        batch, and by LLM tasks, which may finish while no batch is running)."""
-        if sum(table.flush() for table in tables.values()):
-            await asyncio.to_thread(changelog.flush)
+    async def _ask_end_offsets_when_gated(self) -> None:
+        """Log-end offsets of the inputs of partitions with a case pending: a case is
+        briefed once its inputs are read up to the alert's time or to these offsets.
+        Asked as soon as a case is held by that gate, else every RECHECK_S."""
+        while not self.app.should_stop:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._gate_moved.wait(), processor_mod.RECHECK_S)
+            self._gate_moved.clear()
+            if await self._ask_end_offsets() and self.processor.recheck_gated(None):
+                await self.brief_due_cases()
+                self._write_tables()
 
-    stage = llm_stage(settings, codec, metrics, tables["llm_cache"], publish, send, persist)
-
-    async def deliver(plan: BriefPlan | None) -> None:
-        if plan is None:
-            return
-        if stage is None:
-            await publish(plan)
-        else:
-            stage.offer(plan)  # the model writes it off the agent's path
-
-    async def brief_due_cases() -> None:
-        """Brief due cases without waiting for their tick's round trip through Kafka."""
-        for case_id, partition in processor.due_now(active_partitions()):
-            if stage is not None and case_id in stage.in_flight:
-                continue
-            use_partition(partition)
-            try:
-                await deliver(processor.plan_brief(case_id))
-            except Exception:  # the case stays pending; its tick retries it
-                metrics.processing_errors.labels("brief").inc()
-                log.exception("briefing a due case failed; its settle tick will retry")
-        if stage is not None:
-            stage.end_round()
-
-    async def handle_batch(events: list[Any]) -> None:
-        for event in events:
-            msg = to_in_message(event.message)
-            use_partition(msg.partition)
-            try:
-                await handle(msg)
-            except Exception as exc:  # never escape: faust would ack and lose the event
-                metrics.processing_errors.labels("process").inc()
-                log.exception(
-                    "record failed; dead-lettering it",
-                    extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset},
-                )
-                await dead_letter_or_die(msg, exc)
-        await brief_due_cases()
-        # Changelog writes go out before faust acks the batch (the acks follow this return).
+    async def _ask_end_offsets(self) -> bool:
+        waiting = self.processor.partitions_waiting(self._active_partitions())
+        if not waiting:
+            return False
+        t = self.topics
+        tps = [TP(topic, p) for topic in t.inputs if topic != t.alerts for p in waiting]
+        asked_at = time.time()
         try:
-            await persist()
-        except Exception:
-            log.exception("changelog write failed")
-            die("state changes could not be written to the changelog")
+            ends = await self.app.consumer.highwaters(*tps)
+        except Exception:  # broker away, rebalancing: cases wait, at most CASE_MAX_WAIT_S
+            log.debug("log-end offsets not available", exc_info=True)
+            return False
+        ends_by_key = {(tp.topic, tp.partition): n for tp, n in ends.items()}
+        self.processor.note_end_offsets(ends_by_key, asked_at)
+        return True
 
-    @app.agent(source, name="account-processor")
-    async def account_processor(stream: Any) -> None:
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            await handle_batch(events)
+    async def _observe_consumer(self) -> None:
+        for topic, lag in consumer_lag(self.app, (*self.topics.inputs, self.topics.settle)).items():
+            self.metrics.consumer_lag.labels(topic).set(lag)
+        self.metrics.ready.set(1 if self.health.check(self.app)[0] else 0)
 
-    @app.timer(TIMER_INTERVAL_S)
-    async def settle_timer() -> None:
-        for tick in processor.due_ticks(active_partitions()):
-            await send(processor.tick_message(tick))
-        processor.observe_state()
-        if stage is not None:
-            stage.observe()
+    async def _probe_broker(self) -> None:
+        self.health.broker_ok = await broker_reachable(self.s.kafka_bootstrap)
 
-    @app.on_partitions_revoked.connect
-    async def hand_back_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    async def _on_started(self) -> None:
+        self.health.broker_ok = await broker_reachable(self.s.kafka_bootstrap)
+        self.health.started = True
+
+    async def _hand_back_revoked(
+        self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any
+    ) -> None:
         """A case whose partition moved is briefed by its new owner, not by us."""
-        if stage is not None and args:
-            moved = {tp.partition for tp in args[0] if tp.topic == topics.alerts}
-            if n := stage.hand_back(moved):
+        if self.stage is not None and args:
+            moved = {tp.partition for tp in args[0] if tp.topic == self.topics.alerts}
+            if n := self.stage.hand_back(moved):
                 log.info("rebalance: handed back %d cases being briefed by the model", n)
 
-    @app.on_before_shutdown.connect
-    async def drain(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    async def _drain_on_shutdown(
+        self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any
+    ) -> None:
         """SIGTERM: the consumer has stopped and its last batch is done; let model calls
         finish within the grace period, hand the rest back, and flush state."""
-        health.started = False  # /readyz: not ready while stopping
-        if stage is not None:
-            finished, handed_back = await stage.drain(settings.shutdown_grace_s)
+        self.health.started = False  # /readyz: not ready while stopping
+        if self.stage is not None:
+            finished, handed_back = await self.stage.drain(self.s.shutdown_grace_s)
             log.info(
                 "shutdown: %d model briefs finished, %d cases handed back (still pending)",
                 finished,
@@ -233,66 +383,25 @@ def build_app(
                 extra={"finished": finished, "handed_back": handed_back},
             )
         try:
-            await persist()
+            await self.persist()
         except Exception:
             log.exception("shutdown: state changes could not be flushed to the changelog")
-
-    @app.timer(processor_mod.RECHECK_S)
-    async def ask_end_offsets() -> None:
-        """Log-end offsets of the inputs of partitions with a case pending: a case is
-        briefed once its inputs are read up to the alert's time or to these offsets."""
-        waiting = processor.partitions_waiting(active_partitions())
-        if not waiting:
-            return
-        tps = [TP(t, p) for t in topics.inputs if t != topics.alerts for p in waiting]
-        asked_at = time.time()
-        try:
-            ends = await app.consumer.highwaters(*tps)
-        except Exception:  # broker away, rebalancing: cases wait, at most CASE_MAX_WAIT_S
-            log.debug("log-end offsets not available", exc_info=True)
-            return
-        ends_by_key = {(tp.topic, tp.partition): n for tp, n in ends.items()}
-        processor.note_end_offsets(ends_by_key, asked_at)
-
-    @app.timer(LAG_INTERVAL_S)
-    async def observe_consumer() -> None:
-        for topic, lag in consumer_lag(app, (*topics.inputs, topics.settle)).items():
-            metrics.consumer_lag.labels(topic).set(lag)
-        metrics.ready.set(1 if health.check(app)[0] else 0)  # for Prometheus, not only /readyz
-
-    @app.timer(BROKER_PROBE_INTERVAL_S)
-    async def broker_probe() -> None:
-        health.broker_ok = await broker_reachable(settings.kafka_bootstrap)
-
-    @app.task
-    async def on_started() -> None:
-        health.broker_ok = await broker_reachable(settings.kafka_bootstrap)
-        health.started = True
-
-    return app, health
 
 
 EXIT_UNDELIVERABLE = 75  # EX_TEMPFAIL: restart me; nothing was acknowledged
 
 
-def die(reason: str) -> None:
+def die(reason: str) -> NoReturn:
     """Stop at once, without acknowledging the batch in hand.
 
-    faust acknowledges a batch whatever its handler raised (take_events acks in a
-    `finally`), so raising here would lose the records. The clients below already
-    retried until their delivery timeouts; exiting lets the orchestrator restart the
-    worker, which re-reads the unacknowledged records (at-least-once).
+    The clients already retried until their delivery timeouts; exiting lets the
+    orchestrator restart the worker, which re-reads the unacknowledged records
+    (at-least-once). Raising instead would leave the consumer running past state it
+    could not write.
     """
     log.critical("%s; exiting with %d so the records are read again", reason, EXIT_UNDELIVERABLE)
     logging.shutdown()
     os._exit(EXIT_UNDELIVERABLE)
-
-
-def committed_offset(app: faust.App, topic: str, partition: int) -> int | None:
-    """Where the group resumes on (topic, partition): the next offset to read, as faust
-    holds it since the partition was assigned (None before any commit)."""
-    offsets = getattr(app.consumer, "_committed_offset", {})
-    return offsets.get(TP(topic, partition))
 
 
 def partition_lag(app: faust.App, topic: str, partition: int) -> int | None:
@@ -306,8 +415,8 @@ def partition_lag(app: faust.App, topic: str, partition: int) -> int | None:
     if highwater is None:
         return None
     # faust keeps the last offset read and the committed offset (the next one to read).
-    last_read = getattr(consumer, "_read_offset", {}).get(tp)
-    committed = committed_offset(app, topic, partition)
+    last_read = internals.read_offset(app, topic, partition)
+    committed = internals.committed_offset(app, topic, partition)
     position = last_read + 1 if last_read is not None else committed or 0
     return max(0, int(highwater) - int(position))
 
@@ -323,21 +432,6 @@ def consumer_lag(app: faust.App, topics: tuple[str, ...]) -> dict[str, int]:
         if tp.topic in lag:
             lag[tp.topic] += partition_lag(app, tp.topic, tp.partition) or 0
     return lag
-
-
-def to_in_message(message: Any) -> InMessage:
-    headers = message.headers
-    if isinstance(headers, dict):
-        headers = list(headers.items())
-    return InMessage(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value,
-        headers=list(headers or ()),
-        timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
-    )
 
 
 async def broker_reachable(bootstrap: str, timeout_s: float = 2.0) -> bool:

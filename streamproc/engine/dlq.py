@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from streamproc.errors import EventError
 
@@ -25,6 +26,39 @@ class InMessage:
     value: bytes | None
     headers: Sequence[tuple[str, bytes]] = ()
     timestamp_ms: int | None = None
+
+
+class Record(Protocol):
+    """What the processor reads of a consumed record: an InMessage, or the consumer's own
+    record, which has the same attribute names (its `timestamp` is in milliseconds)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+def as_in_message(record: Any) -> InMessage:
+    """An InMessage of a consumed record (copied only when a record is dead-lettered)."""
+    if isinstance(record, InMessage):
+        return record
+    return InMessage(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        headers=list(record.headers or ()),
+        timestamp_ms=getattr(record, "timestamp", None),
+    )
 
 
 @dataclass(frozen=True)

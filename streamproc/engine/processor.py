@@ -24,17 +24,17 @@ from streamproc.brief.fallback import build_brief
 from streamproc.brief.model import CaseBrief
 from streamproc.config import Settings
 from streamproc.contracts.codec import AvroCodec
-from streamproc.contracts.records import normalize
+from streamproc.contracts.records import check
 from streamproc.domain.case import Case, assemble_case
 from streamproc.domain.window import SIGNAL, TXN, AddOutcome, add_event, empty_window
 from streamproc.engine import ticks
-from streamproc.engine.dlq import InMessage, Outgoing, dead_letter
+from streamproc.engine.dlq import Outgoing, Record, as_in_message, dead_letter
 from streamproc.errors import EventError, EventValidationError
 from streamproc.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 Table = MutableMapping[str, Any]
-RECHECK_S = 1.0  # while waiting for transactions an alert names
+RECHECK_S = 1.0  # while waiting for transactions an alert names; the inputs gate's fallback
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ class CaseProcessor:
         cases: Table,
         pending: Table,
         clock: Callable[[], float] = time.time,
+        committed: Callable[[str, int], int | None] = lambda _topic, _partition: None,
     ) -> None:
         self.s = settings
         self.topics = settings.topics
@@ -83,17 +84,25 @@ class CaseProcessor:
         self.lookback_ms = int(settings.lookback_h * 3600 * 1000)
         self.after_ms = int(settings.case_after_s * 1000)
         self._kinds = {self.topics.transactions: TXN, self.topics.device_signals: SIGNAL}
+        self._schemas = {topic: codec.schemas.for_topic(topic) for topic in self.topics.inputs}
         self._scheduler = ticks.TickScheduler()
         self._last_sweep = 0.0
         self._consumed_children: dict[str, Any] = {}
         # Per input (topic, partition): the newest event time processed (stream time), the
         # next offset to process, and the log-end offset asked of the broker with the wall
-        # time of asking (`note_end_offsets`). `committed` is the app's hook for where the
-        # group resumes on a partition this worker has not read from yet.
+        # time of asking (`note_end_offsets`). `committed` says where the group resumes on
+        # a partition this worker has not read from yet.
         self.stream_time: dict[tuple[str, int], int] = {}
         self.read_to: dict[tuple[str, int], int] = {}
         self.end_offsets: dict[tuple[str, int], tuple[int, float]] = {}
-        self.committed: Callable[[str, int], int | None] = lambda _topic, _partition: None
+        self.committed = committed
+        # Cases due but held back because an input partition is behind the alert:
+        # case_id → (partition, alert event time, since). `recheck_gated` releases them as
+        # soon as their inputs move (records processed, log-end offsets answered), not
+        # on a timer; `wants_end_offsets` tells the worker to ask the broker now.
+        self.gated: dict[str, tuple[int, int, float]] = {}
+        self.released: set[str] = set()
+        self.wants_end_offsets = False
         # When this worker began waiting on each pending case. A case taken over from a
         # worker that died gets its whole wait here: its "since" kept running meanwhile.
         self._wait_from: dict[str, float] = {}
@@ -107,27 +116,31 @@ class CaseProcessor:
 
     # -- input records ---------------------------------------------------------------
 
-    def on_input(self, msg: InMessage) -> list[Outgoing]:
-        """Decode, check and apply one input record; a bad record becomes a DLQ record."""
-        self._consumed(msg.topic).inc()
-        self.read_to[(msg.topic, msg.partition)] = msg.offset + 1
+    def on_input(self, msg: Record) -> Outgoing | None:
+        """Decode, check and apply one input record; a bad record becomes a DLQ record.
+
+        `msg` is an InMessage or the consumer's own record (same attribute names): the
+        worker hands over what it fetched without copying it."""
+        topic, partition = msg.topic, msg.partition
+        self._consumed(topic).inc()
+        key = (topic, partition)
+        self.read_to[key] = msg.offset + 1
         try:
             record = self._decode(msg)
         except EventError as exc:
-            self.metrics.events_rejected.labels(msg.topic, exc.reason).inc()
-            return [dead_letter(self.topics.dlq, msg, exc, stage="decode")]
-        key = (msg.topic, msg.partition)
+            self.metrics.events_rejected.labels(topic, exc.reason).inc()
+            return dead_letter(self.topics.dlq, as_in_message(msg), exc, stage="decode")
         if record["occurred_at"] > self.stream_time.get(key, 0):
             self.stream_time[key] = record["occurred_at"]
-        if msg.topic == self.topics.alerts:
-            self._on_alert(record, msg.partition)
+        if topic == self.topics.alerts:
+            self._on_alert(record, partition)
         else:
-            self._on_event(msg.topic, record, msg.partition)
-        return []
+            self._on_event(topic, record, partition)
+        return None
 
-    def _decode(self, msg: InMessage) -> dict[str, Any]:
-        schema = self.codec.schemas.for_topic(msg.topic)
-        record = normalize(schema, self.codec.decode(msg.topic, msg.value))
+    def _decode(self, msg: Record) -> dict[str, Any]:
+        record = self.codec.decode_millis(msg.topic, msg.value)
+        check(self._schemas[msg.topic], record)
         if msg.key is not None and msg.key != record["account_id"].encode():
             raise EventValidationError(
                 "record key is not its account_id (inputs must be keyed by account_id)",
@@ -191,6 +204,8 @@ class CaseProcessor:
     def _unpend(self, case_id: str) -> None:
         self.pending.pop(case_id, None)
         self._wait_from.pop(case_id, None)
+        self.gated.pop(case_id, None)
+        self.released.discard(case_id)
 
     # -- ticks -----------------------------------------------------------------------
 
@@ -202,6 +217,9 @@ class CaseProcessor:
             self._last_sweep = now
             for case_id in [c for c in self._wait_from if c not in self.pending]:
                 del self._wait_from[case_id]  # briefed elsewhere after a rebalance
+            for case_id in [c for c in self.gated if c not in self.pending]:
+                del self.gated[case_id]
+            self.released &= set(self.pending)
             due += self._scheduler.sweep(
                 self.cases, self.windows, active, now, self.s.lookback_h * 3600
             )
@@ -210,16 +228,17 @@ class CaseProcessor:
     def due_now(self, active_partitions: Iterable[int]) -> list[tuple[str, int]]:
         """(case_id, partition) of pending cases due now: the agent briefs them in line."""
         now, active = self.clock(), set(active_partitions)
+        released = self.released
         return [
             (case_id, p["partition"])
             for case_id, p in list(self.pending.items())
-            if p["due"] <= now and p["partition"] in active
+            if (p["due"] <= now or case_id in released) and p["partition"] in active
         ]
 
     def tick_message(self, tick: ticks.Tick) -> Outgoing:
         return tick.message(self.topics.settle)
 
-    def on_tick(self, msg: InMessage) -> BriefPlan | None:
+    def on_tick(self, msg: Record) -> BriefPlan | None:
         """Act on a tick: retire or expire state, or plan a brief to publish."""
         parsed = ticks.parse(msg)
         if parsed is None:
@@ -258,7 +277,9 @@ class CaseProcessor:
         """The brief to publish for a due case, or None (not due, gone, waiting, unchanged)."""
         pend, case = self.pending.get(case_id), self.cases.get(case_id)
         now = self.clock()
-        if pend is None or case is None or pend["due"] > now:
+        released = case_id in self.released
+        self.released.discard(case_id)
+        if pend is None or case is None or (pend["due"] > now and not released):
             return None
         window = self.windows.get(case["account_id"]) or empty_window()
         assembled = assemble_case(
@@ -271,7 +292,12 @@ class CaseProcessor:
         )
         if self._should_wait(case_id, assembled, pend, now):
             self.pending[case_id] = {**pend, "due": now + RECHECK_S}
+            alert_ms = assembled.alerts[-1]["occurred_at"]
+            if not assembled.missing_transaction_ids:  # held by the inputs gate alone
+                self.gated[case_id] = (pend["partition"], alert_ms, pend["since"])
+                self.wants_end_offsets = True
             return None
+        self.gated.pop(case_id, None)
         if assembled.brief_id() == case["last_brief_id"]:
             self._unpend(case_id)
             self.metrics.briefs_unchanged.inc()
@@ -346,6 +372,24 @@ class CaseProcessor:
             return False
         position = self.read_to.get((topic, partition), self.committed(topic, partition))
         return end[0] == 0 or (position is not None and position >= end[0])
+
+    def recheck_gated(self, partitions: set[int] | None = None) -> int:
+        """Make due now the gated cases on `partitions` (all when None) whose inputs have
+        reached their alert; returns how many. Called when inputs move, so a case waits
+        for its inputs, not for a timer."""
+        now, released = self.clock(), 0
+        for case_id, (partition, alert_ms, since) in list(self.gated.items()):
+            if partitions is not None and partition not in partitions:
+                continue
+            pend = self.pending.get(case_id)
+            if pend is None:  # briefed, or moved to another worker
+                del self.gated[case_id]
+            elif not self.inputs_behind(partition, alert_ms, since):
+                del self.gated[case_id]
+                if pend["due"] > now:  # kept in memory: no table write outside a record
+                    self.released.add(case_id)
+                released += 1
+        return released
 
     def partitions_waiting(self, active_partitions: Iterable[int]) -> set[int]:
         """Our partitions with a case pending: their inputs' log-end offsets are wanted."""

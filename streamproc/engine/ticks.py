@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from streamproc.engine.dlq import InMessage, Outgoing
+from streamproc.engine.dlq import Outgoing, Record
 
 RESEND_S = 10.0  # a tick not acted on (lost, or its worker died) is sent again after this
 GRACE_S = 0.25  # a busy agent briefs due cases itself; ticks are for cases it has not reached
@@ -40,7 +40,7 @@ class Tick:
         return Outgoing(topic, self.account_id.encode(), value, partition=self.partition)
 
 
-def parse(msg: InMessage) -> tuple[Op, str] | None:
+def parse(msg: Record) -> tuple[Op, str] | None:
     """(op, key) of a tick record, or None when it is not one."""
     try:
         body = json.loads(msg.value or b"")

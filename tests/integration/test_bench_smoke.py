@@ -27,10 +27,10 @@ def test_make_bench_runs_every_stage_and_writes_its_report(tmp_path: Path) -> No
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     r = json.loads((tmp_path / "report.json").read_text())
-    assert r["smoke"] is True and r["input"] == {"events": 3_000, "accounts": 500}
+    assert r["smoke"] is True and r["input"] == {"events": 20_000, "accounts": 2_000}
     assert r["ceiling"]["events_per_s"] > 0
-    assert r["engine"]["events"] == 3_000 and r["engine"]["events_per_s"] > 0
-    assert 0 < r["engine"]["state_windows"] <= 500  # per-account windows were kept
+    assert r["engine"]["events"] == 20_000 and r["engine"]["events_per_s"] > 0
+    assert 0 < r["engine"]["state_windows"] <= 2_000  # per-account windows were kept
     assert r["engine"]["rss_mib"] > 0
     lat = r["latency"]
     assert lat["alerts"] > 0 and lat["briefed"] == lat["alerts"]

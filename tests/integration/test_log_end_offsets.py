@@ -16,7 +16,7 @@ from aiokafka.structs import TopicPartition
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamproc.engine.transport import fetched_log_ends
+from streamproc.engine.internals import fetched_log_ends
 from streamproc.kafka.broker import EmbeddedBroker
 
 pytestmark = pytest.mark.integration

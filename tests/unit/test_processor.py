@@ -58,7 +58,9 @@ class Harness:
         outs = []
         for e in events:
             data = self.codec.encode(topic, _avro_ready(self.codec, topic, e))
-            outs += self.p.on_input(self.msg(topic, data, e["account_id"].encode(), partition))
+            out = self.p.on_input(self.msg(topic, data, e["account_id"].encode(), partition))
+            if out is not None:
+                outs.append(out)
         self.answer_log_end()
         return outs
 
@@ -189,7 +191,8 @@ def test_ticks_only_for_active_partitions(h: Harness, scenario: Scenario) -> Non
 @pytest.mark.parametrize("value", [b"junk", b"", b"\xc3\x01" + b"\0" * 8])
 def test_bad_records_become_dead_letters_with_context(h: Harness, value: bytes) -> None:
     msg = h.msg(SIG_TOPIC, value, b"acct-1", partition=2)
-    [dlq] = h.p.on_input(msg)
+    dlq = h.p.on_input(msg)
+    assert dlq is not None
     headers = dict(dlq.headers)
     assert dlq.topic == "fraud.dlq.v1" and dlq.value == value and dlq.key == b"acct-1"
     assert headers["__connect.errors.topic"] == SIG_TOPIC.encode()
@@ -213,7 +216,8 @@ def test_bad_records_become_dead_letters_with_context(h: Harness, value: bytes) 
 def test_record_keyed_by_something_else_is_rejected(h: Harness, scenario: Scenario) -> None:
     e = scenario.transactions[0]
     data = h.codec.encode(TXN_TOPIC, _avro_ready(h.codec, TXN_TOPIC, e))
-    [dlq] = h.p.on_input(h.msg(TXN_TOPIC, data, b"not-the-account"))
+    dlq = h.p.on_input(h.msg(TXN_TOPIC, data, b"not-the-account"))
+    assert dlq is not None
     assert dict(dlq.headers)["streamproc.errors.field"] == b"account_id"
     assert h.tables["windows"] == {}
 
@@ -324,6 +328,31 @@ def test_brief_waits_while_a_partition_of_the_case_is_behind_the_alert(
     h.log_end[(SIG_TOPIC, 0)] = h.p.read_to[(SIG_TOPIC, 0)]  # and ends the log
     h.clock.now += 1.0
     [brief] = h.settle()
+    assert brief.counts.device_signals == len(sigs)
+
+
+def test_a_gated_case_is_released_as_soon_as_its_inputs_move(
+    h: Harness, scenario: Scenario
+) -> None:
+    """The inputs gate is event-driven: once the lagging partition reaches the alert, the
+    case is due at once, without the clock moving (it used to wait for a 1 s re-check)."""
+    txns, sigs, alerts = _account(scenario, "acct-ato-001")
+    h.send(TXN_TOPIC, txns)
+    h.send(SIG_TOPIC, sigs[:-1])
+    h.log_end[(SIG_TOPIC, 0)] = h.offset + 500  # more signals in the log than read
+    h.send(ALERT_TOPIC, alerts)
+    h.clock.now += SETTLE
+    assert h.settle() == []
+    [case_id] = h.p.gated
+    assert h.p.wants_end_offsets  # the worker asks the broker now, not on its next timer
+    assert h.p.recheck_gated({0}) == 0  # nothing moved: still held
+    h.send(SIG_TOPIC, [sigs[-1]])
+    h.log_end[(SIG_TOPIC, 0)] = h.p.read_to[(SIG_TOPIC, 0)]
+    h.answer_log_end()
+    assert h.p.recheck_gated({1}) == 0  # another partition moved: not this case's
+    assert h.p.recheck_gated({0}) == 1 and h.p.gated == {}
+    assert h.p.due_now([0]) == [(case_id, 0)]
+    [brief] = h.settle()  # the clock has not moved since the case was held
     assert brief.counts.device_signals == len(sigs)
 
 

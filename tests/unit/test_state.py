@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -66,3 +67,72 @@ def test_len_and_iteration_see_pending_writes(parts) -> None:  # type: ignore[no
     assert len(wb) == 2
     assert sorted(wb) == ["new", "old"]
     assert dict(wb.items()) == {"new": 1, "old": {"n": 9}}
+
+
+class QueueingProducer:
+    """Stands in for librdkafka's producer: keeps each record's delivery callback until
+    the test says whether it was delivered; `poll` serves the reports that are ready."""
+
+    def __init__(self) -> None:
+        self.queued: list[Any] = []
+        self.ready: list[tuple[Any, Any]] = []
+
+    def produce(self, topic: str, value: Any, key: Any, partition: int, on_delivery: Any) -> None:
+        self.queued.append(on_delivery)
+
+    def deliver(self, n: int, error: str | None = None) -> None:
+        for callback in self.queued[:n]:
+            self.ready.append((callback, error))
+        del self.queued[:n]
+
+    def poll(self, _timeout: float = 0) -> int:
+        ready, self.ready = self.ready, []
+        for callback, error in ready:
+            callback(error, None)
+        return len(ready)
+
+
+def test_durable_resolves_only_once_every_record_before_it_is_delivered() -> None:
+    asyncio.run(_durable_is_cumulative())
+
+
+async def _durable_is_cumulative() -> None:
+    from streamproc.engine.state import ConfluentChangelog
+
+    producer = QueueingProducer()
+    changelog = ConfluentChangelog({}, producer=producer)
+    changelog.produce("t", 0, b"a", b"1")
+    changelog.produce("t", 1, b"b", b"2")
+    first = changelog.durable()
+    changelog.produce("t", 0, b"c", b"3")
+    second = changelog.durable()
+    await asyncio.sleep(0.01)
+    assert not first.done() and not second.done()
+    producer.ready.append((producer.queued.pop(2), None))  # the later batch's record first
+    await asyncio.sleep(0.01)
+    assert not first.done() and not second.done()  # cumulative: it waits for the first
+    producer.deliver(2)
+    await asyncio.wait_for(second, 1)
+    assert first.done() and first.exception() is None
+    assert changelog.durable().done() or await changelog.durable() is None  # nothing open
+
+
+def test_a_failed_changelog_delivery_fails_its_batch_and_every_later_one() -> None:
+    asyncio.run(_failure_propagates())
+
+
+async def _failure_propagates() -> None:
+    from streamproc.engine.state import ChangelogUndelivered, ConfluentChangelog
+
+    producer = QueueingProducer()
+    changelog = ConfluentChangelog({}, producer=producer)
+    changelog.produce("t", 0, b"a", b"1")
+    first = changelog.durable()
+    changelog.produce("t", 0, b"b", b"2")
+    second = changelog.durable()
+    producer.deliver(1, error="Local: Message timed out")
+    producer.deliver(1)
+    with pytest.raises(ChangelogUndelivered, match="timed out"):
+        await asyncio.wait_for(first, 1)
+    with pytest.raises(ChangelogUndelivered):
+        await asyncio.wait_for(second, 1)
