@@ -161,7 +161,7 @@ class Settings(BaseSettings):
     broker_session_timeout_s: float = 45.0
     broker_heartbeat_interval_s: float = 3.0
     broker_fetch_max_wait_ms: int = Field(
-        100, ge=1, le=30_000, description="Longest a fetch waits for data (faust fixes 1500)."
+        20, ge=1, le=30_000, description="Longest a fetch waits for data (faust fixes 1500)."
     )
     table_standby_replicas: int = Field(
         0,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -151,6 +152,7 @@ class CaseWorker:
         self._partition = -1  # the tables' changelog partition for the writes at hand
         self._publishing: set[str] = set()  # cases whose brief is being delivered
         self._gate_moved = asyncio.Event()  # a case is held by the inputs gate
+        self.gc = GarbageCollection()
         self._register_timers()
 
     # -- from fetch to brief ------------------------------------------------------------
@@ -166,9 +168,6 @@ class CaseWorker:
             await self._apply(record)
         if self.processor.gated:  # inputs moved: cases they held may be due now
             self.processor.recheck_gated(moved)
-        if self.processor.wants_end_offsets:
-            self.processor.wants_end_offsets = False
-            self._gate_moved.set()
         await self.brief_due_cases()
         self._write_tables()
         self.changelog.poll()  # reports of earlier batches: their offsets can be acked
@@ -216,6 +215,9 @@ class CaseWorker:
                 plans.append(plan)
             else:
                 self.stage.offer(plan)  # the model writes it off the worker's path
+        if self.processor.wants_end_offsets:  # a case is held by the inputs gate: ask now
+            self.processor.wants_end_offsets = False
+            self._gate_moved.set()
         if plans:
             await self._publish_together(plans)
         if self.stage is not None:
@@ -307,6 +309,7 @@ class CaseWorker:
         app.timer(TIMER_INTERVAL_S, name="settle-ticks")(self._settle_ticks)
         app.timer(LAG_INTERVAL_S, name="consumer-lag")(self._observe_consumer)
         app.timer(BROKER_PROBE_INTERVAL_S, name="broker-probe")(self._probe_broker)
+        app.timer(GarbageCollection.CHECK_INTERVAL_S, name="gc-freeze")(self._freeze_survivors)
         app.task(self._ask_end_offsets_when_gated)
         app.task(self._on_started)
         app.on_partitions_revoked.connect(self._hand_back_revoked, weak=False)
@@ -352,10 +355,18 @@ class CaseWorker:
             self.metrics.consumer_lag.labels(topic).set(lag)
         self.metrics.ready.set(1 if self.health.check(self.app)[0] else 0)
 
+    async def _freeze_survivors(self) -> None:
+        self.gc.freeze_survivors()
+
     async def _probe_broker(self) -> None:
         self.health.broker_ok = await broker_reachable(self.s.kafka_bootstrap)
 
     async def _on_started(self) -> None:
+        try:
+            self.processor.warm_up()
+        except Exception:  # a slower first brief, nothing worse
+            log.warning("brief warm-up failed", exc_info=True)
+        self.gc.start()
         self.health.broker_ok = await broker_reachable(self.s.kafka_bootstrap)
         self.health.started = True
 
@@ -402,6 +413,39 @@ def die(reason: str) -> NoReturn:
     log.critical("%s; exiting with %d so the records are read again", reason, EXIT_UNDELIVERABLE)
     logging.shutdown()
     os._exit(EXIT_UNDELIVERABLE)
+
+
+class GarbageCollection:
+    """Keep CPython's full garbage collections short: they walk every tracked object with
+    the worker stopped, and the state (half a million dicts at 200,000 accounts) made
+    each one 300 ms or more, the largest part of alert-to-brief p99 at half load.
+
+    What exists once the worker has started is frozen (moved where the collector never
+    looks); after each full collection, what survived it is frozen too, so the next one
+    walks only what was created since (measured: 50-60 ms a full collection at half load
+    with the start-up heap alone, 4-6 ms frozen). Frozen objects are still freed by
+    reference counting when dropped, which is how state goes (windows and cases hold no
+    cycles); only a cycle that includes a frozen object is never collected, a small
+    leak bounded by what is alive at each freeze."""
+
+    CHECK_INTERVAL_S = 1.0
+
+    def __init__(self) -> None:
+        self._full_since_freeze = False
+
+    def start(self) -> None:
+        gc.collect()
+        gc.freeze()
+        gc.callbacks.append(self._on_collection)
+
+    def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "stop" and info.get("generation") == 2:
+            self._full_since_freeze = True  # frozen from the event loop, not in here
+
+    def freeze_survivors(self) -> None:
+        if self._full_since_freeze:
+            self._full_since_freeze = False
+            gc.freeze()
 
 
 def partition_lag(app: faust.App, topic: str, partition: int) -> int | None:
