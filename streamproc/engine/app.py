@@ -92,8 +92,12 @@ class CaseWorker:
         internals.check()
         self.s, self.metrics, self.topics = settings, metrics, settings.topics
         t = self.topics
-        # internals.BatchSink: inputs before the alerts that refer to them, ticks last.
-        self.input_topics = (t.transactions, t.device_signals, t.alerts, t.settle)
+        # internals.BatchSink: the order a fetch's records are handled. Alerts first: a
+        # case held by the inputs gate asks for log-end offsets while the transactions
+        # and signals fetched with it are handled (at 26,000 events/s, p99 210-518 ms
+        # with alerts last, 223-231 ms first). The gate, not this order, makes a brief
+        # wait for its inputs.
+        self.input_topics = (t.alerts, t.transactions, t.device_signals, t.settle)
         self.health = Health()
         self.app = faust.App(
             settings.app_id,

@@ -66,8 +66,7 @@ class BatchSink(Protocol):
 
     @property
     def input_topics(self) -> Sequence[str]:
-        """The input topics, in the order a fetch's records are handled (inputs before
-        the alerts that refer to them)."""
+        """The input topics, in the order a fetch's records are handled."""
         ...
 
     async def handle(self, records: list[Any]) -> Awaitable[None]:
