@@ -67,6 +67,26 @@ def _publisher(settings: Settings, events: list[tuple[str, dict[str, Any]]]) -> 
     return thread
 
 
+def _briefs(settings: Settings) -> list[dict[str, Any]]:
+    return list(read_records(settings, "fraud.case-briefs.v1", timeout_s=3.0))
+
+
+def _wait_until_every_case_is_briefed(settings: Settings, s: Any, poll_s: float) -> None:
+    """Until each labelled case has a brief (at most 180 s)."""
+    expected = {label.case_id for label in s.labels}
+    briefed: set[str] = set()
+    deadline = time.monotonic() + 180
+    while briefed != expected:
+        assert time.monotonic() < deadline, f"briefed {len(briefed)} of {len(expected)} cases"
+        time.sleep(poll_s)
+        briefed = {b["case_id"] for b in _briefs(settings)}
+
+
+def _assert_no_brief_published_twice(briefs: list[dict[str, Any]]) -> None:
+    repeated = [bid for bid, n in Counter(b["brief_id"] for b in briefs).items() if n > 1]
+    assert not repeated, f"same brief published twice: {repeated}"
+
+
 def _consumed(worker: WorkerHandle) -> float:
     try:
         return worker.metric("streamproc_events_consumed_total")
@@ -105,23 +125,14 @@ def test_kill_9_mid_run_loses_nothing_and_duplicates_nothing(
     restarted_in = time.monotonic() - killed_at
     try:
         publisher.join(120)
-        expected = {label.case_id for label in s.labels}
-        briefs: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 180
-        while {b["case_id"] for b in briefs} != expected:
-            assert time.monotonic() < deadline, (
-                f"briefed {len({b['case_id'] for b in briefs})} of {len(expected)} cases"
-            )
-            time.sleep(2.0)
-            briefs = list(read_records(settings, "fraud.case-briefs.v1", timeout_s=3.0))
+        _wait_until_every_case_is_briefed(settings, s, poll_s=2.0)
         all_briefed_in = time.monotonic() - killed_at
         time.sleep(8.0)  # a late duplicate would come within the settle delay
-        briefs = list(read_records(settings, "fraud.case-briefs.v1", timeout_s=3.0))
+        briefs = _briefs(settings)
     finally:
         assert stop_child(second.proc, 30.0) == 0
 
-    repeated = [bid for bid, n in Counter(b["brief_id"] for b in briefs).items() if n > 1]
-    assert not repeated, f"same brief published twice: {repeated}"
+    _assert_no_brief_published_twice(briefs)
     # None lost: every case's last brief counts the events the case really has.
     truth = build_cases(
         Settings(),
@@ -194,30 +205,21 @@ def test_kill_9_mid_batch_on_a_backlog_loses_no_event_of_any_account(
     first.proc.wait()
 
     second = start_worker(env, tmp_path / "worker2.log")
+    want = _expected(s)
     try:
-        expected = {label.case_id for label in s.labels}
-        briefs: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 180
-        while {b["case_id"] for b in briefs} != expected:
-            assert time.monotonic() < deadline, (
-                f"briefed {len({b['case_id'] for b in briefs})} of {len(expected)} cases"
-            )
-            time.sleep(1.0)
-            briefs = list(read_records(settings, "fraud.case-briefs.v1", timeout_s=3.0))
-        windows = _windows_held(settings, deadline=time.monotonic() + 60, expect=_expected(s))
-        briefs = list(read_records(settings, "fraud.case-briefs.v1", timeout_s=3.0))
+        _wait_until_every_case_is_briefed(settings, s, poll_s=1.0)
+        windows = _windows_held(settings, deadline=time.monotonic() + 60, expect=want)
+        briefs = _briefs(settings)
     finally:
         assert stop_child(second.proc, 30.0) == 0
 
-    repeated = [bid for bid, n in Counter(b["brief_id"] for b in briefs).items() if n > 1]
-    assert not repeated, f"same brief published twice: {repeated}"
-    want = _expected(s)
+    _assert_no_brief_published_twice(briefs)
     short = {a: sorted(ids - windows.get(a, set())) for a, ids in want.items()}
     short = {a: ids for a, ids in short.items() if ids}
     assert not short, f"{len(short)} accounts lost events, e.g. {next(iter(short.items()))}"
     noise = sum(1 for a in want if "noise" in a)
     print(
-        f"\nkill -9 mid-batch on a backlog of {len(events)} events; {len(expected)} cases "
+        f"\nkill -9 mid-batch on a backlog of {len(events)} events; {len(s.labels)} cases "
         f"briefed, none twice; all events held for {len(want)} accounts ({noise} history-only)"
     )
 
