@@ -366,10 +366,6 @@ class CaseWorker:
         self.health.broker_ok = await broker_reachable(self.s.kafka_bootstrap)
 
     async def _on_started(self) -> None:
-        try:
-            self.processor.warm_up()
-        except Exception:  # a slower first brief, nothing worse
-            log.warning("brief warm-up failed", exc_info=True)
         self.gc.start()
         self.health.broker_ok = await broker_reachable(self.s.kafka_bootstrap)
         self.health.started = True

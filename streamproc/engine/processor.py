@@ -431,55 +431,6 @@ class CaseProcessor:
             },
         )
 
-    def warm_up(self) -> None:
-        """Plan and encode one brief for a made-up case, touching no table: the first
-        brief otherwise pays for lazy imports and compiled patterns (the first alerts
-        after a start were the slowest in the latency bench, ~350 ms against ~60)."""
-        now_ms = int(self.clock() * 1000)
-        txn = {
-            "event_id": "warm-up-t",
-            "transaction_id": "warm-up-tx",
-            "account_id": "warm-up",
-            "occurred_at": now_ms - 60_000,
-            "amount_minor": 1_000,
-            "currency": "EUR",
-            "direction": "DEBIT",
-            "channel": "CARD_NOT_PRESENT",
-            "status": "APPROVED",
-            "merchant_name": None,
-            "merchant_category_code": "5999",
-            "merchant_country": "DE",
-            "card_pan": None,
-            "counterparty_name": None,
-            "counterparty_iban": None,
-            "memo": None,
-            "device_id": None,
-            "ip_address": None,
-        }
-        alert = {
-            "event_id": "warm-up-a",
-            "alert_id": "warm-up-alert",
-            "case_id": "warm-up",
-            "account_id": "warm-up",
-            "occurred_at": now_ms,
-            "rule_id": "WARM-UP",
-            "rule_name": "warm-up",
-            "severity": "LOW",
-            "score": None,
-            "transaction_ids": ["warm-up-tx"],
-            "customer_name": None,
-            "customer_email": None,
-            "customer_phone": None,
-            "analyst_note": None,
-        }
-        window = empty_window()
-        add_event(window, TXN, txn, lookback_ms=self.lookback_ms, max_events=10)
-        case = assemble_case(
-            "warm-up", "warm-up", [alert], window, lookback_ms=self.lookback_ms, after_ms=0
-        )
-        brief = build_brief(case, version=1, generated_at_ms=now_ms, failed=[])
-        self.codec.encode(self.topics.briefs, brief.to_avro())
-
     def observe_state(self) -> None:
         self.metrics.state_size.labels("windows").set(len(self.windows))
         self.metrics.state_size.labels("cases").set(len(self.cases))
