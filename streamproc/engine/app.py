@@ -11,7 +11,6 @@ worker acts on the tick when it comes back (or sooner, when a batch finds it due
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
@@ -42,6 +41,7 @@ TABLES = ("windows", "cases", "pending", "llm_cache")
 TIMER_INTERVAL_S = 0.1
 BROKER_PROBE_INTERVAL_S = 5.0
 LAG_INTERVAL_S = 2.0
+ASK_GRACE_S = 1.0  # at shutdown, for the inputs gate's ask out
 DLQ_MAX_BYTES = 4 * 1024 * 1024
 
 
@@ -155,7 +155,9 @@ class CaseWorker:
         )
         self._partition = -1  # the tables' changelog partition for the writes at hand
         self._publishing: set[str] = set()  # cases whose brief is being delivered
-        self._gate_moved = asyncio.Event()  # a case is held by the inputs gate
+        # The inputs gate's ask for log-end offsets: one out at a time, another wanted.
+        self._ask: asyncio.Task[None] | None = None
+        self._ask_again = False
         self.gc = GarbageCollection()
         self._register_timers()
 
@@ -221,7 +223,7 @@ class CaseWorker:
                 self.stage.offer(plan)  # the model writes it off the worker's path
         if self.processor.wants_end_offsets:  # a case is held by the inputs gate: ask now
             self.processor.wants_end_offsets = False
-            self._gate_moved.set()
+            self._ask_end_offsets_now()
         if plans:
             await self._publish_together(plans)
         if self.stage is not None:
@@ -312,9 +314,9 @@ class CaseWorker:
         app = self.app
         app.timer(TIMER_INTERVAL_S, name="settle-ticks")(self._settle_ticks)
         app.timer(LAG_INTERVAL_S, name="consumer-lag")(self._observe_consumer)
+        app.timer(processor_mod.RECHECK_S, name="inputs-gate")(self._ask_end_offsets_fallback)
         app.timer(BROKER_PROBE_INTERVAL_S, name="broker-probe")(self._probe_broker)
         app.timer(GarbageCollection.CHECK_INTERVAL_S, name="gc-freeze")(self._freeze_survivors)
-        app.task(self._ask_end_offsets_when_gated)
         app.task(self._on_started)
         app.on_partitions_revoked.connect(self._hand_back_revoked, weak=False)
         app.on_before_shutdown.connect(self._drain_on_shutdown, weak=False)
@@ -326,17 +328,35 @@ class CaseWorker:
         if self.stage is not None:
             self.stage.observe()
 
-    async def _ask_end_offsets_when_gated(self) -> None:
-        """Log-end offsets of the inputs of partitions with a case pending: a case is
-        briefed once its inputs are read up to the alert's time or to these offsets.
-        Asked as soon as a case is held by that gate, else every RECHECK_S."""
-        while not self.app.should_stop:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._gate_moved.wait(), processor_mod.RECHECK_S)
-            self._gate_moved.clear()
+    def _ask_end_offsets_now(self) -> None:
+        """Ask for the log-end offsets of the inputs of partitions with a case pending: a
+        case is briefed once its inputs are read up to the alert's time or to these
+        offsets. Asked as soon as a case is held by that gate (or as soon as the ask out
+        comes back: only an ask sent after the alert came counts), else every RECHECK_S.
+        Started here, not by waking a waiting task, which took a few turns of the event
+        loop, each one a sub-batch long."""
+        if self.app.should_stop:
+            return
+        if self._ask is not None:
+            self._ask_again = True
+            return
+        self._ask_again = False
+        self._ask = asyncio.ensure_future(self._ask_and_recheck())
+
+    async def _ask_and_recheck(self) -> None:
+        try:
             if await self._ask_end_offsets() and self.processor.recheck_gated(None):
                 await self.brief_due_cases()
                 self._write_tables()
+        except Exception:  # the cases stay gated; the next ask or RECHECK_S retries
+            log.exception("the inputs gate's ask failed")
+        finally:
+            self._ask = None
+        if self._ask_again:
+            self._ask_end_offsets_now()
+
+    async def _ask_end_offsets_fallback(self) -> None:
+        self._ask_end_offsets_now()
 
     async def _ask_end_offsets(self) -> bool:
         waiting = self.processor.partitions_waiting(self._active_partitions())
@@ -345,8 +365,12 @@ class CaseWorker:
         t = self.topics
         tps = [TP(topic, p) for topic in t.inputs if topic != t.alerts for p in waiting]
         asked_at = time.time()
+        positions = {tp: self.processor.position(tp.topic, tp.partition) for tp in tps}
+        known = {tp: n for tp, n in positions.items() if n is not None}
         try:
-            ends = await self.app.consumer.highwaters(*tps)
+            ends = await internals.log_ends_from(self.app, known)
+            if unanswered := [tp for tp in tps if tp not in ends]:  # never read; out of range
+                ends.update(await self.app.consumer.highwaters(*unanswered))
         except Exception:  # broker away, rebalancing: cases wait, at most CASE_MAX_WAIT_S
             log.debug("log-end offsets not available", exc_info=True)
             return False
@@ -385,6 +409,11 @@ class CaseWorker:
         """SIGTERM: the consumer has stopped and its last batch is done; let model calls
         finish within the grace period, hand the rest back, and flush state."""
         self.health.started = False  # /readyz: not ready while stopping
+        if (ask := self._ask) is not None:  # an answer being acted on; not a hung ask
+            self._ask_again = False
+            done, _ = await asyncio.wait({ask}, timeout=ASK_GRACE_S)
+            if not done:
+                ask.cancel()
         if self.stage is not None:
             finished, handed_back = await self.stage.drain(self.s.shutdown_grace_s)
             log.info(

@@ -27,7 +27,8 @@ What is overridden, and why:
 2. **The consumer's fetch max-wait** is configurable (faust hard-codes 1,500 ms; see
    `_ConsumerThread`), and an empty set of active partitions is never sent to aiokafka.
 3. **Log-end offsets** are read from a Fetch response as well as ListOffsets
-   (`fetched_log_ends`).
+   (`fetched_log_ends`), or from a Fetch alone at the worker's own positions
+   (`BatchConsumer.log_ends_from`).
 4. **Recovery seeks the inputs before resuming them** (`Recovery`).
 """
 
@@ -112,26 +113,45 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
             return listed
         return await fetched_log_ends(self._ensure_consumer(), listed)
 
+    async def log_ends_from(self, positions: Mapping[Any, int]) -> dict[Any, int]:
+        return cast(dict[Any, int], await self.call_thread(self._log_ends_from, positions))
+
+    async def _log_ends_from(self, positions: Mapping[Any, int]) -> dict[Any, int]:
+        return await fetch_high_watermarks(self._ensure_consumer(), positions)
+
 
 async def fetched_log_ends(consumer: Any, listed: Mapping[Any, int]) -> dict[Any, int]:
     """The log-end offsets in `listed` (from ListOffsets), each raised to the high
-    watermark of a Fetch at that offset (one request per leader, one byte at most).
+    watermark of a Fetch at that offset.
 
     Log-end offsets feed faust's table recovery, which reads each changelog partition up
-    to them, and the case gate. The embedded broker answers ListOffsets with the base
-    offset of the partition's last record batch plus one, short of the real end whenever
-    that batch holds more than one record, so a restarted worker restored its tables
-    without their newest changelog records (found by the kill -9 fault test). The high
-    watermark in a Fetch response is right on every broker.
+    to them. The embedded broker answers ListOffsets with the base offset of the
+    partition's last record batch plus one, short of the real end whenever that batch
+    holds more than one record, so a restarted worker restored its tables without their
+    newest changelog records (found by the kill -9 fault test). The high watermark in a
+    Fetch response is right on every broker."""
+    ends = dict(listed)
+    fetched = await fetch_high_watermarks(
+        consumer, {tp: max(int(n), 0) for tp, n in listed.items()}
+    )
+    for tp, highwater in fetched.items():
+        ends[tp] = max(ends[tp], highwater)
+    return ends
+
+
+async def fetch_high_watermarks(consumer: Any, at: Mapping[Any, int]) -> dict[Any, int]:
+    """The high watermark of each partition in `at`, from a Fetch at the offset given
+    (one request per leader, one byte at most); a partition the broker does not answer
+    for (offset out of range, leader moved) is left out.
 
     The Fetch asks for no minimum, so Kafka answers at once; the embedded broker waits
     out the max-wait when there is nothing to return, and leaves out every partition
     when that wait is zero, so the wait starts at 1 ms and grows for partitions that
     were left out."""
     client = consumer._client
-    ends = dict(listed)
-    keys = {(tp.topic, tp.partition): tp for tp in listed}
+    keys = {(tp.topic, tp.partition): tp for tp in at}
     unanswered = set(keys)
+    out: dict[Any, int] = {}
     for max_wait_ms in FETCH_WAITS_MS:
         by_node: dict[int, dict[str, list[tuple[int, int, int]]]] = defaultdict(
             lambda: defaultdict(list)
@@ -139,13 +159,12 @@ async def fetched_log_ends(consumer: Any, listed: Mapping[Any, int]) -> dict[Any
         for topic, partition in unanswered:
             node = client.cluster.leader_for_partition(TopicPartition(topic, partition))
             if node is not None and node >= 0:
-                end = max(int(listed[keys[(topic, partition)]]), 0)
-                by_node[node][topic].append((partition, end, 1))
+                by_node[node][topic].append((partition, int(at[keys[(topic, partition)]]), 1))
         for node, topics in by_node.items():
             request = FetchRequest(max_wait_ms, 0, 1, READ_UNCOMMITTED, list(topics.items()))
             try:
                 response = await client.send(node, request)
-            except KafkaError:  # keep the listed offsets; the caller asks again later
+            except KafkaError:  # left out; the caller asks again later
                 log.debug("log-end fetch failed", exc_info=True)
                 continue
             for topic, parts in response.topics:
@@ -153,11 +172,10 @@ async def fetched_log_ends(consumer: Any, listed: Mapping[Any, int]) -> dict[Any
                     if (topic, partition) not in keys or error_code != 0:
                         continue
                     unanswered.discard((topic, partition))
-                    key = keys[(topic, partition)]
-                    ends[key] = max(ends[key], int(highwater))
+                    out[keys[(topic, partition)]] = int(highwater)
         if not unanswered:
             break
-    return ends
+    return out
 
 
 class BatchConsumer(driver.Consumer):
@@ -176,6 +194,12 @@ class BatchConsumer(driver.Consumer):
 
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def log_ends_from(self, positions: Mapping[TP, int]) -> dict[TP, int]:
+        """Log-end offsets of partitions read up to `positions`, in one round trip (a
+        Fetch at each position, where ListOffsets then a Fetch take two); a partition
+        the broker does not answer for is left out."""
+        return await cast(_ConsumerThread, self._thread).log_ends_from(positions)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self._epoch += 1
@@ -299,6 +323,9 @@ class BatchConsumer(driver.Consumer):
             self._read_offset[tp] = chunk[-1].offset
         self._unsettled.append((durable, spans, generation, epoch))
         await self._settle(keep=MAX_UNSETTLED)
+        # Let the event loop serve what waits between two sub-batches (the inputs gate's
+        # ask and its answer, delivery reports, timers), not only after the whole fetch.
+        await asyncio.sleep(0)
         return True
 
     async def _settle(self, keep: int) -> None:
@@ -366,6 +393,11 @@ def store_dict(table: Any) -> MutableMapping[str, Any]:
     if not isinstance(data, dict):
         raise RuntimeError(f"table {table.name!r}: store is not faust's in-memory store")
     return data
+
+
+async def log_ends_from(app: faust.App, positions: Mapping[TP, int]) -> dict[TP, int]:
+    """`BatchConsumer.log_ends_from` of the app's consumer."""
+    return await cast(BatchConsumer, app.consumer).log_ends_from(positions)
 
 
 def committed_offset(app: faust.App, topic: str, partition: int) -> int | None:
@@ -490,7 +522,7 @@ _METHODS: tuple[tuple[type, str], ...] = (
     (_TableManager, "_recovery"),
     (faust.App, "_fetcher"),
 )
-# Instance attributes faust declares on its Consumer class and this module reads/writes.
+# Instance attributes faust declares on its Consumer classes and this module reads/writes.
 _CONSUMER_ATTRIBUTES = (
     "_acked",
     "_acked_index",
@@ -500,6 +532,7 @@ _CONSUMER_ATTRIBUTES = (
     "_waiting_for_ack",
     "_buffered_partitions",
     "_commit_every",
+    "_thread",
 )
 # Assignments in a constructor's source that this module relies on.
 _ASSIGNED_IN_INIT: tuple[tuple[Any, str], ...] = (
@@ -517,7 +550,7 @@ def missing() -> list[str]:
         if not hasattr(owner, name)
     ]
     declared: set[str] = set()
-    for klass in faust_consumer.Consumer.__mro__:
+    for klass in driver.Consumer.__mro__:  # faust's Consumer, ThreadDelegateConsumer
         declared.update(getattr(klass, "__annotations__", {}))
     gone += [f"faust Consumer.{name}" for name in _CONSUMER_ATTRIBUTES if name not in declared]
     for function, assignment in _ASSIGNED_IN_INIT:

@@ -14,6 +14,7 @@ keeps their changelogs co-partitioned with the inputs):
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections.abc import Callable, Iterable, MutableMapping
@@ -34,6 +35,7 @@ from streamproc.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 Table = MutableMapping[str, Any]
+END_OFFSETS_KEPT = 64  # answers kept per input partition: about two seconds of asks
 RECHECK_S = 1.0  # while waiting for transactions an alert names; the inputs gate's fallback
 
 
@@ -89,12 +91,12 @@ class CaseProcessor:
         self._last_sweep = 0.0
         self._consumed_children: dict[str, Any] = {}
         # Per input (topic, partition): the newest event time processed (stream time), the
-        # next offset to process, and the log-end offset asked of the broker with the wall
-        # time of asking (`note_end_offsets`). `committed` says where the group resumes on
-        # a partition this worker has not read from yet.
+        # next offset to process, and the broker's recent answers for its log-end offset,
+        # (wall time of asking, offset), oldest first (`note_end_offsets`). `committed` says
+        # where the group resumes on a partition this worker has not read from yet.
         self.stream_time: dict[tuple[str, int], int] = {}
         self.read_to: dict[tuple[str, int], int] = {}
-        self.end_offsets: dict[tuple[str, int], tuple[int, float]] = {}
+        self.end_offsets: dict[tuple[str, int], list[tuple[float, int]]] = {}
         self.committed = committed
         # Cases due but held back because an input partition is behind the alert:
         # case_id → (partition, alert event time, since). `recheck_gated` releases them as
@@ -346,7 +348,8 @@ class CaseProcessor:
         """Offsets and stream time of a case's input partitions (ids and counts only)."""
         out: dict[str, Any] = {}
         for topic in (self.topics.transactions, self.topics.device_signals):
-            end = self.end_offsets.get((topic, partition))
+            answers = self.end_offsets.get((topic, partition))
+            end = (answers[-1][1], answers[-1][0]) if answers else None
             reached = self.stream_time.get((topic, partition), 0)
             out[topic] = {
                 "partition": partition,
@@ -366,12 +369,27 @@ class CaseProcessor:
         agent has processed (fetched records wait in its buffer). And the high watermark a
         fetch brings back is as old as that fetch: a partition with records still buffered
         is not fetched again, so its watermark can predate records published before the
-        alert. Hence a log-end offset asked of the broker after the alert came."""
-        end = self.end_offsets.get((topic, partition))
-        if end is None or end[1] < since:
+        alert. Hence a log-end offset asked of the broker after the alert came.
+
+        Any answer asked after `since` will do, and the smallest is the one to reach: it
+        holds every record there was when the alert came. The log only grows, so that is
+        usually the first answer after the alert; later ones hold records published after
+        the alert too, and waiting for the newest answer made a case wait for as long as
+        input kept coming while the worker lagged."""
+        answers = self.end_offsets.get((topic, partition))
+        if not answers:
             return False
-        position = self.read_to.get((topic, partition), self.committed(topic, partition))
-        return end[0] == 0 or (position is not None and position >= end[0])
+        after = bisect.bisect_right(answers, (since, float("inf")))  # asked strictly after
+        if after == len(answers):
+            return False
+        end = min(offset for _asked_at, offset in answers[after:])
+        position = self.position(topic, partition)
+        return end == 0 or (position is not None and position >= end)
+
+    def position(self, topic: str, partition: int) -> int | None:
+        """The next offset to process on an input partition; None before anything was
+        read there or committed."""
+        return self.read_to.get((topic, partition), self.committed(topic, partition))
 
     def recheck_gated(self, partitions: set[int] | None = None) -> int:
         """Make due now the gated cases on `partitions` (all when None) whose inputs have
@@ -399,7 +417,9 @@ class CaseProcessor:
     def note_end_offsets(self, offsets: dict[tuple[str, int], int], asked_at: float) -> None:
         """Log-end offsets the broker gave for a request sent at `asked_at` (wall time)."""
         for key, offset in offsets.items():
-            self.end_offsets[key] = (int(offset), asked_at)
+            answers = self.end_offsets.setdefault(key, [])
+            bisect.insort(answers, (asked_at, int(offset)))  # asks may overlap
+            del answers[:-END_OFFSETS_KEPT]
 
     def finalize_brief(self, plan: BriefPlan) -> None:
         """Record a delivered brief: the case is no longer pending, its version moves on."""

@@ -10,6 +10,7 @@ import pytest
 from streamproc.config import Settings
 from streamproc.contracts.codec import AvroCodec
 from streamproc.contracts.records import normalize
+from streamproc.engine import processor
 from streamproc.engine.dlq import InMessage
 from streamproc.engine.processor import CaseProcessor
 from streamproc.engine.ticks import GRACE_S, RESEND_S
@@ -65,8 +66,11 @@ class Harness:
         return outs
 
     def answer_log_end(self) -> None:
-        """The broker's log ends as of now: what was sent (nothing on other partitions)."""
+        """The broker's log ends as of now: what was sent (nothing on other partitions).
+        An ask goes after what made the worker ask: the clock moves on a microsecond, so
+        "asked after the alert came" means what it says."""
         if self.broker_answers:
+            self.clock.now += 1e-6
             empty = {(t, p): 0 for t in (TXN_TOPIC, SIG_TOPIC) for p in range(8)}
             self.p.note_end_offsets({**empty, **self.p.read_to, **self.log_end}, self.clock.now)
 
@@ -373,6 +377,47 @@ def test_a_log_end_asked_before_the_alert_came_does_not_count(
     h.clock.now += 1.0
     [brief] = h.settle()
     assert brief.counts.device_signals == len(sigs)
+
+
+def test_a_later_log_end_does_not_hold_back_a_case_the_first_one_releases(
+    h: Harness, scenario: Scenario
+) -> None:
+    """Input kept coming after the alert while the worker lagged: each new answer is a
+    larger log end. The case waits for the records there were when the alert came (the
+    first answer asked after it), not for the newest answer; it used to chase the newest."""
+    txns, sigs, alerts = _account(scenario, "acct-ato-001")
+    h.send(TXN_TOPIC, txns)
+    h.send(SIG_TOPIC, sigs[:-1])
+    h.broker_answers = False
+    h.send(ALERT_TOPIC, alerts)
+    end_then = h.offset + 2  # the last signal gets the harness's next offset
+    inputs_then = {(TXN_TOPIC, 0): h.p.read_to[(TXN_TOPIC, 0)], (SIG_TOPIC, 0): end_then}
+    h.clock.now += 0.01
+    h.p.note_end_offsets(inputs_then, h.clock.now)  # the last signal: there, not read yet
+    h.clock.now += SETTLE
+    assert h.settle() == [] and h.p.gated  # held: one signal before the alert unread
+    for later in (100, 5_000):  # more answers, as published after the alert
+        h.clock.now += 0.05
+        h.p.note_end_offsets({**inputs_then, (SIG_TOPIC, 0): end_then + later}, h.clock.now)
+        assert h.p.recheck_gated({0}) == 0
+    h.send(SIG_TOPIC, [sigs[-1]])  # read up to where the log ended when the alert came
+    assert h.p.read_to[(SIG_TOPIC, 0)] == end_then
+    assert h.p.recheck_gated({0}) == 1
+    [brief] = h.settle()
+    assert brief.counts.device_signals == len(sigs)
+
+
+def test_answers_kept_per_partition_are_bounded_and_in_asking_order(h: Harness) -> None:
+    """Asks may overlap, so answers can come back out of order; a bounded number is kept."""
+    key = (SIG_TOPIC, 0)
+    for i in reversed(range(processor.END_OFFSETS_KEPT + 10)):
+        h.p.note_end_offsets({key: i}, float(i))
+    answers = h.p.end_offsets[key]
+    assert len(answers) == processor.END_OFFSETS_KEPT
+    assert answers == sorted(answers) and answers[-1] == (
+        float(processor.END_OFFSETS_KEPT + 9),
+        processor.END_OFFSETS_KEPT + 9,
+    )
 
 
 def test_a_stalled_input_delays_a_brief_by_at_most_the_max_wait(
