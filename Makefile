@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TOOLS  := .tools/.installed
 MODELS := .models/.installed
 
-.PHONY: venv tools models demo test test-unit lint typecheck schemas bench eval eval-local faults injection-report clean
+.PHONY: venv tools models demo test test-unit lint typecheck schemas docs bench eval eval-local faults injection-report clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "streamproc needs Python 3.11+")'
@@ -52,6 +52,10 @@ typecheck: venv
 schemas: venv
 	$(BIN)/python -m streamproc.brief.model > schemas/case_brief.schema.json
 
+# Regenerate docs/configuration.md from Settings (a test fails when it is stale).
+docs: venv
+	$(BIN)/python -m streamproc.config_reference > docs/configuration.md
+
 clean:
 	rm -rf $(VENV) .tools .models .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
@@ -64,7 +68,7 @@ bench: venv
 #   make eval STREAMPROC_LLM_PROVIDER=openai STREAMPROC_LLM_BASE_URL=... STREAMPROC_LLM_MODEL=...
 # Report: tests/eval/results/. Exit 1 on a hard-gate failure or a regression.
 eval: venv
-	$(BIN)/python -m streamproc.evaluation $(ARGS)
+	$(BIN)/python -m streamproc.evaluation --out tests/eval/results $(ARGS)
 
 # The fault suite at full length (phases of a minute, larger runs); make test runs it short.
 faults: venv tools
@@ -80,4 +84,4 @@ injection-report: venv
 # 35 minutes; ARGS=--limit 400 for all of it), beside the deterministic briefs of the same
 # cases: tests/eval/results/report-*-limit-32.md and quality-card.md.
 eval-local: venv models
-	$(BIN)/python -m streamproc.evaluation --local-model .models --limit 32 $(ARGS)
+	$(BIN)/python -m streamproc.evaluation --out tests/eval/results --local-model .models --limit 32 $(ARGS)

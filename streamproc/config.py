@@ -19,7 +19,6 @@ from pydantic_settings import (
 from streamproc.errors import ConfigError
 from streamproc.kafka.security import SaslMechanism, SecurityProtocol, read_secret
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILE_ENV = "STREAMPROC_CONFIG_FILE"
 
 
@@ -81,71 +80,165 @@ class Settings(BaseSettings):
         env_prefix="STREAMPROC_", frozen=True, extra="ignore", case_sensitive=False
     )
 
-    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Brokers, comma-separated host:port."
+    )
     # Kafka security (streamproc.kafka.security checks them together at start-up).
-    kafka_security_protocol: SecurityProtocol = SecurityProtocol.PLAINTEXT
-    kafka_sasl_mechanism: SaslMechanism = SaslMechanism.PLAIN
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_sasl_password_file: Path | None = None
-    kafka_ssl_ca_file: Path | None = Field(None, description="None: the system trust store.")
-    kafka_ssl_cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
-    kafka_ssl_key_file: Path | None = None
-    kafka_ssl_key_password: SecretStr | None = None
-    kafka_ssl_key_password_file: Path | None = None
-    kafka_ssl_check_hostname: bool = True
-    schema_registry_url: str | None = None
-    app_id: str = Field("streamproc", description="Consumer group and faust app id.")
+    kafka_security_protocol: SecurityProtocol = Field(
+        SecurityProtocol.PLAINTEXT, description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: SaslMechanism = Field(
+        SaslMechanism.PLAIN, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    kafka_sasl_password_file: Path | None = Field(
+        None, description="A file holding the SASL password (a mounted Secret)."
+    )
+    kafka_ssl_ca_file: Path | None = Field(
+        None, description="CA bundle to verify the brokers; unset: the system trust store."
+    )
+    kafka_ssl_cert_file: Path | None = Field(
+        None, description="Client certificate, PEM (mutual TLS); needs KAFKA_SSL_KEY_FILE."
+    )
+    kafka_ssl_key_file: Path | None = Field(None, description="Client key, PEM (mutual TLS).")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="Passphrase of the client key."
+    )
+    kafka_ssl_key_password_file: Path | None = Field(
+        None, description="A file holding the client key's passphrase."
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="Verify the broker's name against its certificate."
+    )
+    schema_registry_url: str | None = Field(
+        None,
+        description="Confluent Schema Registry: records written with its framing (subject "
+        "<topic>-value); unset: Avro single-object encoding. Both are decoded either way.",
+    )
+    app_id: str = Field(
+        "streamproc", description="Consumer group id, and the prefix of the state topics."
+    )
 
-    llm_provider: LLMProvider = LLMProvider.NONE
-    llm_base_url: str | None = None
-    llm_model: str | None = None
-    llm_api_key: SecretStr | None = None
-    llm_api_key_file: Path | None = None
+    llm_provider: LLMProvider = Field(
+        LLMProvider.NONE,
+        description="openai (any OpenAI-compatible server), anthropic, or none: "
+        "deterministic briefs only, said at start-up.",
+    )
+    llm_base_url: str | None = Field(
+        None,
+        description="Endpoint; unset: https://api.openai.com/v1 or https://api.anthropic.com.",
+    )
+    llm_model: str | None = Field(None, description="Model id; needed with a provider.")
+    llm_api_key: SecretStr | None = Field(None, description="API key of the provider.")
+    llm_api_key_file: Path | None = Field(None, description="A file holding the API key.")
     llm_dialect: OpenAIDialect = Field(
-        OpenAIDialect.OPENAI, description="For LLM_PROVIDER=openai: the server's parameters."
+        OpenAIDialect.OPENAI,
+        description="For LLM_PROVIDER=openai, the parameters the server takes: openai "
+        "(OpenAI, Azure; max_completion_tokens), compatible (vLLM, Ollama: max_tokens) or "
+        "llamacpp (llama.cpp's server: adds string bounds its grammar builds).",
     )
     llm_temperature: float | None = Field(
-        None, ge=0, le=2, description="Unset: the provider's default (reasoning models need it)."
+        None,
+        ge=0,
+        le=2,
+        description="Sent only when set; unset: the provider's default (reasoning models "
+        "accept no other).",
     )
-    llm_max_output_tokens: int = Field(2000, ge=200, le=32_000)
-    llm_timeout_s: float = 20.0
-    llm_max_concurrency: int = Field(8, ge=1, description="LLM calls in flight per worker.")
-    llm_max_prompt_tokens: int = Field(6000, ge=1000)
-    llm_max_retries: int = Field(3, ge=0, le=10)
-    llm_retry_after_cap_s: float = Field(20.0, ge=0)
+    llm_max_output_tokens: int = Field(
+        2000, ge=200, le=32_000, description="Completion limit of one call."
+    )
+    llm_timeout_s: float = Field(20.0, gt=0, description="Timeout of one HTTP call.")
+    llm_max_concurrency: int = Field(8, ge=1, description="Model calls in flight per worker.")
+    llm_max_prompt_tokens: int = Field(
+        6000, ge=1000, description="The case is compacted to fit this estimate."
+    )
+    llm_max_retries: int = Field(
+        3, ge=0, le=10, description="Retries of a failed call (backoff with jitter)."
+    )
+    llm_retry_after_cap_s: float = Field(
+        20.0, ge=0, description="Longest Retry-After honoured; longer: fall back."
+    )
     llm_case_deadline_s: float = Field(
-        60.0, gt=0, description="Longest a case waits for the model before it falls back."
+        60.0,
+        gt=0,
+        description="Longest a case waits for the model, retries included, before the "
+        "deterministic brief goes out.",
     )
-    llm_breaker_threshold: int = Field(5, ge=1)
-    llm_breaker_reset_s: float = Field(30.0, gt=0)
-    llm_requests_per_minute: int = Field(0, ge=0, description="0 = no limit")
-    llm_tokens_per_minute: int = Field(0, ge=0, description="0 = no limit")
-    llm_daily_token_budget: int = Field(0, ge=0, description="0 = no budget")
-    llm_price_prompt_per_1k: float = Field(0.0, ge=0, description="USD, for the cost estimate")
-    llm_price_completion_per_1k: float = Field(0.0, ge=0)
+    llm_breaker_threshold: int = Field(
+        5, ge=1, description="Failed calls in a row that open the circuit."
+    )
+    llm_breaker_reset_s: float = Field(
+        30.0, gt=0, description="How long the circuit stays open before it probes again."
+    )
+    llm_requests_per_minute: int = Field(
+        0, ge=0, description="Local limit on model calls per minute; 0: none."
+    )
+    llm_tokens_per_minute: int = Field(
+        0, ge=0, description="Local limit on estimated tokens per minute; 0: none."
+    )
+    llm_daily_token_budget: int = Field(
+        0,
+        ge=0,
+        description="Tokens a worker may use per UTC day, then deterministic briefs; 0: none.",
+    )
+    llm_price_prompt_per_1k: float | None = Field(
+        None,
+        ge=0,
+        description="USD per 1,000 prompt tokens, for streamproc_llm_cost_usd_total; set "
+        "with the completion price, it wins over the price files.",
+    )
+    llm_price_completion_per_1k: float | None = Field(
+        None, ge=0, description="USD per 1,000 completion tokens (see the prompt price)."
+    )
+    llm_prices_file: Path | None = Field(
+        None,
+        description="A YAML price list of the same shape as the shipped one "
+        "(streamproc/data/llm_prices.yaml); its entries win over the shipped ones. "
+        "Without a price for the model, cost is not estimated and the worker says so.",
+    )
 
-    http_port: int = 8000
-    case_settle_s: float = Field(5.0, ge=0, description="Wait after an alert before briefing.")
+    http_port: int = Field(8000, description="Port of /metrics, /healthz and /readyz.")
+    case_settle_s: float = Field(
+        5.0,
+        ge=0,
+        description="Wait after an alert before briefing, so late events of the case arrive.",
+    )
     case_after_s: float = Field(
         600.0, ge=0, description="Event-time horizon after the last alert that a case still takes."
     )
-    lookback_h: float = Field(72.0, gt=0)
-    max_events_per_account: int = Field(500, ge=10)
+    lookback_h: float = Field(
+        72.0, gt=0, description="Event-time window of account history kept and put in a case."
+    )
+    max_events_per_account: int = Field(
+        500, ge=10, description="Events kept per account; the oldest go, and the brief says so."
+    )
     case_max_wait_s: float = Field(
         60.0,
         ge=0,
         description="Extra wait past the settle delay for transactions an alert names, and "
         "while a case's input partitions are behind the alert (backlog, restart).",
     )
-    case_retain_h: float = Field(72.0, gt=0, description="How long a briefed case is remembered.")
+    case_retain_h: float = Field(
+        72.0,
+        gt=0,
+        description="How long a briefed case is remembered: a later alert within it makes "
+        "version + 1, after it a new case at version 1.",
+    )
     state_sweep_interval_s: float = Field(
         300.0, gt=0, description="How often retired cases and idle windows are looked for."
     )
-    brief_pii: BriefPII = BriefPII.MASKED
+    brief_pii: BriefPII = Field(
+        BriefPII.MASKED,
+        description="How PII appears in a model-written brief: masked (last digits), "
+        "restored (real values, for case tools allowed to show them) or redacted "
+        "(placeholders).",
+    )
 
-    data_dir: Path = Path(".streamproc")
-    log_level: LogLevel = LogLevel.INFO
+    data_dir: Path = Field(Path(".streamproc"), description="Local working files.")
+    log_level: LogLevel = Field(
+        LogLevel.INFO, description="debug, info, warning, error or critical."
+    )
     log_format: LogFormat = Field(
         LogFormat.JSON, description="json: one object per line with case/brief ids; text: plain."
     )
@@ -157,9 +250,15 @@ class Settings(BaseSettings):
     )
     # Consumer-group timing. Kafka's defaults suit production; dev and tests set
     # them low because the first join waits about half the rebalance timeout.
-    broker_rebalance_timeout_s: float = 60.0
-    broker_session_timeout_s: float = 45.0
-    broker_heartbeat_interval_s: float = 3.0
+    broker_rebalance_timeout_s: float = Field(
+        60.0, gt=0, description="Consumer-group rebalance timeout (dev and tests: 2)."
+    )
+    broker_session_timeout_s: float = Field(
+        45.0, gt=0, description="Consumer-group session timeout."
+    )
+    broker_heartbeat_interval_s: float = Field(
+        3.0, gt=0, description="Consumer-group heartbeat interval."
+    )
     broker_fetch_max_wait_ms: int = Field(
         20, ge=1, le=30_000, description="Longest a fetch waits for data (faust fixes 1500)."
     )
@@ -173,7 +272,11 @@ class Settings(BaseSettings):
         "record, as much as the input it mirrors). 1 trades that CPU for faster failover.",
     )
 
-    topics: Topics = Field(default_factory=Topics)
+    topics: Topics = Field(
+        default_factory=Topics,
+        description="Topic names, as a JSON object with any of the keys below; the "
+        "defaults are the product contract.",
+    )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

@@ -34,10 +34,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from streamproc import data
 from streamproc.brief.fallback import build_brief
 from streamproc.brief.model import CaseBrief, Method, RiskLevel
 from streamproc.brief.prompt import load_template
-from streamproc.config import REPO_ROOT, LLMProvider, Settings
+from streamproc.config import LLMProvider, Settings
 from streamproc.contracts.codec import AvroCodec
 from streamproc.contracts.records import from_json
 from streamproc.contracts.schemas import SchemaSet
@@ -47,12 +48,12 @@ from streamproc.llm.briefer import prepare
 from streamproc.privacy.redact import Redactor
 from streamproc.sim.labelled import Label
 
-EVAL_DIR = REPO_ROOT / "tests" / "eval"
+EVAL_DIR = data.path("eval")
 DEFAULT_SET = EVAL_DIR / "scenarios"  # development: tune detectors and prompts on this
 HELD_OUT_SET = EVAL_DIR / "heldout"  # seeds never used while developing: never tune on it
 SPLITS = {"held-out": HELD_OUT_SET, "development": DEFAULT_SET}
 DEFAULT_BASELINE = EVAL_DIR / "baseline.json"
-DEFAULT_OUT = EVAL_DIR / "results"
+DEFAULT_OUT = Path("eval-results")  # in the folder it is run from (make eval: tests/eval/results)
 # metric: (direction, allowed regression). "up" = higher is better.
 THRESHOLDS: dict[str, tuple[str, float]] = {
     "reason_precision": ("up", 0.02),
@@ -677,9 +678,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         dest="sets",
         metavar="SPLIT=DIR",
-        help="a labelled set to evaluate as SPLIT (repeatable; default: "
-        + ", ".join(f"{k}={v.relative_to(REPO_ROOT)}" for k, v in SPLITS.items())
-        + ")",
+        help="a labelled set to evaluate as SPLIT (repeatable; default: the built-in "
+        "held-out and development sets, shipped with the package from tests/eval/)",
     )
     p.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)

@@ -20,11 +20,11 @@ from typing import Any
 
 import yaml
 
+from streamproc import data
 from streamproc.brief.model import CaseBrief
-from streamproc.config import REPO_ROOT
 from streamproc.errors import ConfigError
 
-PROMPT_DIR = REPO_ROOT / "prompts"
+PROMPT_DIR = data.path("prompts")
 CHARS_PER_TOKEN = 4  # a conservative estimate for JSON-heavy English text
 Record = dict[str, Any]
 KINDS = ("alert", "transaction", "signal")

@@ -13,6 +13,7 @@ from streamproc.engine.app import CaseWorker, changelog_topics, http_service
 from streamproc.errors import TopologyError
 from streamproc.kafka import security
 from streamproc.kafka.admin import admin_client, broker_count, check_copartitioned, partition_counts
+from streamproc.llm.prices import configured_price
 from streamproc.ops import logs
 from streamproc.ops.metrics import Metrics
 
@@ -94,3 +95,19 @@ def announce_llm(settings: Settings) -> None:
         base_url,
         key,
     )
+    price = configured_price(settings)
+    if price is None:
+        log.warning(
+            "LLM cost cannot be estimated: no price for model %s "
+            "(streamproc_llm_cost_usd_total stays 0 and streamproc_llm_cost_estimated is 0). "
+            "Set STREAMPROC_LLM_PRICE_PROMPT_PER_1K and _COMPLETION_PER_1K, or name a price "
+            "list in STREAMPROC_LLM_PRICES_FILE.",
+            model,
+        )
+    else:
+        log.info(
+            "LLM cost estimated at %s / %s USD per 1,000 prompt / completion tokens (%s).",
+            f"{price.prompt_per_1k:g}",
+            f"{price.completion_per_1k:g}",
+            price.origin,
+        )

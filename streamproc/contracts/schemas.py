@@ -11,10 +11,11 @@ from typing import Any
 from fastavro import parse_schema
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from streamproc.config import REPO_ROOT, Topics
+from streamproc import data
+from streamproc.config import Topics
 from streamproc.errors import ConfigError
 
-SCHEMA_DIR = REPO_ROOT / "schemas"
+SCHEMA_DIR = data.path("schemas")
 
 
 def topic_schema_files(topics: Topics) -> dict[str, str]:

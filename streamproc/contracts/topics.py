@@ -8,10 +8,10 @@ from typing import Any
 
 import yaml
 
-from streamproc.config import REPO_ROOT
+from streamproc import data
 from streamproc.errors import ConfigError
 
-TOPICS_FILE = REPO_ROOT / "topics" / "topics.yaml"
+TOPICS_FILE = data.path("topics", "topics.yaml")
 ROLES = frozenset({"input", "output", "dlq", "internal", "changelog"})
 
 

@@ -26,6 +26,7 @@ from streamproc.engine.processor import BriefPlan
 from streamproc.engine.state import WriteBackTable
 from streamproc.llm.briefer import BriefOutcome, LLMBriefer, fallback_brief
 from streamproc.llm.client import Budget, CircuitBreaker, CircuitState, LLMClient, RetryPolicy
+from streamproc.llm.prices import configured_price
 from streamproc.llm.providers import provider_for
 from streamproc.ops.logs import bind
 from streamproc.ops.metrics import Metrics
@@ -52,6 +53,8 @@ class LLMStage:
         persist: Callable[[], Awaitable[None]],
     ) -> None:
         self.s, self.codec, self.metrics, self.briefer = settings, codec, metrics, briefer
+        self.price = configured_price(settings)
+        metrics.llm_cost_estimated.set(0 if self.price is None else 1)
         self.cache, self.publish, self.send, self.persist = cache, publish, send, persist
         self.in_flight: dict[str, asyncio.Task[None]] = {}
         self.partition_of: dict[str, int] = {}
@@ -200,10 +203,8 @@ class LLMStage:
             prompt, completion = audit.get("prompt_tokens", 0), audit.get("completion_tokens", 0)
             m.llm_tokens.labels("prompt").inc(prompt)
             m.llm_tokens.labels("completion").inc(completion)
-            m.llm_cost.inc(
-                prompt / 1000 * self.s.llm_price_prompt_per_1k
-                + completion / 1000 * self.s.llm_price_completion_per_1k
-            )
+            if self.price is not None:
+                m.llm_cost.inc(self.price.cost(prompt, completion))
             m.llm_retries.inc(audit.get("retries", 0))
         for check, n in outcome.violations.items():
             m.guardrail_violations.labels(check).inc(n)

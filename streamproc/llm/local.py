@@ -73,6 +73,8 @@ SETTINGS: dict[str, object] = {
     "llm_max_prompt_tokens": 3000,
     "llm_max_output_tokens": 2000,
     "llm_max_retries": 1,
+    "llm_price_prompt_per_1k": 0,  # a local model costs nothing per token
+    "llm_price_completion_per_1k": 0,
 }
 
 

@@ -101,7 +101,14 @@ class Metrics:
             "streamproc_llm_tokens", "Tokens used, by type.", ["type"], registry=r
         )
         self.llm_cost = Counter(
-            "streamproc_llm_cost_usd", "Estimated LLM cost from configured prices.", registry=r
+            "streamproc_llm_cost_usd",
+            "Estimated LLM cost from the model's price (stays 0 without one).",
+            registry=r,
+        )
+        self.llm_cost_estimated = Gauge(
+            "streamproc_llm_cost_estimated",
+            "1 when the model's price is known and cost is estimated, else 0.",
+            registry=r,
         )
         self.llm_errors = Counter(
             "streamproc_llm_errors", "Model calls that failed, by kind.", ["kind"], registry=r
