@@ -13,6 +13,30 @@ mkdir -p "$TOOLS/bin"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
+have_go() { command -v go >/dev/null 2>&1 && [ -d /usr/share/gocode/src/github.com/Masterminds/sprig ]; }
+need=""
+{ [ -x "$TOOLS/bin/promtool" ] && [ -x "$TOOLS/bin/prometheus" ]; } || need="$need prometheus"
+render_stale() { [ ! -x "$TOOLS/bin/helm-render" ] || [ tools/helm-render/main.go -nt "$TOOLS/bin/helm-render" ]; }
+if render_stale && ! have_go; then need="$need golang-go+sprig"; fi
+if [ -n "$need" ]; then
+  echo "make test: installing the deployment tests' tools into .tools/ (once):"
+  echo "  promtool, prometheus  run the alert rules' unit tests and every dashboard query"
+  echo "                        against a live worker (Debian's prometheus package, unpacked)"
+  echo "  helm-render           renders the Helm chart with Helm's template engine (built"
+  echo "                        with Debian's Go and sprig packages: apt-get install)"
+  echo "  compose_spec.json     validates docker-compose.yml (from the docker-compose wheel)"
+  if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-deb >/dev/null 2>&1; then
+    echo "error: these come from Debian packages and this machine has no apt-get/dpkg-deb." >&2
+    echo "  Put promtool and prometheus (2.x) into .tools/bin/, install Go with" >&2
+    echo "  github.com/Masterminds/sprig under /usr/share/gocode, then run make test again." >&2
+    exit 1
+  fi
+  if [ -n "$SUDO" ] && ! command -v sudo >/dev/null 2>&1; then
+    echo "error: installing$need needs root or sudo, and there is no sudo." >&2
+    exit 1
+  fi
+fi
+
 apt_fetch() {  # apt_fetch PKG: download PKG's .deb into the current directory
   apt-get download "$1" 2>/dev/null || { $SUDO apt-get update -qq && apt-get download "$1"; }
 }
@@ -25,12 +49,14 @@ if [ ! -x "$TOOLS/bin/promtool" ] || [ ! -x "$TOOLS/bin/prometheus" ]; then
 fi
 
 GO_PKGS="golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v2-dev"
-if ! command -v go >/dev/null 2>&1 || [ ! -d /usr/share/gocode/src/github.com/Masterminds/sprig ]; then
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $GO_PKGS \
-    || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $GO_PKGS; }
+if render_stale; then
+  if ! have_go; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $GO_PKGS \
+      || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $GO_PKGS; }
+  fi
+  GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$TOOLS/gocache" \
+    go build -o "$TOOLS/bin/helm-render" ./tools/helm-render
 fi
-GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$TOOLS/gocache" \
-  go build -o "$TOOLS/bin/helm-render" ./tools/helm-render
 
 if [ ! -f "$TOOLS/compose_spec.json" ]; then
   work=$(mktemp -d)
