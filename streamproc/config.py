@@ -63,14 +63,21 @@ class Topics(BaseSettings):
     transactions: str = "fraud.transactions.v1"
     device_signals: str = "fraud.device-signals.v1"
     alerts: str = "fraud.alerts.v1"
+    feedback: str = "fraud.brief-feedback.v1"
     briefs: str = "fraud.case-briefs.v1"
     audit: str = "fraud.llm-audit.v1"
     dlq: str = "fraud.dlq.v1"
     settle: str = "streamproc-settle"
 
     @property
-    def inputs(self) -> tuple[str, str, str]:
-        return (self.transactions, self.device_signals, self.alerts)
+    def inputs(self) -> tuple[str, ...]:
+        """What the worker consumes, co-partitioned by account_id."""
+        return (self.transactions, self.device_signals, self.alerts, self.feedback)
+
+    @property
+    def events(self) -> tuple[str, str]:
+        """The account's history a case is built from."""
+        return (self.transactions, self.device_signals)
 
 
 class Settings(BaseSettings):

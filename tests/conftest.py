@@ -15,6 +15,7 @@ NOW_MS = 1_790_000_000_000
 TXN_TOPIC = "fraud.transactions.v1"
 SIG_TOPIC = "fraud.device-signals.v1"
 ALERT_TOPIC = "fraud.alerts.v1"
+FEEDBACK_TOPIC = "fraud.brief-feedback.v1"
 
 
 @pytest.fixture(scope="session")

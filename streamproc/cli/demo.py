@@ -170,18 +170,24 @@ def _follow_briefs(
 ) -> int:
     wanted = {e.case_id: e.versions for e in sc.expected}
     seen: dict[str, int] = {}
-    follow_up_sent = False
+    latest: dict[str, dict[str, Any]] = {}
+    follow_up_sent = decided = False
     deadline = None if follow else timeout_s
     for brief in read_records(
         settings, settings.topics.briefs, timeout_s=deadline if deadline is not None else 10**9
     ):
         say(render_brief(brief) + ("\n" + _guardrails(settings, brief) if audited else "") + "\n")
         seen[brief["case_id"]] = max(seen.get(brief["case_id"], 0), brief["brief_version"])
+        latest[brief["case_id"]] = brief
         if not follow_up_sent and all(c in seen for c in wanted):
             _publish_follow_up(settings, sc)
             follow_up_sent = True
-        if not follow and all(seen.get(c, 0) >= v for c, v in wanted.items()):
-            break
+        if all(seen.get(c, 0) >= v for c, v in wanted.items()):
+            if not decided:
+                _analyst_round(settings, latest, port)
+                decided = True
+            if not follow:
+                break
     missing = {c: v for c, v in wanted.items() if seen.get(c, 0) < v}
     _summary(port, seen)
     if missing:
@@ -221,6 +227,51 @@ def _publish_follow_up(settings: Settings, sc: Scenario) -> None:
     say("⑤ a second alert arrived on case-ato-001 after its brief → expect brief_version 2\n")
 
 
+# (case, disposition, usefulness): the scripted analyst's decisions on the demo's briefs
+DECISIONS = (("case-ato-001", "CONFIRMED_FRAUD", 5), ("case-benign-001", "FALSE_POSITIVE", 4))
+
+
+def _analyst_round(settings: Settings, latest: dict[str, dict[str, Any]], port: int) -> None:
+    """One round of analysts' feedback (scripted), and what it does to the metrics."""
+    decisions = [
+        {
+            "event_id": f"demo-feedback-{case_id}",
+            "brief_id": latest[case_id]["brief_id"],
+            "brief_version": latest[case_id]["brief_version"],
+            "case_id": case_id,
+            "account_id": latest[case_id]["account_id"],
+            "decided_at": int(time.time() * 1000),
+            "analyst_id": "analyst-demo",
+            "disposition": disposition,
+            "usefulness": usefulness,
+        }
+        for case_id, disposition, usefulness in DECISIONS
+        if case_id in latest
+    ]
+    publish_events(settings, settings.topics.feedback, decisions)
+    said = ", ".join(
+        f"{d['case_id']} {d['disposition']} (usefulness {d['usefulness']})" for d in decisions
+    )
+    say(f"⑥ an analyst decided (scripted): {said}")
+    deadline = time.monotonic() + 15.0
+    while time.monotonic() < deadline and _metric(port, "streamproc_feedback_received_total") < len(
+        decisions
+    ):
+        time.sleep(0.2)
+
+
+def _metric(port: int, name: str) -> float:
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2.0).text
+    except httpx.HTTPError:
+        return 0.0
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
 def _summary(port: int, seen: dict[str, int]) -> None:
     try:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2.0).text
@@ -231,6 +282,9 @@ def _summary(port: int, seen: dict[str, int]) -> None:
         "streamproc_events_rejected_total",
         "streamproc_cases_opened_total",
         "streamproc_brief_latency_seconds_count",
+        "streamproc_feedback_received_total",
+        "streamproc_feedback_usefulness_sum",
+        "streamproc_feedback_agreement_total",
     )
     say(f"metrics (http://127.0.0.1:{port}/metrics):")
     for line in text.splitlines():

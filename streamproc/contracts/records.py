@@ -23,7 +23,17 @@ from streamproc.errors import EventValidationError
 EPOCH_FLOOR_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 FUTURE_SKEW_MS = 24 * 3600 * 1000
 ID_FIELDS = frozenset(
-    {"event_id", "account_id", "transaction_id", "alert_id", "case_id", "device_id", "rule_id"}
+    {
+        "event_id",
+        "account_id",
+        "transaction_id",
+        "alert_id",
+        "case_id",
+        "device_id",
+        "rule_id",
+        "brief_id",
+        "analyst_id",
+    }
 )
 MAX_ID_LEN = 128
 MAX_TEXT_LEN = 4000
@@ -33,8 +43,15 @@ _PATTERNS = {
     "merchant_country": (re.compile(r"[A-Z]{2}"), "an ISO-3166 alpha-2 code"),
     "geo_country": (re.compile(r"[A-Z]{2}"), "an ISO-3166 alpha-2 code"),
     "merchant_category_code": (re.compile(r"[0-9]{4}"), "a 4-digit MCC"),
+    # Feedback names its analyst by a pseudonym: a name (spaces) or an email (@) is refused.
+    "analyst_id": (
+        re.compile(r"[A-Za-z0-9._:-]+"),
+        "a pseudonymous id (letters, digits, . _ : -), never a name or an email",
+    ),
 }
 _UNIT_RANGE_FIELDS = frozenset({"risk_score", "score"})
+_INT_RANGES = {"usefulness": (1, 5), "brief_version": (1, 1_000_000)}
+_INDEX_LISTS = frozenset({"facts_flagged"})  # indexes of a brief's key facts
 
 
 def from_json(schema: EventSchema, obj: Any, *, now_ms: int | None = None) -> dict[str, Any]:
@@ -138,6 +155,7 @@ def _checked_fields(schema: EventSchema) -> tuple[str, ...]:
             or name in _PATTERNS
             or name == "amount_minor"
             or name in _UNIT_RANGE_FIELDS
+            or name in _INT_RANGES
             or _may_hold_text_or_list(f["type"])
         )
     return names
@@ -171,10 +189,18 @@ def _check_field(schema: EventSchema, name: str, value: Any) -> None:
         for item in value:
             if isinstance(item, str) and (not item.strip() or len(item) > MAX_ID_LEN):
                 raise EventValidationError(f"{name} has an empty or over-long item", field=name)
+            if name in _INDEX_LISTS and not (isinstance(item, int) and 0 <= item < MAX_LIST_LEN):
+                raise EventValidationError(
+                    f"{name} holds an index outside 0..{MAX_LIST_LEN - 1}", field=name
+                )
     elif name == "amount_minor" and isinstance(value, int) and not 0 <= value <= 10**13:
         raise EventValidationError("amount_minor must be between 0 and 10^13", field=name)
     elif name in _UNIT_RANGE_FIELDS and isinstance(value, float) and not 0.0 <= value <= 1.0:
         raise EventValidationError(f"{name} must be between 0 and 1", field=name)
+    elif name in _INT_RANGES and isinstance(value, int):
+        low, high = _INT_RANGES[name]
+        if not low <= value <= high:
+            raise EventValidationError(f"{name} must be between {low} and {high}", field=name)
 
 
 def _avro_validate(schema: EventSchema, record: dict[str, Any]) -> None:

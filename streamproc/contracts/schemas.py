@@ -24,6 +24,7 @@ def topic_schema_files(topics: Topics) -> dict[str, str]:
         topics.transactions: "transaction.avsc",
         topics.device_signals: "device_signal.avsc",
         topics.alerts: "alert.avsc",
+        topics.feedback: "brief_feedback.avsc",
         topics.briefs: "case_brief.avsc",
     }
 

@@ -97,7 +97,7 @@ class CaseWorker:
         # and signals fetched with it are handled (at 26,000 events/s, p99 210-518 ms
         # with alerts last, 223-231 ms first). The gate, not this order, makes a brief
         # wait for its inputs.
-        self.input_topics = (t.alerts, t.transactions, t.device_signals, t.settle)
+        self.input_topics = (t.alerts, t.transactions, t.device_signals, t.feedback, t.settle)
         self.health = Health()
         self.app = faust.App(
             settings.app_id,
@@ -363,7 +363,7 @@ class CaseWorker:
         if not waiting:
             return False
         t = self.topics
-        tps = [TP(topic, p) for topic in t.inputs if topic != t.alerts for p in waiting]
+        tps = [TP(topic, p) for topic in t.events for p in waiting]
         asked_at = time.time()
         positions = {tp: self.processor.position(tp.topic, tp.partition) for tp in tps}
         known = {tp: n for tp, n in positions.items() if n is not None}

@@ -8,7 +8,7 @@ Tables (every write happens while handling a record of the account's partition, 
 keeps their changelogs co-partitioned with the inputs):
     windows  account_id → window (domain.window) + "wt" (wall time of last write), "p"
     cases    case_id → {"account_id", "partition", "alerts": {event_id: alert}, "version",
-                        "last_brief_id", "retire_at"}
+                        "last_brief_id", "retire_at", "briefs": {brief_id: provenance}}
     pending  case_id → {"account_id", "partition", "due", "since"}   (wall-clock seconds)
 """
 
@@ -28,7 +28,7 @@ from streamproc.contracts.codec import AvroCodec
 from streamproc.contracts.records import check
 from streamproc.domain.case import Case, assemble_case
 from streamproc.domain.window import SIGNAL, TXN, AddOutcome, add_event, empty_window
-from streamproc.engine import ticks
+from streamproc.engine import feedback, ticks
 from streamproc.engine.dlq import Outgoing, Record, as_in_message, dead_letter
 from streamproc.errors import EventError, EventValidationError
 from streamproc.ops.metrics import Metrics
@@ -132,6 +132,10 @@ class CaseProcessor:
         except EventError as exc:
             self.metrics.events_rejected.labels(topic, exc.reason).inc()
             return dead_letter(self.topics.dlq, as_in_message(msg), exc, stage="decode")
+        if topic == self.topics.feedback:  # an analyst's decision: no event time, no window
+            case = self.cases.get(record["case_id"])
+            feedback.observe(self.metrics, record, feedback.provenance(case, record["brief_id"]))
+            return None
         if record["occurred_at"] > self.stream_time.get(key, 0):
             self.stream_time[key] = record["occurred_at"]
         if topic == self.topics.alerts:
@@ -428,6 +432,7 @@ class CaseProcessor:
         case["last_brief_id"] = plan.brief.brief_id
         case["partition"] = plan.partition
         case["retire_at"] = self.clock() + self.s.case_retain_h * 3600
+        feedback.remember(case, plan.brief)  # what analysts' feedback is joined with
         self.cases[plan.case_id] = case
         briefed = {a["event_id"] for a in plan.case.alerts}
         if set(case["alerts"]) - briefed:  # an alert came while this brief was being written

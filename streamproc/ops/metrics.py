@@ -60,6 +60,48 @@ class Metrics:
             ["detector"],
             registry=r,
         )
+        # Analysts' feedback, by the provenance of the brief it is about (engine/feedback.py).
+        provenance = ["method", "model", "prompt_version", "variant"]
+        self.feedback_received = Counter(
+            "streamproc_feedback_received",
+            "Analysts' feedback on briefs, by the brief's provenance (all 'unknown' when "
+            "the brief is not, or no longer, in state).",
+            provenance,
+            registry=r,
+        )
+        self.feedback_usefulness = Histogram(
+            "streamproc_feedback_usefulness",
+            "Usefulness analysts gave a brief, 1 (none) to 5.",
+            provenance,
+            buckets=(1, 2, 3, 4, 5),
+            registry=r,
+        )
+        self.feedback_dispositions = Counter(
+            "streamproc_feedback_dispositions",
+            "Analysts' dispositions, by the risk level the brief published.",
+            ["risk_level", "disposition", "method", "variant"],
+            registry=r,
+        )
+        self.feedback_agreement = Counter(
+            "streamproc_feedback_agreement",
+            "Feedback that agrees (or not) with the published risk level: the analyst's "
+            "own level, else CONFIRMED_FRAUD for HIGH/CRITICAL, FALSE_POSITIVE for LOW/MEDIUM.",
+            [*provenance, "agrees"],
+            registry=r,
+        )
+        self.feedback_reason_codes = Counter(
+            "streamproc_feedback_reason_codes",
+            "Reason codes analysts added to or removed from a published brief.",
+            ["change", "code", "method", "variant"],
+            registry=r,
+        )
+        self.feedback_facts_flagged = Histogram(
+            "streamproc_feedback_facts_flagged",
+            "Key facts an analyst flagged wrong or unsupported, per feedback.",
+            ["method", "variant"],
+            buckets=(0, 1, 2, 3, 5, 10),
+            registry=r,
+        )
         self.brief_latency = Histogram(
             "streamproc_brief_latency_seconds",
             "Alert consumed → brief published, settle delay included.",

@@ -33,10 +33,15 @@ def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
 
 @pytest.fixture()
 def env(broker: EmbeddedBroker, tmp_path: Path) -> dict[str, str]:
+    return worker_env(broker.bootstrap, tmp_path)
+
+
+def worker_env(bootstrap: str, tmp_path: Path) -> dict[str, str]:
+    """A worker's and the CLI's environment for tests: short settle and group timings."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPROC_")}
     return {
         **base,
-        "STREAMPROC_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "STREAMPROC_KAFKA_BOOTSTRAP": bootstrap,
         "STREAMPROC_HTTP_PORT": str(free_port()),
         "STREAMPROC_CASE_SETTLE_S": "1",
         "STREAMPROC_BROKER_REBALANCE_TIMEOUT_S": "2",

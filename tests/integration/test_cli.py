@@ -80,6 +80,7 @@ def test_worker_refuses_inputs_that_are_not_copartitioned(env: dict[str, str]) -
         NewTopic("fraud.transactions.v1", 6, 1),
         NewTopic("fraud.device-signals.v1", 3, 1),
         NewTopic("fraud.alerts.v1", 6, 1),
+        NewTopic("fraud.brief-feedback.v1", 6, 1),
     ]
     for fut in admin.create_topics(new).values():
         fut.result()

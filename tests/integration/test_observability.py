@@ -16,8 +16,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamproc.config import Settings
-from streamproc.kafka.broker import free_port, spawn_child, stop_child
-from tests.integration.conftest import WorkerHandle, start_worker, tail_json
+from streamproc.kafka.broker import EmbeddedBroker, free_port, spawn_child, stop_child
+from tests.integration.conftest import WorkerHandle, cli, start_worker, tail_json, worker_env
 from tests.integration.test_operations import _publish
 from tests.llm_stub import StubInThread
 from tests.unit.test_deploy import DASHBOARD, PROMETHEUS_OWN, RULES, metric_names, tool
@@ -39,11 +39,17 @@ MUST_HAVE_DATA = (
 )
 
 
-@pytest.fixture()
-def llm_worker(
-    env: dict[str, str], settings: Settings, topics: None, tmp_path: Path
-) -> Iterator[WorkerHandle]:
-    with StubInThread() as stub:
+@pytest.fixture(scope="module")
+def llm_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerHandle]:
+    """One worker for the module's tests (each reads it, none changes it)."""
+    tmp_path = tmp_path_factory.mktemp("observability")
+    with (
+        EmbeddedBroker(log_path=tmp_path / "broker.log").running() as broker,
+        StubInThread() as stub,
+    ):
+        env = worker_env(broker.bootstrap, tmp_path)
+        settings = Settings(kafka_bootstrap=broker.bootstrap)
+        assert cli(env, "topics", "apply").returncode == 0
         worker = start_worker(
             {
                 **env,
@@ -148,7 +154,8 @@ def test_prometheus_runs_every_rule_and_dashboard_query(
         assert _query(api, "sum(streamproc_ready)")["data"]["result"][0]["value"][1] == "1"
         rules = httpx.get(f"{api}/rules", timeout=5).json()["data"]["groups"]
         health = {r["name"]: r["health"] for g in rules for r in g["rules"]}
-        assert len(health) == 10 and set(health.values()) == {"ok"}, health
+        shipped = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+        assert len(health) == len(shipped) and set(health.values()) == {"ok"}, health
         firing = httpx.get(f"{api}/alerts", timeout=5).json()["data"]["alerts"]
         assert not [a for a in firing if a["state"] == "firing"]  # a healthy worker is quiet
     finally:

@@ -166,6 +166,13 @@ def test_installed_wheel_runs_the_demo_and_the_evaluation_from_an_empty_folder(
     )
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "✓ every scenario case briefed" in demo.stdout
+    # one scripted round of analysts' feedback, and its effect on the metrics printed
+    assert "⑥ an analyst decided (scripted): case-ato-001 CONFIRMED_FRAUD" in demo.stdout
+    counted = re.findall(
+        r'streamproc_feedback_received_total\{[^}]*method="FALLBACK"[^}]*\} ([0-9.]+)',
+        demo.stdout,
+    )
+    assert sum(float(n) for n in counted) == 2, demo.stdout[-2000:]
 
     evaluation = subprocess.run(
         [str(venv / "bin" / "python"), "-m", "streamproc.evaluation"],

@@ -235,7 +235,7 @@ def test_rules_pass_promtool_check_and_unit_tests() -> None:
     promtool = str(tool("bin/promtool"))
     check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 10 rules found" in check.stdout
+    assert "SUCCESS: 12 rules found" in check.stdout
     unit = subprocess.run(
         [promtool, "test", "rules", "alerts_test.yml"],
         cwd=RULES.parent,
@@ -245,9 +245,21 @@ def test_rules_pass_promtool_check_and_unit_tests() -> None:
     assert unit.returncode == 0, unit.stdout + unit.stderr
 
 
-def test_rule_tests_catch_a_changed_threshold(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("threshold", "loosened", "alert"),
+    [
+        ("> 0.01", "> 0.5", "StreamprocDeadLetterSpike"),
+        (") < 3\n", ") < 1.5\n", "StreamprocBriefUsefulnessLow"),
+        (") < 0.7\n", ") < 0.5\n", "StreamprocBriefAgreementLow"),
+    ],
+)
+def test_rule_tests_catch_a_changed_threshold(
+    tmp_path: Path, threshold: str, loosened: str, alert: str
+) -> None:
     """The promtool tests are not vacuous: loosen one rule and they fail."""
-    (tmp_path / "alerts.yml").write_text(RULES.read_text().replace("> 0.01", "> 0.5"))
+    rules = RULES.read_text()
+    assert rules.count(threshold) == 1
+    (tmp_path / "alerts.yml").write_text(rules.replace(threshold, loosened))
     (tmp_path / "alerts_test.yml").write_text((RULES.parent / "alerts_test.yml").read_text())
     unit = subprocess.run(
         [str(tool("bin/promtool")), "test", "rules", "alerts_test.yml"],
@@ -256,7 +268,7 @@ def test_rule_tests_catch_a_changed_threshold(tmp_path: Path) -> None:
         text=True,
     )
     assert unit.returncode != 0
-    assert "StreamprocDeadLetterSpike" in unit.stdout + unit.stderr
+    assert alert in unit.stdout + unit.stderr
 
 
 def test_rules_and_dashboard_query_only_metrics_the_worker_defines() -> None:
