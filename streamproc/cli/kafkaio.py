@@ -106,9 +106,11 @@ def read_records(
     *,
     max_records: int | None = None,
     timeout_s: float = 10.0,
+    idle_s: float | None = None,
     codec: AvroCodec | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Yield decoded records from the start of every partition (no consumer group join)."""
+    """Yield decoded records from the start of every partition (no consumer group join),
+    until `max_records`, `timeout_s`, or `idle_s` without a new record."""
     codec = codec or make_codec(settings)
     has_schema = topic in codec.schemas.by_topic
     consumer = Consumer(
@@ -126,10 +128,14 @@ def read_records(
             raise ConfigError(f"topic {topic} does not exist")
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
         deadline, count = time.monotonic() + timeout_s, 0
+        last = time.monotonic()
         while time.monotonic() < deadline and (max_records is None or count < max_records):
             msg = consumer.poll(min(0.5, max(0.0, deadline - time.monotonic())))
             if msg is None:
+                if idle_s is not None and time.monotonic() - last >= idle_s:
+                    break
                 continue
+            last = time.monotonic()
             error = msg.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:

@@ -33,6 +33,19 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument(
         "--timeout", type=float, default=10.0, metavar="S", help="stop after S seconds (default 10)"
     )
+    fb = sub.add_parser("feedback", help="analysts' decisions on briefs")
+    fb_sub = fb.add_subparsers(dest="feedback_command", required=True)
+    export = fb_sub.add_parser(
+        "export", help="write the decided cases as a labelled set `make eval` reads"
+    )
+    export.add_argument("--out", type=Path, required=True, metavar="DIR")
+    export.add_argument(
+        "--idle",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="stop reading a topic after S seconds without a record (default 3)",
+    )
     sim = sub.add_parser("simulate", help="write the seeded, labelled scenario set as JSONL")
     sim.add_argument("--out", type=Path, required=True, metavar="DIR")
     sim.add_argument(
@@ -99,6 +112,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _publish(settings, args.topic, args.file)
     if args.command == "tail":
         return _tail(settings, args.topic, args.max_records, args.timeout)
+    if args.command == "feedback":
+        return _feedback_export(settings, args.out, args.idle)
     if args.command == "simulate":
         from streamproc.cli.simulate import run_simulate
 
@@ -149,6 +164,20 @@ def _broker(listen: str) -> int:
         )
         while broker.proc is not None and broker.proc.poll() is None:
             time.sleep(0.5)
+    return 0
+
+
+def _feedback_export(settings: Settings, out: Path, idle_s: float) -> int:
+    from streamproc.cli.feedback import export_from_kafka
+    from streamproc.cli.kafkaio import make_codec
+
+    export = export_from_kafka(settings, make_codec(settings), out, idle_s)
+    skipped = ", ".join(f"{n} {why}" for why, n in sorted(export.skipped.items())) or "none"
+    print(
+        f"exported {len(export.labels)} decided case(s) to {out} (skipped: {skipped}); "
+        f"evaluate them with: make eval ARGS='--include analysts={out}'",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -7,6 +7,9 @@ decisions this test wrote, not from the worker's code."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ from typing import Any
 from streamproc.cli.kafkaio import produce_raw
 from streamproc.config import Settings
 from tests.integration.conftest import WorkerHandle, cli, tail_json, write_jsonl
-from tests.integration.test_operations import _publish, _wait_metric
+from tests.integration.test_operations import PII, _publish, _wait_metric
 
 FEEDBACK = "fraud.brief-feedback.v1"
 PROVENANCE = {"method": "FALLBACK", "model": "none", "prompt_version": "none", "variant": "primary"}
@@ -91,3 +94,29 @@ def test_feedback_published_by_the_cli_reaches_the_metrics_and_bad_feedback_the_
     exposition = worker.get("/metrics").text
     for planted in ("Anna", "analyst-001", high[0]["brief_id"], high[0]["case_id"]):
         assert planted not in exposition
+
+    # the decided cases, exported as labelled rows, redacted; and evaluated
+    out = tmp_path / "analysts"
+    exported = cli(env, "feedback", "export", "--out", str(out), "--idle", "1")
+    assert exported.returncode == 0, exported.stderr
+    labels = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
+    # decided: high[0] and low[0] FALSE_POSITIVE (latest for low[0]: ESCALATED → skipped);
+    # the decision on a brief never published is skipped too
+    assert [label["case_id"] for label in labels] == [high[0]["case_id"]]
+    assert (labels[0]["min_level"], labels[0]["max_level"]) == ("LOW", "MEDIUM")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["skipped"] == {"disposition ESCALATED": 1, "brief not on its topic": 1}
+    written = "".join(p.read_text() for p in out.iterdir())
+    for planted in PII:
+        assert planted not in written
+    assert high[0]["account_id"] in written  # the case's events are there, redacted
+    report = tmp_path / "eval"
+    evaluation = subprocess.run(
+        [sys.executable, "-m", "streamproc.evaluation", f"--set=analysts={out}", f"--out={report}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    # the analyst found the HIGH/CRITICAL brief a false positive: the gates must say so
+    assert evaluation.returncode == 1, evaluation.stdout + evaluation.stderr
+    assert "risk_agreement = 0.0, below the minimum" in evaluation.stderr
