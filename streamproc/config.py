@@ -8,7 +8,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -42,6 +42,29 @@ class BriefPII(StrEnum):
     REDACTED = "redacted"
 
 
+class Variant(BaseModel):
+    """A shadow or canary variant: what it changes of the primary's model settings.
+    Unset fields keep the primary's; every variant has its own client, circuit breaker
+    and budget, so a variant that trips falls back like the primary, alone."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: LLMProvider | None = None
+    base_url: str | None = None
+    model: str | None = None
+    dialect: OpenAIDialect | None = None
+    prompt_version: str | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    api_key_file: Path | None = None
+    max_concurrency: int | None = Field(None, ge=1)
+    daily_token_budget: int | None = Field(None, ge=0)
+    timeout_s: float | None = Field(None, gt=0)
+    case_deadline_s: float | None = Field(None, gt=0)
+
+
+VARIANTS = ("primary", "shadow", "canary")
+
+
 class LogLevel(StrEnum):
     DEBUG = "debug"
     INFO = "info"
@@ -65,6 +88,7 @@ class Topics(BaseSettings):
     alerts: str = "fraud.alerts.v1"
     feedback: str = "fraud.brief-feedback.v1"
     briefs: str = "fraud.case-briefs.v1"
+    shadow_briefs: str = "fraud.case-briefs.shadow.v1"
     audit: str = "fraud.llm-audit.v1"
     dlq: str = "fraud.dlq.v1"
     settle: str = "streamproc-settle"
@@ -198,6 +222,29 @@ class Settings(BaseSettings):
     llm_price_completion_per_1k: float | None = Field(
         None, ge=0, description="USD per 1,000 completion tokens (see the prompt price)."
     )
+    llm_prompt_version: str = Field(
+        "brief-v1", description="The primary's prompt: prompts/<version>.yaml."
+    )
+    llm_shadow: Variant | None = Field(
+        None,
+        description="A shadow variant, as a JSON object of the model settings it changes "
+        '(e.g. {"prompt_version": "brief-v2"} or {"model": "gpt-4.1-mini"}; keys: provider, '
+        "base_url, model, dialect, prompt_version, temperature, api_key_file, "
+        "max_concurrency, daily_token_budget, timeout_s, case_deadline_s). It briefs every "
+        "case the model briefs, to fraud.case-briefs.shadow.v1 only: never to analysts.",
+    )
+    llm_canary: Variant | None = Field(
+        None,
+        description="A canary variant (same JSON form as the shadow's): it writes the "
+        "analysts' brief of LLM_CANARY_SHARE of the cases.",
+    )
+    llm_canary_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of cases the canary briefs, chosen by a stable hash of case_id "
+        "(the same case always goes the same way). 0: none; rollback is setting it to 0.",
+    )
     llm_prices_file: Path | None = Field(
         None,
         description="A YAML price list of the same shape as the shipped one "
@@ -329,6 +376,28 @@ class Settings(BaseSettings):
                 f"STREAMPROC_LLM_PROVIDER={self.llm_provider.value} needs STREAMPROC_LLM_MODEL"
             )
         return self.llm_base_url or defaults[self.llm_provider], self.llm_model
+
+    def for_variant(self, variant: Variant) -> Settings:
+        """These settings with the variant's model settings in place of the primary's."""
+        names = {
+            "provider": "llm_provider",
+            "base_url": "llm_base_url",
+            "model": "llm_model",
+            "dialect": "llm_dialect",
+            "prompt_version": "llm_prompt_version",
+            "temperature": "llm_temperature",
+            "api_key_file": "llm_api_key_file",
+            "max_concurrency": "llm_max_concurrency",
+            "daily_token_budget": "llm_daily_token_budget",
+            "timeout_s": "llm_timeout_s",
+            "case_deadline_s": "llm_case_deadline_s",
+        }
+        update: dict[str, Any] = {
+            names[k]: v for k, v in variant.model_dump(exclude_none=True).items()
+        }
+        if "api_key_file" in variant.model_fields_set:
+            update["llm_api_key"] = None  # the variant's own key, not the primary's
+        return self.model_copy(update={**update, "llm_shadow": None, "llm_canary": None})
 
     def llm_api_key_value(self) -> str | None:
         """The API key from LLM_API_KEY or LLM_API_KEY_FILE; never logged."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -95,6 +95,7 @@ class Generation(_Frozen):
     latency_ms: int = 0
     fallback_reason: str | None = None
     generator_version: str
+    variant: Literal["primary", "shadow", "canary"] = "primary"
 
 
 class CaseCounts(_Frozen):

@@ -26,6 +26,7 @@ def topic_schema_files(topics: Topics) -> dict[str, str]:
         topics.alerts: "alert.avsc",
         topics.feedback: "brief_feedback.avsc",
         topics.briefs: "case_brief.avsc",
+        topics.shadow_briefs: "case_brief.avsc",
     }
 
 

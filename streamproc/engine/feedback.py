@@ -19,7 +19,6 @@ from streamproc.brief.model import CaseBrief
 from streamproc.ops.metrics import Metrics
 
 BRIEFS_KEPT = 10  # provenance of a case's latest briefs
-PRIMARY = "primary"  # the variant every brief belongs to until shadow and canary exist
 UNKNOWN = "unknown"  # provenance of a brief not in state
 NONE = "none"  # no model or prompt: a deterministic brief written without a model call
 LEVELS = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
@@ -35,7 +34,7 @@ def remember(case: dict[str, Any], brief: CaseBrief) -> None:
         "provider": gen.provider or "",
         "model": gen.model or "",
         "prompt_version": gen.prompt_version or "",
-        "variant": PRIMARY,
+        "variant": gen.variant,
         "risk_level": brief.risk_level.value,
         "reason_codes": [code.value for code in brief.reason_codes],
         "key_facts": len(brief.key_facts),

@@ -11,6 +11,7 @@ version, model), so a restart or replay reuses them instead of paying again.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,7 @@ CIRCUIT_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState
 # stored) before the deterministic brief goes out instead, with reason stage_error.
 # A failure to deliver (the broker is away) is not the model's: the case waits for it.
 MAX_STAGE_FAILURES = 3
+SHADOW_MAX_IN_FLIGHT = 64  # shadow briefs under way; past it a case gets none (counted)
 
 
 class LLMStage:
@@ -51,10 +53,19 @@ class LLMStage:
         publish: Callable[[BriefPlan], Awaitable[None]],
         send: Callable[[Outgoing], Awaitable[None]],
         persist: Callable[[], Awaitable[None]],
+        *,
+        canary: LLMBriefer | None = None,
+        shadow: LLMBriefer | None = None,
     ) -> None:
         self.s, self.codec, self.metrics, self.briefer = settings, codec, metrics, briefer
-        self.price = configured_price(settings)
-        metrics.llm_cost_estimated.set(0 if self.price is None else 1)
+        self.canary, self.shadow = canary, shadow
+        # The cost of each variant at its own model's price.
+        self.prices = {"primary": configured_price(settings)}
+        for name, variant in (("canary", settings.llm_canary), ("shadow", settings.llm_shadow)):
+            if variant is not None:
+                self.prices[name] = configured_price(settings.for_variant(variant))
+        metrics.llm_cost_estimated.set(0 if None in self.prices.values() else 1)
+        self.shadow_tasks: set[asyncio.Task[None]] = set()
         self.cache, self.publish, self.send, self.persist = cache, publish, send, persist
         self.in_flight: dict[str, asyncio.Task[None]] = {}
         self.partition_of: dict[str, int] = {}
@@ -77,6 +88,12 @@ class LLMStage:
         self.in_flight.pop(case_id, None)
         self.partition_of.pop(case_id, None)
 
+    def briefer_for(self, case_id: str) -> LLMBriefer:
+        """The canary for LLM_CANARY_SHARE of the cases (by a stable hash), else the primary."""
+        if self.canary is not None and in_canary(case_id, self.s.llm_canary_share):
+            return self.canary
+        return self.briefer
+
     def hand_back(self, partitions: set[int]) -> int:
         """Cancel model calls for cases of `partitions` (revoked in a rebalance). Their pending
         entries stay in the table, so the partition's next owner briefs them."""
@@ -95,6 +112,8 @@ class LLMStage:
         tasks = set(self.in_flight.values())
         if not tasks:
             return 0, 0
+        for shadow in self.shadow_tasks:  # best effort, never waited for
+            shadow.cancel()
         done, still = await asyncio.wait(tasks, timeout=grace_s)
         for task in still:
             task.cancel()
@@ -116,8 +135,9 @@ class LLMStage:
         self.metrics.llm_budget_tokens.set(budget.tokens_per_day)
         self.metrics.llm_budget_spent.set(budget.spent)
 
-    def cache_key(self, plan: BriefPlan) -> str:
-        version, model = self.briefer.template.version, self.briefer.client.model
+    def cache_key(self, plan: BriefPlan, briefer: LLMBriefer | None = None) -> str:
+        briefer = briefer or self.briefer
+        version, model = briefer.template.version, briefer.client.model
         return f"{plan.case.content_hash()}:{version}:{model}"
 
     async def _brief(self, plan: BriefPlan) -> None:
@@ -125,12 +145,13 @@ class LLMStage:
             await self._brief_bound(plan)
 
     async def _brief_bound(self, plan: BriefPlan) -> None:
-        key = self.cache_key(plan)
+        briefer = self.briefer_for(plan.case_id)
+        key = self.cache_key(plan, briefer)
         cached = self.cache.get(key)
         if self.failures.get(plan.case_id, 0) >= MAX_STAGE_FAILURES:
-            outcome = self._fallback(plan, "stage_error")  # the model path keeps failing
+            outcome = self._fallback(plan, "stage_error", briefer)  # the model path keeps failing
         else:
-            outcome = await self._outcome(plan, cached)
+            outcome = await self._outcome(plan, cached, briefer)
         self._count(outcome, cached is not None)
         gen = outcome.brief.generation
         if gen.method is Method.FALLBACK:
@@ -150,15 +171,9 @@ class LLMStage:
             delivering = True
             await self.publish(published)
             if outcome.audit is not None:
-                await self.send(
-                    Outgoing(
-                        self.s.topics.audit,
-                        plan.case_id.encode(),
-                        json.dumps(outcome.audit).encode(),
-                        [("brief_id", plan.brief.brief_id.encode())],
-                    )
-                )
+                await self.send(self._audit_record(plan, outcome.audit))
             await self.persist()
+            self._start_shadow(plan)
         except Exception:  # stays pending: the next round offers it again
             if not delivering:
                 self.failures[plan.case_id] = self.failures.get(plan.case_id, 0) + 1
@@ -169,30 +184,71 @@ class LLMStage:
         else:
             self.failures.pop(plan.case_id, None)
 
-    async def _outcome(self, plan: BriefPlan, cached: dict[str, Any] | None) -> BriefOutcome:
+    async def _outcome(
+        self, plan: BriefPlan, cached: dict[str, Any] | None, briefer: LLMBriefer
+    ) -> BriefOutcome:
         """The model's brief, or the deterministic one with the reason; never raises."""
+        deadline = self.s.llm_case_deadline_s
+        if briefer is not self.briefer:
+            variant = self.s.llm_canary if briefer is self.canary else self.s.llm_shadow
+            deadline = (variant.case_deadline_s if variant else None) or deadline
         try:
-            return await asyncio.wait_for(
-                self.briefer.brief(plan.case, plan.brief, cached), self.s.llm_case_deadline_s
-            )
+            return await asyncio.wait_for(briefer.brief(plan.case, plan.brief, cached), deadline)
         except TimeoutError:
-            return self._fallback(plan, "timeout")
+            return self._fallback(plan, "timeout", briefer)
         except Exception:  # a bug must not cost the case its brief
             log.exception("LLM briefing failed unexpectedly; publishing the deterministic brief")
-            return self._fallback(plan, "provider_error")
+            return self._fallback(plan, "provider_error", briefer)
 
-    def _fallback(self, plan: BriefPlan, reason: str) -> BriefOutcome:
-        fields = self.briefer.generation_fields(plan.brief)
+    def _fallback(self, plan: BriefPlan, reason: str, briefer: LLMBriefer) -> BriefOutcome:
+        fields = briefer.generation_fields(plan.brief)
         return BriefOutcome(fallback_brief(plan.brief, reason, fields), None, None)
+
+    # -- the shadow variant: the same cases, to the shadow topic only ---------------------
+
+    def _start_shadow(self, plan: BriefPlan) -> None:
+        if self.shadow is None:
+            return
+        if len(self.shadow_tasks) >= SHADOW_MAX_IN_FLIGHT:  # never a growing backlog
+            self.metrics.shadow_skipped.inc()
+            return
+        task = asyncio.create_task(self._shadow_brief(plan), name=f"shadow-{plan.case_id}")
+        self.shadow_tasks.add(task)
+        task.add_done_callback(self.shadow_tasks.discard)
+
+    async def _shadow_brief(self, plan: BriefPlan) -> None:
+        """Brief the case with the shadow variant and publish it to the shadow topic (and
+        its audit record): never to analysts, no state changed, nothing retried."""
+        assert self.shadow is not None
+        with bind(case_id=plan.case_id, brief_id=plan.brief.brief_id):
+            outcome = await self._outcome(plan, None, self.shadow)
+            self._count(outcome, False)
+            try:
+                shadow = plan.with_brief(outcome.brief, self.codec, self.s.topics.shadow_briefs)
+                await self.send(shadow.output)
+                if outcome.audit is not None:
+                    await self.send(self._audit_record(plan, outcome.audit))
+            except Exception:
+                log.exception("a shadow brief was not published")
+                return
+            self.metrics.shadow_briefs.labels(outcome.brief.generation.method.value).inc()
+
+    def _audit_record(self, plan: BriefPlan, audit: dict[str, Any]) -> Outgoing:
+        return Outgoing(
+            self.s.topics.audit,
+            plan.case_id.encode(),
+            json.dumps(audit).encode(),
+            [("brief_id", plan.brief.brief_id.encode())],
+        )
 
     def _count(self, outcome: BriefOutcome, cache_hit: bool) -> None:
         m, gen = self.metrics, outcome.brief.generation
         if cache_hit:
             m.llm_cache_hits.inc()
         if gen.method is Method.FALLBACK:
-            m.llm_fallbacks.labels(gen.fallback_reason or "unknown").inc()
+            m.llm_fallbacks.labels(gen.fallback_reason or "unknown", gen.variant).inc()
             if outcome.audit is not None:
-                m.llm_errors.labels(gen.fallback_reason or "unknown").inc()
+                m.llm_errors.labels(gen.fallback_reason or "unknown", gen.variant).inc()
         audit: dict[str, Any] = outcome.audit or {}
         if audit:
             m.llm_duration.labels(
@@ -201,10 +257,10 @@ class LLMStage:
                 "ok" if gen.method is Method.LLM else "fallback",
             ).observe(audit.get("latency_ms", 0) / 1000)
             prompt, completion = audit.get("prompt_tokens", 0), audit.get("completion_tokens", 0)
-            m.llm_tokens.labels("prompt").inc(prompt)
-            m.llm_tokens.labels("completion").inc(completion)
-            if self.price is not None:
-                m.llm_cost.inc(self.price.cost(prompt, completion))
+            m.llm_tokens.labels("prompt", gen.variant).inc(prompt)
+            m.llm_tokens.labels("completion", gen.variant).inc(completion)
+            price = self.prices.get(gen.variant)
+            m.llm_cost.labels(gen.variant).inc(price.cost(prompt, completion) if price else 0.0)
             m.llm_retries.inc(audit.get("retries", 0))
         for check, n in outcome.violations.items():
             m.guardrail_violations.labels(check).inc(n)
@@ -226,10 +282,22 @@ def llm_stage(
     if settings.llm_provider is LLMProvider.NONE:
         return None
     briefer = make_briefer(settings, codec.schemas)
-    return LLMStage(settings, codec, metrics, briefer, cache, publish, send, persist)
+    variants = {
+        name: make_briefer(settings.for_variant(variant), codec.schemas, variant=name)
+        for name, variant in (("canary", settings.llm_canary), ("shadow", settings.llm_shadow))
+        if variant is not None
+    }
+    return LLMStage(settings, codec, metrics, briefer, cache, publish, send, persist, **variants)
 
 
-def make_briefer(settings: Settings, schemas: SchemaSet) -> LLMBriefer:
+def in_canary(case_id: str, share: float) -> bool:
+    """Is the case among the canary's `share`? A stable hash of case_id decides, so a case
+    (and each of its versions) always goes the same way, on every worker."""
+    digest = hashlib.sha256(case_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def make_briefer(settings: Settings, schemas: SchemaSet, variant: str = "primary") -> LLMBriefer:
     """The model briefer the settings describe (ConfigError when they are incomplete)."""
     base_url, model = settings.llm_endpoint()
     client = LLMClient(
@@ -256,9 +324,10 @@ def make_briefer(settings: Settings, schemas: SchemaSet) -> LLMBriefer:
     )
     return LLMBriefer(
         client,
-        load_template(),
+        load_template(settings.llm_prompt_version),
         Redactor.for_inputs(schemas, settings.topics),
         policy=settings.brief_pii,
         max_prompt_tokens=settings.llm_max_prompt_tokens,
         max_output_tokens=settings.llm_max_output_tokens,
+        variant=variant,
     )

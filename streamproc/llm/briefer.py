@@ -90,8 +90,10 @@ class LLMBriefer:
         policy: BriefPII,
         max_prompt_tokens: int,
         max_output_tokens: int = 2000,
+        variant: str = "primary",
     ) -> None:
         self.client, self.template, self.redactor = client, template, redactor
+        self.variant = variant
         self.policy, self.max_prompt_tokens = policy, max_prompt_tokens
         self.max_output_tokens = max_output_tokens
 
@@ -116,7 +118,7 @@ class LLMBriefer:
                 quoted,
             )
             return BriefOutcome(brief, cached_draft, None, counts, vault.counts())
-        audit = _audit(case, floor, prompt, self.client)
+        audit = {**_audit(case, floor, prompt, self.client), "variant": self.variant}
         started = time.monotonic()
         try:
             draft = await self._ask(prompt, audit)
@@ -155,6 +157,7 @@ class LLMBriefer:
             "model": self.client.model,
             "prompt_version": self.template.version,
             "generator_version": floor.generation.generator_version,
+            "variant": self.variant,
         }
 
     async def _ask(self, prompt: Prompt, audit: dict[str, Any]) -> BriefDraft:

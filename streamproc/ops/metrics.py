@@ -140,11 +140,26 @@ class Metrics:
             registry=r,
         )
         self.llm_tokens = Counter(
-            "streamproc_llm_tokens", "Tokens used, by type.", ["type"], registry=r
+            "streamproc_llm_tokens",
+            "Tokens used, by type and variant (primary, canary, shadow).",
+            ["type", "variant"],
+            registry=r,
         )
         self.llm_cost = Counter(
             "streamproc_llm_cost_usd",
-            "Estimated LLM cost from the model's price (stays 0 without one).",
+            "Estimated LLM cost from the model's price, by variant (0 without a price).",
+            ["variant"],
+            registry=r,
+        )
+        self.shadow_briefs = Counter(
+            "streamproc_shadow_briefs",
+            "Briefs of the shadow variant, published to the shadow topic only, by method.",
+            ["method"],
+            registry=r,
+        )
+        self.shadow_skipped = Counter(
+            "streamproc_shadow_skipped",
+            "Cases the shadow variant did not brief: too many shadow briefs under way.",
             registry=r,
         )
         self.llm_cost_estimated = Gauge(
@@ -153,12 +168,16 @@ class Metrics:
             registry=r,
         )
         self.llm_errors = Counter(
-            "streamproc_llm_errors", "Model calls that failed, by kind.", ["kind"], registry=r
+            "streamproc_llm_errors",
+            "Model calls that failed, by kind and variant.",
+            ["kind", "variant"],
+            registry=r,
         )
         self.llm_fallbacks = Counter(
             "streamproc_llm_fallbacks",
-            "Briefs that fell back to the deterministic brief.",
-            ["reason"],
+            "Briefs that fell back to the deterministic brief, by reason and variant (a "
+            "shadow's fallbacks never reach analysts).",
+            ["reason", "variant"],
             registry=r,
         )
         self.llm_retries = Counter("streamproc_llm_retries", "Retried model requests.", registry=r)

@@ -107,12 +107,13 @@ def test_cost_is_the_tokens_at_the_configured_prices(llm_worker: WorkerHandle) -
     for family in text_string_to_metric_families(llm_worker.get("/metrics").text):
         for sample in family.samples:
             values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    prompt = values[("streamproc_llm_tokens_total", (("type", "prompt"),))]
-    completion = values[("streamproc_llm_tokens_total", (("type", "completion"),))]
+    primary = ("variant", "primary")
+    prompt = values[("streamproc_llm_tokens_total", (("type", "prompt"), primary))]
+    completion = values[("streamproc_llm_tokens_total", (("type", "completion"), primary))]
     assert prompt > 0 and completion > 0
     assert values[("streamproc_llm_cost_estimated", ())] == 1
     expected = prompt / 1000 * 0.15 + completion / 1000 * 0.6  # the worker's price settings
-    assert values[("streamproc_llm_cost_usd_total", ())] == pytest.approx(expected)
+    assert values[("streamproc_llm_cost_usd_total", (primary,))] == pytest.approx(expected)
 
 
 def test_prometheus_runs_every_rule_and_dashboard_query(
