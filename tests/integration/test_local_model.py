@@ -27,6 +27,7 @@ from streamproc.kafka.broker import stop_child
 from streamproc.llm.local import LocalServer, installed, serving, settings_env
 from streamproc.sim.scenario import build_scenario
 from tests.integration.conftest import start_worker, tail_json
+from tests.llm_stub import StubInThread
 
 pytestmark = pytest.mark.integration
 MODELS = Path(__file__).resolve().parents[2] / ".models"
@@ -57,10 +58,35 @@ def case_data(user: str) -> dict[str, object]:
 def test_the_worker_briefs_with_a_real_local_model(
     env: dict[str, str], settings: Settings, topics: None, llama: LocalServer, tmp_path: Path
 ) -> None:
+    """The real local model is the primary; a shadow variant with the next prompt version
+    runs beside it against a stand-in OpenAI server (strict schema rules: hence its own
+    dialect), and never reaches the analysts' topic."""
+    key = tmp_path / "shadow-key"
+    key.write_text("sk-shadow-test")
+    with StubInThread() as stub:
+        shadow = {
+            "base_url": f"{stub.url}/v1",
+            "model": "stub-shadow",
+            "dialect": "openai",
+            "prompt_version": "brief-v2",
+            "api_key_file": str(key),
+            "timeout_s": 10,
+        }
+        _briefs_with_a_real_model_and_a_shadow(env, settings, llama, tmp_path, shadow)
+
+
+def _briefs_with_a_real_model_and_a_shadow(
+    env: dict[str, str],
+    settings: Settings,
+    llama: LocalServer,
+    tmp_path: Path,
+    shadow: dict[str, Any],
+) -> None:
     worker = start_worker(
         {
             **env,
             **settings_env(llama),  # the README's settings for a local model on 2 cores
+            "STREAMPROC_LLM_SHADOW": json.dumps(shadow),
         },
         tmp_path / "worker.log",
     )
@@ -71,10 +97,14 @@ def test_the_worker_briefs_with_a_real_local_model(
         publish_events(settings, "fraud.device-signals.v1", pick(sc.signals))
         publish_events(settings, "fraud.alerts.v1", pick(sc.alerts))
         briefs = tail_json(env, "fraud.case-briefs.v1", len(ACCOUNTS), timeout=600)
+        n = 2 * len(ACCOUNTS)  # the primary's audit records and the shadow's
         audits = [
             r["value"]
-            for r in read_records(settings, "fraud.llm-audit.v1", max_records=2, timeout_s=60)
+            for r in read_records(settings, "fraud.llm-audit.v1", max_records=n, timeout_s=60)
         ]
+        variants = sorted(a["variant"] for a in audits)
+        assert variants == ["primary"] * len(ACCOUNTS) + ["shadow"] * len(ACCOUNTS)
+        audits = [a for a in audits if a["variant"] == "primary"]
         log = (tmp_path / "worker.log").read_text()
         assert len(briefs) == len(ACCOUNTS), log[-3000:]
         by_case = {a["case_id"]: a for a in audits}
@@ -98,6 +128,17 @@ def test_the_worker_briefs_with_a_real_local_model(
                 assert set(fact.evidence_event_ids) <= case_events
         assert worker.metric("streamproc_llm_tokens_total", type="completion") > 0
         assert worker.metric("streamproc_briefs_published_total", method="LLM") == len(ACCOUNTS)
+        assert {b["generation"]["variant"] for b in briefs} == {"primary"}
+        shadows = tail_json(env, "fraud.case-briefs.shadow.v1", len(ACCOUNTS), timeout=120)
+        assert sorted(b["case_id"] for b in shadows) == sorted(b["case_id"] for b in briefs)
+        for brief in shadows:
+            gen = brief["generation"]
+            assert (gen["variant"], gen["model"], gen["prompt_version"]) == (
+                "shadow",
+                "stub-shadow",
+                "brief-v2",
+            )
+            assert gen["method"] == "LLM", gen["fallback_reason"]
     finally:
         stop_child(worker.proc, 20)
 
