@@ -15,6 +15,7 @@ case once, never re-brief the cases it had briefed before, and say ready again.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,10 @@ from tests.integration.conftest import (
 from tests.proxy import Proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
-OUTAGE_S = 20.0
+FULL = os.environ.get("STREAMPROC_FAULT_SCALE") == "full"
 NOT_READY_WITHIN_S = 8.0  # the broker probe runs every 5 s with a 2 s connect timeout
+# Past the readiness probe's window and the session timeout (6 s) either way.
+OUTAGE_S = 20.0 if FULL else 12.0
 
 
 def _produce(producer: Producer, settings: Settings, s: EvalSet) -> int:
