@@ -94,6 +94,9 @@ def test_feedback_published_by_the_cli_reaches_the_metrics_and_bad_feedback_the_
     exposition = worker.get("/metrics").text
     for planted in ("Anna", "analyst-001", high[0]["brief_id"], high[0]["case_id"]):
         assert planted not in exposition
+    log = worker.log.read_text()
+    for planted in ("ok, Anna", "analyst-001", "analyst-002"):  # the decisions' own values
+        assert planted not in log
 
     # the decided cases, exported as labelled rows, redacted; and evaluated
     out = tmp_path / "analysts"

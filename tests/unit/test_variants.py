@@ -132,3 +132,61 @@ def test_canary_writes_its_share_and_shadow_writes_every_case_to_its_own_topic()
 def _position(case_id: str) -> float:
     """Where a case falls in [0, 1): the canary takes those below its share."""
     return int.from_bytes(hashlib.sha256(case_id.encode()).digest()[:8], "big") / 2**64
+
+
+def test_a_canary_that_trips_falls_back_alone_and_says_which_variant() -> None:
+    """The canary's provider fails: its cases get the deterministic brief, marked canary,
+    with the reason; the primary's cases are still written by the primary."""
+    schemas = SchemaSet()
+    codec = AvroCodec(schemas)
+    cases = build_cases(schemas, build_scenario(seed=7, now_ms=NOW_MS))
+    share = sorted(_position(c) for c in cases)[1] + 1e-9  # the two lowest are the canary's
+    published: list[BriefPlan] = []
+
+    async def publish(plan: BriefPlan) -> None:
+        published.append(plan)
+
+    async def nothing(*_: object) -> None:
+        return None
+
+    with StubInThread() as primary, StubInThread() as broken:
+        broken.default = "500"
+        settings = Settings(
+            llm_provider="openai",
+            llm_base_url=f"{primary.url}/v1",
+            llm_model="m-primary",
+            llm_api_key="sk-test",
+            llm_max_retries=0,
+            llm_canary=Variant(base_url=f"{broken.url}/v1", model="m-canary"),
+            llm_canary_share=share,
+        )
+        metrics = Metrics(CollectorRegistry())
+
+        async def main() -> None:
+            stage = llm_stage(settings, codec, metrics, Table(), publish, nothing, nothing)
+            assert stage is not None and stage.canary is not None
+            for case in cases.values():
+                floor = build_brief(case, version=1, generated_at_ms=NOW_MS)
+                out = Outgoing("fraud.case-briefs.v1", case.case_id.encode(), b"", [])
+                await stage._brief(BriefPlan(case.case_id, floor, out, 0.0, 0, case))
+            await stage.briefer.client.aclose()
+            await stage.canary.client.aclose()
+
+        asyncio.run(main())
+
+    canary = {c for c in cases if in_canary(c, share)}
+    assert len(canary) == 2
+    for plan in published:
+        gen = plan.brief.generation
+        if plan.case_id in canary:
+            assert (gen.variant, gen.method, gen.fallback_reason) == (
+                "canary",
+                "FALLBACK",
+                "provider_error",
+            )
+        else:
+            assert (gen.variant, gen.method) == ("primary", "LLM")
+    fallbacks = metrics.registry.get_sample_value(
+        "streamproc_llm_fallbacks_total", {"reason": "provider_error", "variant": "canary"}
+    )
+    assert fallbacks == 2
