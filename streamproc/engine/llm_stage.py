@@ -109,11 +109,11 @@ class LLMStage:
         """At shutdown: let in-flight cases finish for up to `grace_s`, then hand the rest
         back (cancelled; still pending, so the next owner briefs them).
         Returns (finished, handed back)."""
+        for shadow in self.shadow_tasks:  # best effort, never waited for
+            shadow.cancel()
         tasks = set(self.in_flight.values())
         if not tasks:
             return 0, 0
-        for shadow in self.shadow_tasks:  # best effort, never waited for
-            shadow.cancel()
         done, still = await asyncio.wait(tasks, timeout=grace_s)
         for task in still:
             task.cancel()
