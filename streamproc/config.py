@@ -62,9 +62,6 @@ class Variant(BaseModel):
     case_deadline_s: float | None = Field(None, gt=0)
 
 
-VARIANTS = ("primary", "shadow", "canary")
-
-
 class LogLevel(StrEnum):
     DEBUG = "debug"
     INFO = "info"
