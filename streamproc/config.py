@@ -376,21 +376,9 @@ class Settings(BaseSettings):
 
     def for_variant(self, variant: Variant) -> Settings:
         """These settings with the variant's model settings in place of the primary's."""
-        names = {
-            "provider": "llm_provider",
-            "base_url": "llm_base_url",
-            "model": "llm_model",
-            "dialect": "llm_dialect",
-            "prompt_version": "llm_prompt_version",
-            "temperature": "llm_temperature",
-            "api_key_file": "llm_api_key_file",
-            "max_concurrency": "llm_max_concurrency",
-            "daily_token_budget": "llm_daily_token_budget",
-            "timeout_s": "llm_timeout_s",
-            "case_deadline_s": "llm_case_deadline_s",
-        }
+        # Each field of a Variant stands for the setting of the same name after "llm_".
         update: dict[str, Any] = {
-            names[k]: v for k, v in variant.model_dump(exclude_none=True).items()
+            f"llm_{k}": v for k, v in variant.model_dump(exclude_none=True).items()
         }
         if "api_key_file" in variant.model_fields_set:
             update["llm_api_key"] = None  # the variant's own key, not the primary's

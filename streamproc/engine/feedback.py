@@ -15,13 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamproc.brief.model import CaseBrief
+from streamproc.brief.model import CaseBrief, RiskLevel
 from streamproc.ops.metrics import Metrics
 
 BRIEFS_KEPT = 10  # provenance of a case's latest briefs
 UNKNOWN = "unknown"  # provenance of a brief not in state
 NONE = "none"  # no model or prompt: a deterministic brief written without a model call
-LEVELS = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 
 
 def remember(case: dict[str, Any], brief: CaseBrief) -> None:
@@ -58,7 +57,7 @@ def agrees(feedback: dict[str, Any], published_level: str) -> bool | None:
     assessed = feedback.get("risk_level_assessed")
     if assessed is not None:
         return bool(assessed == published_level)
-    high = LEVELS.index(published_level) >= LEVELS.index("HIGH")
+    high = RiskLevel(published_level).rank >= RiskLevel.HIGH.rank
     disposition = feedback["disposition"]
     if disposition == "CONFIRMED_FRAUD":
         return high

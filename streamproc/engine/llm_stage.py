@@ -59,11 +59,9 @@ class LLMStage:
     ) -> None:
         self.s, self.codec, self.metrics, self.briefer = settings, codec, metrics, briefer
         self.canary, self.shadow = canary, shadow
-        # The cost of each variant at its own model's price.
-        self.prices = {"primary": configured_price(settings)}
-        for name, variant in (("canary", settings.llm_canary), ("shadow", settings.llm_shadow)):
-            if variant is not None:
-                self.prices[name] = configured_price(settings.for_variant(variant))
+        # Each variant's own settings: its case deadline, its model's price.
+        self.variant_settings = {"primary": settings, **variant_settings(settings)}
+        self.prices = {n: configured_price(v) for n, v in self.variant_settings.items()}
         metrics.llm_cost_estimated.set(0 if None in self.prices.values() else 1)
         self.shadow_tasks: set[asyncio.Task[None]] = set()
         self.cache, self.publish, self.send, self.persist = cache, publish, send, persist
@@ -188,10 +186,7 @@ class LLMStage:
         self, plan: BriefPlan, cached: dict[str, Any] | None, briefer: LLMBriefer
     ) -> BriefOutcome:
         """The model's brief, or the deterministic one with the reason; never raises."""
-        deadline = self.s.llm_case_deadline_s
-        if briefer is not self.briefer:
-            variant = self.s.llm_canary if briefer is self.canary else self.s.llm_shadow
-            deadline = (variant.case_deadline_s if variant else None) or deadline
+        deadline = self.variant_settings[briefer.variant].llm_case_deadline_s
         try:
             return await asyncio.wait_for(briefer.brief(plan.case, plan.brief, cached), deadline)
         except TimeoutError:
@@ -283,11 +278,16 @@ def llm_stage(
         return None
     briefer = make_briefer(settings, codec.schemas)
     variants = {
-        name: make_briefer(settings.for_variant(variant), codec.schemas, variant=name)
-        for name, variant in (("canary", settings.llm_canary), ("shadow", settings.llm_shadow))
-        if variant is not None
+        name: make_briefer(variant, codec.schemas, variant=name)
+        for name, variant in variant_settings(settings).items()
     }
     return LLMStage(settings, codec, metrics, briefer, cache, publish, send, persist, **variants)
+
+
+def variant_settings(settings: Settings) -> dict[str, Settings]:
+    """The configured canary and shadow, each as whole settings of its own."""
+    named = (("canary", settings.llm_canary), ("shadow", settings.llm_shadow))
+    return {name: settings.for_variant(v) for name, v in named if v is not None}
 
 
 def in_canary(case_id: str, share: float) -> bool:

@@ -145,25 +145,24 @@ def test_installed_wheel_runs_the_demo_and_the_evaluation_from_an_empty_folder(
     }
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
 
-    where = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import streamproc; print(streamproc.__file__)"],
-        cwd=empty,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    def run_there(*command: str) -> subprocess.CompletedProcess[str]:
+        """A command of the fresh venv, run from the empty folder."""
+        return subprocess.run(
+            [str(venv / "bin" / command[0]), *command[1:]],
+            cwd=empty,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    imported = run_there("python", "-c", "import streamproc; print(streamproc.__file__)")
+    assert imported.returncode == 0, imported.stderr
+    where = imported.stdout
     assert where.startswith(str(venv)), f"streamproc imported from {where}, not the wheel"
 
-    demo = subprocess.run(
-        [str(venv / "bin" / "streamproc"), "demo"],
-        cwd=empty,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    demo = run_there("streamproc", "demo")
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "✓ every scenario case briefed" in demo.stdout
     # one scripted round of analysts' feedback, and its effect on the metrics printed
@@ -174,15 +173,7 @@ def test_installed_wheel_runs_the_demo_and_the_evaluation_from_an_empty_folder(
     )
     assert sum(float(n) for n in counted) == 2, demo.stdout[-2000:]
 
-    evaluation = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "streamproc.evaluation"],
-        cwd=empty,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    evaluation = run_there("python", "-m", "streamproc.evaluation")
     assert evaluation.returncode == 0, evaluation.stdout[-3000:] + evaluation.stderr[-3000:]
     assert (empty / "eval-results" / "report.md").is_file()
     installed = next(venv.glob("lib/python*/site-packages/streamproc"))

@@ -45,6 +45,8 @@ def test_a_variant_changes_only_what_it_names(monkeypatch: pytest.MonkeyPatch) -
     assert (shadow.llm_prompt_version, shadow.llm_model) == ("brief-v2", "m-1")
     assert shadow.llm_api_key_value() == "sk-primary"
     assert shadow.llm_shadow is None and shadow.llm_canary is None
+    for name in Variant.model_fields:  # each stands for the setting of its name after "llm_"
+        assert f"llm_{name}" in Settings.model_fields, name
     monkeypatch.setenv("STREAMPROC_LLM_SHADOW", '{"modle": "typo"}')
     with pytest.raises(ValidationError, match="modle"):
         Settings()
