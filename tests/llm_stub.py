@@ -95,14 +95,32 @@ class StubLLM:
         """The base URL a client of `shape` (openai, anthropic) is configured with."""
         return f"{self.url}/v1" if shape == "openai" else self.url
 
+    def sent(self) -> bytes:
+        """Every request's bytes as they arrived: headers, then body.
+
+        Left out are the two headers the transport writes from the test's own
+        choices, not from what it sends: Host (the stub's random port, whose
+        digits can spell anything) and Content-Length.
+        """
+        out = bytearray()
+        for r in self.requests:
+            for name, value in r["headers"].items():
+                if name.lower() not in ("host", "content-length"):
+                    out += f"{name}: {value}\n".encode()
+            out += r["raw"] + b"\n"
+        return bytes(out)
+
     async def stop(self) -> None:
         self._release.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
     async def _enter(self, request: web.Request, shape: str) -> tuple[str, web.Response | None]:
-        body = await request.json()
-        self.requests.append({"shape": shape, "headers": dict(request.headers), "body": body})
+        raw = await request.read()
+        body = json.loads(raw)
+        self.requests.append(
+            {"shape": shape, "headers": dict(request.headers), "body": body, "raw": raw}
+        )
         try:
             if shape == "openai":
                 check_openai(body)

@@ -76,9 +76,9 @@ def test_healthy_model_briefs_every_case_and_is_audited(
             audit = record["value"]
             assert audit["validation"] == "ok" and audit["prompt_version"] == "brief-v1"
             assert "<case_data>" in audit["request"]["user"] and audit["responses"]
-        sent = json.dumps(stub.requests) + json.dumps(audits)
+        sent = stub.sent() + json.dumps(audits).encode()
         for value in PII:
-            assert value not in sent, value
+            assert value.encode() not in sent, value
         assert "sk-test-secret" not in (tmp_path / "worker.log").read_text()
         assert worker.metric("streamproc_llm_tokens_total", type="prompt") >= 3 * 1200
         assert worker.metric("streamproc_briefs_published_total", method="LLM") == 3
