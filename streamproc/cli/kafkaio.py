@@ -108,9 +108,13 @@ def read_records(
     timeout_s: float = 10.0,
     idle_s: float | None = None,
     codec: AvroCodec | None = None,
+    iso_times: bool = False,
+    to_end: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Yield decoded records from the start of every partition (no consumer group join),
-    until `max_records`, `timeout_s`, or `idle_s` without a new record."""
+    until `max_records`, `timeout_s`, `idle_s` without a new record, or, with `to_end`,
+    until every partition has been read to its end once (what the topic held when it
+    was read). Timestamps are epoch milliseconds, or ISO-8601 strings with `iso_times`."""
     codec = codec or make_codec(settings)
     has_schema = topic in codec.schemas.by_topic
     consumer = Consumer(
@@ -119,6 +123,7 @@ def read_records(
             "group.id": f"streamproc-tail-{uuid.uuid4()}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            "enable.partition.eof": to_end,
         }
     )
     try:
@@ -129,6 +134,7 @@ def read_records(
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
         deadline, count = time.monotonic() + timeout_s, 0
         last = time.monotonic()
+        not_at_end = set(meta.partitions)
         while time.monotonic() < deadline and (max_records is None or count < max_records):
             msg = consumer.poll(min(0.5, max(0.0, deadline - time.monotonic())))
             if msg is None:
@@ -139,18 +145,23 @@ def read_records(
             error = msg.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
+                    not_at_end.discard(msg.partition())
+                    if to_end and not not_at_end:
+                        break
                     continue
                 raise BrokerError(f"reading {topic}: {error.str()}")
             count += 1
-            yield _decoded(codec, topic, has_schema, msg)
+            yield _decoded(codec, topic, has_schema, msg, iso_times)
     finally:
         consumer.close()
 
 
-def _decoded(codec: AvroCodec, topic: str, has_schema: bool, msg: Any) -> dict[str, Any]:
+def _decoded(
+    codec: AvroCodec, topic: str, has_schema: bool, msg: Any, iso_times: bool
+) -> dict[str, Any]:
     if has_schema:
         try:
-            return dict(to_jsonable(codec.decode(topic, msg.value())))
+            return dict(to_jsonable(codec.decode(topic, msg.value()), iso_times=iso_times))
         except EventError as exc:
             return {"_undecodable": str(exc), **_raw(msg)}
     return _raw(msg)

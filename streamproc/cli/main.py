@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument(
         "--timeout", type=float, default=10.0, metavar="S", help="stop after S seconds (default 10)"
     )
+    tail.add_argument(
+        "--iso",
+        action="store_true",
+        help="timestamps as ISO-8601 UTC strings (default: epoch milliseconds, as the "
+        "published JSON Schema of the brief says)",
+    )
     fb = sub.add_parser("feedback", help="analysts' decisions on briefs")
     fb_sub = fb.add_subparsers(dest="feedback_command", required=True)
     export = fb_sub.add_parser(
@@ -111,7 +117,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "publish":
         return _publish(settings, args.topic, args.file)
     if args.command == "tail":
-        return _tail(settings, args.topic, args.max_records, args.timeout)
+        return _tail(settings, args.topic, args.max_records, args.timeout, args.iso)
     if args.command == "feedback":
         return _feedback_export(settings, args.out, args.idle)
     if args.command == "simulate":
@@ -202,11 +208,16 @@ def _publish(settings: Settings, topic: str, file: str) -> int:
     return 0 if report.ok else 1
 
 
-def _tail(settings: Settings, topic: str, max_records: int | None, timeout_s: float) -> int:
+def _tail(
+    settings: Settings, topic: str, max_records: int | None, timeout_s: float, iso_times: bool
+) -> int:
     from streamproc.cli.kafkaio import read_records
 
     count = 0
-    for record in read_records(settings, topic, max_records=max_records, timeout_s=timeout_s):
+    records = read_records(
+        settings, topic, max_records=max_records, timeout_s=timeout_s, iso_times=iso_times
+    )
+    for record in records:
         print(json.dumps(record, ensure_ascii=False), flush=True)
         count += 1
     if max_records is not None and count < max_records:

@@ -223,14 +223,17 @@ def _describe_type(avro_type: Any) -> str:
     return str(avro_type)
 
 
-def to_jsonable(value: Any) -> Any:
-    """fastavro output → JSON-serializable (datetimes as ISO-8601 UTC, bytes as base64)."""
+def to_jsonable(value: Any, *, iso_times: bool = False) -> Any:
+    """fastavro output → JSON-serializable: bytes as base64, datetimes as epoch
+    milliseconds (the published JSON Schema's form, which `publish` reads back),
+    or as ISO-8601 UTC strings with `iso_times`."""
     if isinstance(value, datetime):
-        return iso(to_epoch_ms(value))
+        ms = to_epoch_ms(value)
+        return iso(ms) if iso_times else ms
     if isinstance(value, bytes):
         return base64.b64encode(value).decode()
     if isinstance(value, Mapping):
-        return {k: to_jsonable(v) for k, v in value.items()}
+        return {k: to_jsonable(v, iso_times=iso_times) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
+        return [to_jsonable(v, iso_times=iso_times) for v in value]
     return value

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from streamproc.cli.kafkaio import produce_raw, read_records
+from streamproc.config import Settings
 from tests.integration.conftest import cli, tail_json
 
 pytestmark = pytest.mark.integration
@@ -56,7 +59,12 @@ def test_publish_reports_bad_lines_and_still_sends_good_ones(
     assert "published 2 record(s) to fraud.transactions.v1; 3 bad line(s)" in result.stderr
     records = tail_json(env, "fraud.transactions.v1", 2, timeout=20)
     assert sorted(r["event_id"] for r in records) == ["e1", "e2"]
-    assert records[0]["occurred_at"].endswith("Z")
+    # Both lines stated 2026-09-21T10:00:00Z, one as ISO-8601 and one in epoch ms.
+    assert [r["occurred_at"] for r in records] == [1_789_984_800_000] * 2
+    iso = cli(env, "tail", "fraud.transactions.v1", "--max", "2", "--timeout", "20", "--iso")
+    assert iso.returncode == 0, iso.stderr
+    printed = [json.loads(line)["occurred_at"] for line in iso.stdout.splitlines()]
+    assert printed == ["2026-09-21T10:00:00.000Z"] * 2
 
 
 def test_publish_to_a_topic_without_schema_or_missing_file(
@@ -72,6 +80,19 @@ def test_publish_to_a_topic_without_schema_or_missing_file(
 def test_tail_times_out_with_a_message(env: dict[str, str], topics: None) -> None:
     result = cli(env, "tail", "fraud.case-briefs.v1", "--max", "1", "--timeout", "2")
     assert result.returncode == 1 and "0 of 1 record(s)" in result.stderr
+
+
+def test_reading_to_the_end_stops_at_what_the_topic_held(settings: Settings, topics: None) -> None:
+    topic = "fraud.dlq.v1"  # no Avro schema: records come back as written
+    keys = [f"k{i}" for i in range(7)]  # spread over some partitions, others left empty
+    for key in keys:
+        produce_raw(settings, topic, key.encode(), json.dumps({"n": key}).encode())
+    started = time.monotonic()
+    got = list(read_records(settings, topic, timeout_s=120, to_end=True))
+    # Stopped by the end of the log, not by the timeout (which would give the same list).
+    assert time.monotonic() - started < 60
+    assert sorted(r["value"]["n"] for r in got) == keys
+    assert list(read_records(settings, "fraud.case-briefs.v1", timeout_s=120, to_end=True)) == []
 
 
 def test_worker_refuses_inputs_that_are_not_copartitioned(env: dict[str, str]) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from streamproc.brief.model import RiskLevel
@@ -43,6 +45,11 @@ def test_cases_are_briefed_through_the_cli(
 
     briefs = {b["case_id"]: b for b in tail_json(env, "fraud.case-briefs.v1", 3)}
     assert set(briefs) == set(ACCOUNTS.values())
+    # What `tail` prints is the brief as its published JSON Schema describes it.
+    published = Path(__file__).parents[2] / "schemas" / "case_brief.schema.json"
+    schema = json.loads(published.read_text())
+    for b in briefs.values():
+        jsonschema.validate(b, schema)
 
     rank = {c: RiskLevel(b["risk_level"]).rank for c, b in briefs.items()}
     assert rank["case-benign-001"] < rank["case-ct-001"]

@@ -54,7 +54,7 @@ def _produce(producer: Producer, settings: Settings, s: EvalSet) -> int:
 def _briefs(settings: Settings, prefix: str) -> list[dict[str, Any]]:
     return [
         b
-        for b in read_records(settings, "fraud.case-briefs.v1", timeout_s=3.0)
+        for b in read_records(settings, "fraud.case-briefs.v1", timeout_s=60, to_end=True)
         if b["case_id"].startswith(prefix)
     ]
 

@@ -68,7 +68,7 @@ def _publisher(settings: Settings, events: list[tuple[str, dict[str, Any]]]) -> 
 
 
 def _briefs(settings: Settings) -> list[dict[str, Any]]:
-    return list(read_records(settings, "fraud.case-briefs.v1", timeout_s=3.0))
+    return list(read_records(settings, "fraud.case-briefs.v1", timeout_s=60, to_end=True))
 
 
 def _wait_until_every_case_is_briefed(settings: Settings, s: Any, poll_s: float) -> None:
@@ -246,7 +246,9 @@ def _windows_held(
     held: dict[str, set[str]] = {}
     while time.monotonic() < deadline:
         held = {}
-        for rec in read_records(settings, f"{settings.app_id}-windows-changelog", timeout_s=5.0):
+        for rec in read_records(
+            settings, f"{settings.app_id}-windows-changelog", timeout_s=60, to_end=True
+        ):
             account, value = json.loads(rec["key"]), rec.get("value")
             held[account] = set(value["t"]) | set(value["s"]) if value else set()
         if all(ids <= held.get(a, set()) for a, ids in expect.items()):

@@ -88,7 +88,7 @@ def _all_briefed(settings: Settings, case_ids: set[str], what: str) -> list[dict
 
 def _briefs_for(settings: Settings, case_ids: set[str]) -> list[dict[str, Any]]:
     out = []
-    for b in read_records(settings, "fraud.case-briefs.v1", timeout_s=2.0):
+    for b in read_records(settings, "fraud.case-briefs.v1", timeout_s=60, to_end=True):
         if b["case_id"] in case_ids:
             out.append(b)
     return out

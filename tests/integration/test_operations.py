@@ -149,7 +149,7 @@ def test_sigterm_hands_back_in_flight_cases_and_logs_correlation_ids(
         _wait_metric(first, "streamproc_llm_in_flight", n_cases)
         first.proc.send_signal(signal.SIGTERM)  # no wait for the periodic commit: stop commits
         assert first.proc.wait(30) == 0
-        assert not list(read_records(settings, "fraud.case-briefs.v1", timeout_s=2.0))
+        assert not list(read_records(settings, "fraud.case-briefs.v1", timeout_s=60, to_end=True))
         logs1 = _json_logs(first.log)
         [shutdown] = [r for r in logs1 if r["msg"].startswith("shutdown:")]
         assert shutdown["handed_back"] == n_cases and shutdown["finished"] == 0
@@ -164,7 +164,9 @@ def test_sigterm_hands_back_in_flight_cases_and_logs_correlation_ids(
             assert {b["generation"]["method"] for b in briefs} == {"LLM"}
             _wait_metric(second, "streamproc_briefs_published_total", n_cases)
             time.sleep(2.0)  # a duplicate would follow right after
-            everything = list(read_records(settings, "fraud.case-briefs.v1", timeout_s=3.0))
+            everything = list(
+                read_records(settings, "fraud.case-briefs.v1", timeout_s=60, to_end=True)
+            )
             assert len(everything) == n_cases, "a case was briefed twice"
             # The first worker committed on its way out: nothing was consumed twice.
             assert second.metric("streamproc_events_consumed_total") == 0
@@ -207,6 +209,6 @@ def test_sigterm_lets_in_flight_model_calls_finish_within_the_grace(
         assert worker.proc.wait(30) == 0
     [shutdown] = [r for r in _json_logs(worker.log) if r["msg"].startswith("shutdown:")]
     assert (shutdown["finished"], shutdown["handed_back"]) == (n_cases, 0)
-    briefs = list(read_records(settings, "fraud.case-briefs.v1", timeout_s=5.0))
+    briefs = list(read_records(settings, "fraud.case-briefs.v1", timeout_s=60, to_end=True))
     assert len(briefs) == n_cases
     assert {b["generation"]["method"] for b in briefs} == {"LLM"}

@@ -82,7 +82,7 @@ def test_case_pending_at_kill_9_is_briefed_by_the_next_worker(
         assert briefs[0]["counts"]["transactions"] == len(txns)
         _wait_metric(second, "streamproc_briefs_published_total", 1, method="FALLBACK")
         time.sleep(2.0)  # a duplicate would be published right after the first
-        everything = list(read_records(settings, "fraud.case-briefs.v1", timeout_s=3.0))
+        everything = list(read_records(settings, "fraud.case-briefs.v1", timeout_s=60, to_end=True))
         assert len(everything) == 1, "case briefed twice for the same content"
     finally:
         stop_child(second.proc, 20.0)

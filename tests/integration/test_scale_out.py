@@ -58,11 +58,11 @@ def test_second_worker_joins_mid_stream(
         deadline = time.monotonic() + 90
         seen: list[dict] = []  # type: ignore[type-arg]
         while time.monotonic() < deadline:
-            seen = list(read_records(settings, "fraud.case-briefs.v1", timeout_s=2.0))
+            seen = list(read_records(settings, "fraud.case-briefs.v1", timeout_s=60, to_end=True))
             if {b["case_id"] for b in seen} >= expected:
                 break
         time.sleep(3.0)  # duplicates, if any, would follow the first briefs closely
-        seen = list(read_records(settings, "fraud.case-briefs.v1", timeout_s=3.0))
+        seen = list(read_records(settings, "fraud.case-briefs.v1", timeout_s=60, to_end=True))
         assert {b["case_id"] for b in seen} == expected
         per_content = Counter((b["case_id"], b["brief_id"]) for b in seen)
         assert max(per_content.values()) == 1, [k for k, n in per_content.items() if n > 1]
