@@ -365,7 +365,7 @@ class CaseWorker:
         t = self.topics
         tps = [TP(topic, p) for topic in t.events for p in waiting]
         asked_at = time.time()
-        positions = {tp: self.processor.position(tp.topic, tp.partition) for tp in tps}
+        positions = {tp: self.processor.inputs.position(tp.topic, tp.partition) for tp in tps}
         known = {tp: n for tp, n in positions.items() if n is not None}
         try:
             ends = await internals.log_ends_from(self.app, known)
@@ -375,7 +375,7 @@ class CaseWorker:
             log.debug("log-end offsets not available", exc_info=True)
             return False
         ends_by_key = {(tp.topic, tp.partition): n for tp, n in ends.items()}
-        self.processor.note_end_offsets(ends_by_key, asked_at)
+        self.processor.inputs.note_end_offsets(ends_by_key, asked_at)
         return True
 
     async def _observe_consumer(self) -> None:

@@ -14,7 +14,6 @@ keeps their changelogs co-partitioned with the inputs):
 
 from __future__ import annotations
 
-import bisect
 import logging
 import time
 from collections.abc import Callable, Iterable, MutableMapping
@@ -30,12 +29,12 @@ from streamproc.domain.case import Case, assemble_case
 from streamproc.domain.window import SIGNAL, TXN, AddOutcome, add_event, empty_window
 from streamproc.engine import feedback, ticks
 from streamproc.engine.dlq import Outgoing, Record, as_in_message, dead_letter
+from streamproc.engine.inputs import InputProgress
 from streamproc.errors import EventError, EventValidationError
 from streamproc.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 Table = MutableMapping[str, Any]
-END_OFFSETS_KEPT = 64  # answers kept per input partition: about two seconds of asks
 RECHECK_S = 1.0  # while waiting for transactions an alert names; the inputs gate's fallback
 
 
@@ -90,14 +89,7 @@ class CaseProcessor:
         self._scheduler = ticks.TickScheduler()
         self._last_sweep = 0.0
         self._consumed_children: dict[str, Any] = {}
-        # Per input (topic, partition): the newest event time processed (stream time), the
-        # next offset to process, and the broker's recent answers for its log-end offset,
-        # (wall time of asking, offset), oldest first (`note_end_offsets`). `committed` says
-        # where the group resumes on a partition this worker has not read from yet.
-        self.stream_time: dict[tuple[str, int], int] = {}
-        self.read_to: dict[tuple[str, int], int] = {}
-        self.end_offsets: dict[tuple[str, int], list[tuple[float, int]]] = {}
-        self.committed = committed
+        self.inputs = InputProgress(self.topics.events, clock, committed)
         # Cases due but held back because an input partition is behind the alert:
         # case_id → (partition, alert event time, since). `recheck_gated` releases them as
         # soon as their inputs move (records processed, log-end offsets answered), not
@@ -125,8 +117,8 @@ class CaseProcessor:
         worker hands over what it fetched without copying it."""
         topic, partition = msg.topic, msg.partition
         self._consumed(topic).inc()
-        key = (topic, partition)
-        self.read_to[key] = msg.offset + 1
+        key, inputs = (topic, partition), self.inputs
+        inputs.read_to[key] = msg.offset + 1
         try:
             record = self._decode(msg)
         except EventError as exc:
@@ -136,8 +128,8 @@ class CaseProcessor:
             case = self.cases.get(record["case_id"])
             feedback.observe(self.metrics, record, feedback.provenance(case, record["brief_id"]))
             return None
-        if record["occurred_at"] > self.stream_time.get(key, 0):
-            self.stream_time[key] = record["occurred_at"]
+        if record["occurred_at"] > inputs.stream_time.get(key, 0):
+            inputs.stream_time[key] = record["occurred_at"]
         if topic == self.topics.alerts:
             self._on_alert(record, partition)
         else:
@@ -327,7 +319,7 @@ class CaseProcessor:
         died is not briefed in haste by the next one, before it has read its backlog."""
         started = self._wait_from.setdefault(case_id, now - self.s.case_settle_s)
         partition, alert_ms = pend["partition"], case.alerts[-1]["occurred_at"]
-        behind = self.inputs_behind(partition, alert_ms, pend["since"])
+        behind = self.inputs.behind(partition, alert_ms, pend["since"])
         if now < started + self.s.case_settle_s + self.s.case_max_wait_s:
             return bool(case.missing_transaction_ids) or behind
         if behind:  # briefed anyway: say how far behind, for whoever reads the brief's gaps
@@ -336,64 +328,10 @@ class CaseProcessor:
                 extra={
                     "case_id": case_id,
                     "waited_s": round(now - started, 1),
-                    "inputs": self.input_progress(partition, alert_ms),
+                    "inputs": self.inputs.report(partition, alert_ms),
                 },
             )
         return False
-
-    def inputs_behind(self, partition: int, event_time_ms: int, since: float) -> bool:
-        for topic in (self.topics.transactions, self.topics.device_signals):
-            reached = self.stream_time.get((topic, partition), 0) >= event_time_ms
-            if not reached and not self.caught_up(topic, partition, since):
-                return True
-        return False
-
-    def input_progress(self, partition: int, event_time_ms: int) -> dict[str, Any]:
-        """Offsets and stream time of a case's input partitions (ids and counts only)."""
-        out: dict[str, Any] = {}
-        for topic in (self.topics.transactions, self.topics.device_signals):
-            answers = self.end_offsets.get((topic, partition))
-            end = (answers[-1][1], answers[-1][0]) if answers else None
-            reached = self.stream_time.get((topic, partition), 0)
-            out[topic] = {
-                "partition": partition,
-                "processed_to": self.read_to.get((topic, partition)),
-                "resumed_at": self.committed(topic, partition),
-                "log_end": None if end is None else end[0],
-                "log_end_age_s": None if end is None else round(self.clock() - end[1], 1),
-                "event_time_behind_s": max(0, event_time_ms - reached) // 1000,
-            }
-        return out
-
-    def caught_up(self, topic: str, partition: int, since: float) -> bool:
-        """Every record on (topic, partition) when the broker was asked, asked after `since`
-        (the alert's arrival), has been processed here.
-
-        Two shortcuts would be wrong. The consumer's read position runs ahead of what the
-        agent has processed (fetched records wait in its buffer). And the high watermark a
-        fetch brings back is as old as that fetch: a partition with records still buffered
-        is not fetched again, so its watermark can predate records published before the
-        alert. Hence a log-end offset asked of the broker after the alert came.
-
-        Any answer asked after `since` will do, and the smallest is the one to reach: it
-        holds every record there was when the alert came. The log only grows, so that is
-        usually the first answer after the alert; later ones hold records published after
-        the alert too, and waiting for the newest answer made a case wait for as long as
-        input kept coming while the worker lagged."""
-        answers = self.end_offsets.get((topic, partition))
-        if not answers:
-            return False
-        after = bisect.bisect_right(answers, (since, float("inf")))  # asked strictly after
-        if after == len(answers):
-            return False
-        end = min(offset for _asked_at, offset in answers[after:])
-        position = self.position(topic, partition)
-        return end == 0 or (position is not None and position >= end)
-
-    def position(self, topic: str, partition: int) -> int | None:
-        """The next offset to process on an input partition; None before anything was
-        read there or committed."""
-        return self.read_to.get((topic, partition), self.committed(topic, partition))
 
     def recheck_gated(self, partitions: set[int] | None = None) -> int:
         """Make due now the gated cases on `partitions` (all when None) whose inputs have
@@ -406,7 +344,7 @@ class CaseProcessor:
             pend = self.pending.get(case_id)
             if pend is None:  # briefed, or moved to another worker
                 del self.gated[case_id]
-            elif not self.inputs_behind(partition, alert_ms, since):
+            elif not self.inputs.behind(partition, alert_ms, since):
                 del self.gated[case_id]
                 if pend["due"] > now:  # kept in memory: no table write outside a record
                     self.released.add(case_id)
@@ -417,13 +355,6 @@ class CaseProcessor:
         """Our partitions with a case pending: their inputs' log-end offsets are wanted."""
         active = set(active_partitions)
         return {p["partition"] for p in self.pending.values() if p["partition"] in active}
-
-    def note_end_offsets(self, offsets: dict[tuple[str, int], int], asked_at: float) -> None:
-        """Log-end offsets the broker gave for a request sent at `asked_at` (wall time)."""
-        for key, offset in offsets.items():
-            answers = self.end_offsets.setdefault(key, [])
-            bisect.insort(answers, (asked_at, int(offset)))  # asks may overlap
-            del answers[:-END_OFFSETS_KEPT]
 
     def finalize_brief(self, plan: BriefPlan) -> None:
         """Record a delivered brief: the case is no longer pending, its version moves on."""

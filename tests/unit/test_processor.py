@@ -10,8 +10,8 @@ import pytest
 from streamproc.config import Settings
 from streamproc.contracts.codec import AvroCodec
 from streamproc.contracts.records import normalize
-from streamproc.engine import processor
 from streamproc.engine.dlq import InMessage
+from streamproc.engine.inputs import END_OFFSETS_KEPT
 from streamproc.engine.processor import CaseProcessor
 from streamproc.engine.ticks import GRACE_S, RESEND_S
 from streamproc.ops.metrics import Metrics
@@ -72,7 +72,8 @@ class Harness:
         if self.broker_answers:
             self.clock.now += 1e-6
             empty = {(t, p): 0 for t in (TXN_TOPIC, SIG_TOPIC) for p in range(8)}
-            self.p.note_end_offsets({**empty, **self.p.read_to, **self.log_end}, self.clock.now)
+            inputs = self.p.inputs
+            inputs.note_end_offsets({**empty, **inputs.read_to, **self.log_end}, self.clock.now)
 
     def settle(self, partitions: tuple[int, ...] = (0,)) -> list[Any]:
         """Brief due cases as the agent does after each batch; return the briefs."""
@@ -329,7 +330,7 @@ def test_brief_waits_while_a_partition_of_the_case_is_behind_the_alert(
     h.clock.now += SETTLE
     assert h.settle() == []  # behind the alert, records left: wait
     h.send(SIG_TOPIC, [sigs[-1]])  # the last signal, still before the alert time, arrives
-    h.log_end[(SIG_TOPIC, 0)] = h.p.read_to[(SIG_TOPIC, 0)]  # and ends the log
+    h.log_end[(SIG_TOPIC, 0)] = h.p.inputs.read_to[(SIG_TOPIC, 0)]  # and ends the log
     h.clock.now += 1.0
     [brief] = h.settle()
     assert brief.counts.device_signals == len(sigs)
@@ -351,7 +352,7 @@ def test_a_gated_case_is_released_as_soon_as_its_inputs_move(
     assert h.p.wants_end_offsets  # the worker asks the broker now, not on its next timer
     assert h.p.recheck_gated({0}) == 0  # nothing moved: still held
     h.send(SIG_TOPIC, [sigs[-1]])
-    h.log_end[(SIG_TOPIC, 0)] = h.p.read_to[(SIG_TOPIC, 0)]
+    h.log_end[(SIG_TOPIC, 0)] = h.p.inputs.read_to[(SIG_TOPIC, 0)]
     h.answer_log_end()
     assert h.p.recheck_gated({1}) == 0  # another partition moved: not this case's
     assert h.p.recheck_gated({0}) == 1 and h.p.gated == {}
@@ -391,17 +392,17 @@ def test_a_later_log_end_does_not_hold_back_a_case_the_first_one_releases(
     h.broker_answers = False
     h.send(ALERT_TOPIC, alerts)
     end_then = h.offset + 2  # the last signal gets the harness's next offset
-    inputs_then = {(TXN_TOPIC, 0): h.p.read_to[(TXN_TOPIC, 0)], (SIG_TOPIC, 0): end_then}
+    inputs_then = {(TXN_TOPIC, 0): h.p.inputs.read_to[(TXN_TOPIC, 0)], (SIG_TOPIC, 0): end_then}
     h.clock.now += 0.01
-    h.p.note_end_offsets(inputs_then, h.clock.now)  # the last signal: there, not read yet
+    h.p.inputs.note_end_offsets(inputs_then, h.clock.now)  # the last signal: there, not read yet
     h.clock.now += SETTLE
     assert h.settle() == [] and h.p.gated  # held: one signal before the alert unread
     for later in (100, 5_000):  # more answers, as published after the alert
         h.clock.now += 0.05
-        h.p.note_end_offsets({**inputs_then, (SIG_TOPIC, 0): end_then + later}, h.clock.now)
+        h.p.inputs.note_end_offsets({**inputs_then, (SIG_TOPIC, 0): end_then + later}, h.clock.now)
         assert h.p.recheck_gated({0}) == 0
     h.send(SIG_TOPIC, [sigs[-1]])  # read up to where the log ended when the alert came
-    assert h.p.read_to[(SIG_TOPIC, 0)] == end_then
+    assert h.p.inputs.read_to[(SIG_TOPIC, 0)] == end_then
     assert h.p.recheck_gated({0}) == 1
     [brief] = h.settle()
     assert brief.counts.device_signals == len(sigs)
@@ -410,13 +411,13 @@ def test_a_later_log_end_does_not_hold_back_a_case_the_first_one_releases(
 def test_answers_kept_per_partition_are_bounded_and_in_asking_order(h: Harness) -> None:
     """Asks may overlap, so answers can come back out of order; a bounded number is kept."""
     key = (SIG_TOPIC, 0)
-    for i in reversed(range(processor.END_OFFSETS_KEPT + 10)):
-        h.p.note_end_offsets({key: i}, float(i))
-    answers = h.p.end_offsets[key]
-    assert len(answers) == processor.END_OFFSETS_KEPT
+    for i in reversed(range(END_OFFSETS_KEPT + 10)):
+        h.p.inputs.note_end_offsets({key: i}, float(i))
+    answers = h.p.inputs.end_offsets[key]
+    assert len(answers) == END_OFFSETS_KEPT
     assert answers == sorted(answers) and answers[-1] == (
-        float(processor.END_OFFSETS_KEPT + 9),
-        processor.END_OFFSETS_KEPT + 9,
+        float(END_OFFSETS_KEPT + 9),
+        END_OFFSETS_KEPT + 9,
     )
 
 
@@ -448,7 +449,7 @@ def test_a_case_taken_over_from_a_dead_worker_gets_its_whole_wait(
     nxt.clock.now = h.clock.now
     for name, table in h.tables.items():
         nxt.tables[name].update(table)
-    nxt.p.read_to = dict(h.p.read_to)
+    nxt.p.inputs.read_to = dict(h.p.inputs.read_to)
     nxt.log_end[(SIG_TOPIC, 0)] = 500  # the device signals' backlog, not read yet
     nxt.answer_log_end()
     assert nxt.settle() == []  # not briefed in haste
