@@ -235,7 +235,7 @@ def test_rules_pass_promtool_check_and_unit_tests() -> None:
     promtool = str(tool("bin/promtool"))
     check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 12 rules found" in check.stdout
+    assert "SUCCESS: 13 rules found" in check.stdout
     unit = subprocess.run(
         [promtool, "test", "rules", "alerts_test.yml"],
         cwd=RULES.parent,
@@ -251,6 +251,11 @@ def test_rules_pass_promtool_check_and_unit_tests() -> None:
         ("> 0.01", "> 0.5", "StreamprocDeadLetterSpike"),
         (") < 3\n", ") < 1.5\n", "StreamprocBriefUsefulnessLow"),
         (") < 0.7\n", ") < 0.5\n", "StreamprocBriefAgreementLow"),
+        (
+            "(streamproc_llm_cost_estimated) == 0",
+            "(streamproc_llm_cost_estimated) >= 0",
+            "StreamprocLLMCostUnpriced",
+        ),
     ],
 )
 def test_rule_tests_catch_a_changed_threshold(
