@@ -146,14 +146,14 @@ def write(export: Export, out: Path, about: dict[str, Any]) -> None:
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def export_from_kafka(settings: Settings, codec: AvroCodec, out: Path, idle_s: float) -> Export:
-    """Read the topics from their start (until `idle_s` without a record) and write DIR."""
+def export_from_kafka(settings: Settings, codec: AvroCodec, out: Path, timeout_s: float) -> Export:
+    """Read each topic from its start to its end (BrokerError past `timeout_s`), write DIR."""
     from streamproc.cli.kafkaio import read_records
 
     t = settings.topics
 
     def read(topic: str) -> list[dict[str, Any]]:
-        rows = read_records(settings, topic, timeout_s=3600, idle_s=idle_s, codec=codec)
+        rows = read_records(settings, topic, timeout_s=timeout_s, to_end=True, codec=codec)
         return [r for r in rows if "_undecodable" not in r]  # the DLQ has those
 
     events = {

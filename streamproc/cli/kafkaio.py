@@ -106,15 +106,16 @@ def read_records(
     *,
     max_records: int | None = None,
     timeout_s: float = 10.0,
-    idle_s: float | None = None,
     codec: AvroCodec | None = None,
     iso_times: bool = False,
     to_end: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Yield decoded records from the start of every partition (no consumer group join),
-    until `max_records`, `timeout_s`, `idle_s` without a new record, or, with `to_end`,
+    until `max_records`, `timeout_s`, or, with `to_end`,
     until every partition has been read to its end once (what the topic held when it
-    was read). Timestamps are epoch milliseconds, or ISO-8601 strings with `iso_times`."""
+    was read; BrokerError if that takes longer than `timeout_s`, so a partial read is
+    never taken for the whole). Timestamps are epoch milliseconds, or ISO-8601 strings
+    with `iso_times`."""
     codec = codec or make_codec(settings)
     has_schema = topic in codec.schemas.by_topic
     consumer = Consumer(
@@ -133,25 +134,26 @@ def read_records(
             raise ConfigError(f"topic {topic} does not exist")
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
         deadline, count = time.monotonic() + timeout_s, 0
-        last = time.monotonic()
         not_at_end = set(meta.partitions)
         while time.monotonic() < deadline and (max_records is None or count < max_records):
             msg = consumer.poll(min(0.5, max(0.0, deadline - time.monotonic())))
             if msg is None:
-                if idle_s is not None and time.monotonic() - last >= idle_s:
-                    break
                 continue
-            last = time.monotonic()
             error = msg.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
                     not_at_end.discard(msg.partition())
                     if to_end and not not_at_end:
-                        break
+                        return
                     continue
                 raise BrokerError(f"reading {topic}: {error.str()}")
             count += 1
             yield _decoded(codec, topic, has_schema, msg, iso_times)
+        if to_end and (max_records is None or count < max_records):
+            raise BrokerError(
+                f"reading {topic}: {len(not_at_end)} partition(s) not read to their end "
+                f"within {timeout_s:g}s"
+            )
     finally:
         consumer.close()
 

@@ -46,11 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--out", type=Path, required=True, metavar="DIR")
     export.add_argument(
-        "--idle",
+        "--timeout",
         type=float,
-        default=3.0,
+        default=300.0,
         metavar="S",
-        help="stop reading a topic after S seconds without a record (default 3)",
+        help="each topic is read to its end; fail if that takes over S seconds (default 300)",
     )
     sim = sub.add_parser("simulate", help="write the seeded, labelled scenario set as JSONL")
     sim.add_argument("--out", type=Path, required=True, metavar="DIR")
@@ -119,7 +119,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "tail":
         return _tail(settings, args.topic, args.max_records, args.timeout, args.iso)
     if args.command == "feedback":
-        return _feedback_export(settings, args.out, args.idle)
+        return _feedback_export(settings, args.out, args.timeout)
     if args.command == "simulate":
         from streamproc.cli.simulate import run_simulate
 
@@ -173,11 +173,11 @@ def _broker(listen: str) -> int:
     return 0
 
 
-def _feedback_export(settings: Settings, out: Path, idle_s: float) -> int:
+def _feedback_export(settings: Settings, out: Path, timeout_s: float) -> int:
     from streamproc.cli.feedback import export_from_kafka
     from streamproc.cli.kafkaio import make_codec
 
-    export = export_from_kafka(settings, make_codec(settings), out, idle_s)
+    export = export_from_kafka(settings, make_codec(settings), out, timeout_s)
     skipped = ", ".join(f"{n} {why}" for why, n in sorted(export.skipped.items())) or "none"
     print(
         f"exported {len(export.labels)} decided case(s) to {out} (skipped: {skipped}); "

@@ -100,7 +100,7 @@ def test_feedback_published_by_the_cli_reaches_the_metrics_and_bad_feedback_the_
 
     # the decided cases, exported as labelled rows, redacted; and evaluated
     out = tmp_path / "analysts"
-    exported = cli(env, "feedback", "export", "--out", str(out), "--idle", "1")
+    exported = cli(env, "feedback", "export", "--out", str(out))
     assert exported.returncode == 0, exported.stderr
     labels = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
     # decided: high[0] and low[0] FALSE_POSITIVE (latest for low[0]: ESCALATED → skipped);
