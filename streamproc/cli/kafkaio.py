@@ -111,11 +111,10 @@ def read_records(
     to_end: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Yield decoded records from the start of every partition (no consumer group join),
-    until `max_records`, `timeout_s`, or, with `to_end`,
-    until every partition has been read to its end once (what the topic held when it
-    was read; BrokerError if that takes longer than `timeout_s`, so a partial read is
-    never taken for the whole). Timestamps are epoch milliseconds, or ISO-8601 strings
-    with `iso_times`."""
+    until `max_records` or `timeout_s`. With `to_end`, until every partition has been
+    read to its end once, i.e. what the topic held when it was read; BrokerError if that
+    takes longer than `timeout_s`, so a partial read is never taken for the whole.
+    Timestamps are epoch milliseconds, or ISO-8601 strings with `iso_times`."""
     codec = codec or make_codec(settings)
     has_schema = topic in codec.schemas.by_topic
     consumer = Consumer(
