@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from streamproc.cli.kafkaio import read_records
 from streamproc.config import Settings
 from streamproc.contracts.codec import AvroCodec
 from streamproc.contracts.records import from_json, parse_timestamp
@@ -78,6 +79,11 @@ def tail_json(
     )
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def published_briefs(settings: Settings) -> list[dict[str, Any]]:
+    """Every brief on the analysts' topic now: read to the end, not for a fixed time."""
+    return list(read_records(settings, settings.topics.briefs, timeout_s=60, to_end=True))
 
 
 def write_jsonl(path: Path, events: list[dict[str, Any]]) -> Path:

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from confluent_kafka import Producer
 
-from streamproc.cli.kafkaio import make_codec, read_records
+from streamproc.cli.kafkaio import make_codec
 from streamproc.config import Settings
 from streamproc.kafka.broker import EmbeddedBroker, free_port, stop_child
 from streamproc.kafka.clients import producer_config
@@ -35,6 +35,7 @@ from tests.integration.conftest import (
     fault_env,
     in_event_time,
     produce_events,
+    published_briefs,
     start_worker,
 )
 from tests.proxy import Proxy
@@ -52,11 +53,7 @@ def _produce(producer: Producer, settings: Settings, s: EvalSet) -> int:
 
 
 def _briefs(settings: Settings, prefix: str) -> list[dict[str, Any]]:
-    return [
-        b
-        for b in read_records(settings, "fraud.case-briefs.v1", timeout_s=60, to_end=True)
-        if b["case_id"].startswith(prefix)
-    ]
+    return [b for b in published_briefs(settings) if b["case_id"].startswith(prefix)]
 
 
 def _readyz(worker: WorkerHandle) -> int | str:

@@ -42,7 +42,13 @@ from streamproc.evaluation import build_cases
 from streamproc.kafka.broker import stop_child
 from streamproc.kafka.clients import producer_config
 from streamproc.sim.labelled import build_eval_set
-from tests.integration.conftest import WorkerHandle, in_event_time, produce_events, start_worker
+from tests.integration.conftest import (
+    WorkerHandle,
+    in_event_time,
+    produce_events,
+    published_briefs,
+    start_worker,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 FULL = os.environ.get("STREAMPROC_FAULT_SCALE") == "full"
@@ -67,10 +73,6 @@ def _publisher(settings: Settings, events: list[tuple[str, dict[str, Any]]]) -> 
     return thread
 
 
-def _briefs(settings: Settings) -> list[dict[str, Any]]:
-    return list(read_records(settings, "fraud.case-briefs.v1", timeout_s=60, to_end=True))
-
-
 def _wait_until_every_case_is_briefed(settings: Settings, s: Any, poll_s: float) -> None:
     """Until each labelled case has a brief (at most 180 s)."""
     expected = {label.case_id for label in s.labels}
@@ -79,7 +81,7 @@ def _wait_until_every_case_is_briefed(settings: Settings, s: Any, poll_s: float)
     while briefed != expected:
         assert time.monotonic() < deadline, f"briefed {len(briefed)} of {len(expected)} cases"
         time.sleep(poll_s)
-        briefed = {b["case_id"] for b in _briefs(settings)}
+        briefed = {b["case_id"] for b in published_briefs(settings)}
 
 
 def _assert_no_brief_published_twice(briefs: list[dict[str, Any]]) -> None:
@@ -128,7 +130,7 @@ def test_kill_9_mid_run_loses_nothing_and_duplicates_nothing(
         _wait_until_every_case_is_briefed(settings, s, poll_s=2.0)
         all_briefed_in = time.monotonic() - killed_at
         time.sleep(8.0)  # a late duplicate would come within the settle delay
-        briefs = _briefs(settings)
+        briefs = published_briefs(settings)
     finally:
         assert stop_child(second.proc, 30.0) == 0
 
@@ -209,7 +211,7 @@ def test_kill_9_mid_batch_on_a_backlog_loses_no_event_of_any_account(
     try:
         _wait_until_every_case_is_briefed(settings, s, poll_s=1.0)
         windows = _windows_held(settings, deadline=time.monotonic() + 60, expect=want)
-        briefs = _briefs(settings)
+        briefs = published_briefs(settings)
     finally:
         assert stop_child(second.proc, 30.0) == 0
 

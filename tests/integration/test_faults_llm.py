@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from streamproc.cli.kafkaio import make_codec, read_records
+from streamproc.cli.kafkaio import make_codec
 from streamproc.config import Settings
 from streamproc.kafka.broker import EmbeddedBroker, stop_child
 from streamproc.kafka.clients import producer_config
@@ -32,6 +32,7 @@ from tests.integration.conftest import (
     fault_env,
     in_event_time,
     produce_events,
+    published_briefs,
     start_worker,
 )
 from tests.llm_stub import StubInThread
@@ -88,7 +89,7 @@ def _all_briefed(settings: Settings, case_ids: set[str], what: str) -> list[dict
 
 def _briefs_for(settings: Settings, case_ids: set[str]) -> list[dict[str, Any]]:
     out = []
-    for b in read_records(settings, "fraud.case-briefs.v1", timeout_s=60, to_end=True):
+    for b in published_briefs(settings):
         if b["case_id"] in case_ids:
             out.append(b)
     return out

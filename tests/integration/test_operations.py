@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import trustme
 
-from streamproc.cli.kafkaio import publish_events, read_records
+from streamproc.cli.kafkaio import publish_events
 from streamproc.config import Settings
 from streamproc.kafka.broker import EmbeddedBroker, free_port, stop_child
 from streamproc.sim.scenario import build_scenario
-from tests.integration.conftest import WorkerHandle, cli, start_worker, tail_json
+from tests.integration.conftest import WorkerHandle, cli, published_briefs, start_worker, tail_json
 from tests.llm_stub import StubInThread
 from tests.proxy import Proxy
 
@@ -149,7 +149,7 @@ def test_sigterm_hands_back_in_flight_cases_and_logs_correlation_ids(
         _wait_metric(first, "streamproc_llm_in_flight", n_cases)
         first.proc.send_signal(signal.SIGTERM)  # no wait for the periodic commit: stop commits
         assert first.proc.wait(30) == 0
-        assert not list(read_records(settings, "fraud.case-briefs.v1", timeout_s=60, to_end=True))
+        assert not published_briefs(settings)
         logs1 = _json_logs(first.log)
         [shutdown] = [r for r in logs1 if r["msg"].startswith("shutdown:")]
         assert shutdown["handed_back"] == n_cases and shutdown["finished"] == 0
@@ -164,9 +164,7 @@ def test_sigterm_hands_back_in_flight_cases_and_logs_correlation_ids(
             assert {b["generation"]["method"] for b in briefs} == {"LLM"}
             _wait_metric(second, "streamproc_briefs_published_total", n_cases)
             time.sleep(2.0)  # a duplicate would follow right after
-            everything = list(
-                read_records(settings, "fraud.case-briefs.v1", timeout_s=60, to_end=True)
-            )
+            everything = published_briefs(settings)
             assert len(everything) == n_cases, "a case was briefed twice"
             # The first worker committed on its way out: nothing was consumed twice.
             assert second.metric("streamproc_events_consumed_total") == 0
@@ -209,6 +207,6 @@ def test_sigterm_lets_in_flight_model_calls_finish_within_the_grace(
         assert worker.proc.wait(30) == 0
     [shutdown] = [r for r in _json_logs(worker.log) if r["msg"].startswith("shutdown:")]
     assert (shutdown["finished"], shutdown["handed_back"]) == (n_cases, 0)
-    briefs = list(read_records(settings, "fraud.case-briefs.v1", timeout_s=60, to_end=True))
+    briefs = published_briefs(settings)
     assert len(briefs) == n_cases
     assert {b["generation"]["method"] for b in briefs} == {"LLM"}

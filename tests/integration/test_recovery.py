@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from streamproc.cli.kafkaio import publish_events, read_records
+from streamproc.cli.kafkaio import publish_events
 from streamproc.config import Settings
 from streamproc.kafka.broker import stop_child
 from streamproc.sim.scenario import build_scenario
-from tests.integration.conftest import WorkerHandle, start_worker, tail_json
+from tests.integration.conftest import WorkerHandle, published_briefs, start_worker, tail_json
 
 pytestmark = pytest.mark.integration
 ACCOUNT = "acct-ct-001"
@@ -82,7 +82,7 @@ def test_case_pending_at_kill_9_is_briefed_by_the_next_worker(
         assert briefs[0]["counts"]["transactions"] == len(txns)
         _wait_metric(second, "streamproc_briefs_published_total", 1, method="FALLBACK")
         time.sleep(2.0)  # a duplicate would be published right after the first
-        everything = list(read_records(settings, "fraud.case-briefs.v1", timeout_s=60, to_end=True))
+        everything = published_briefs(settings)
         assert len(everything) == 1, "case briefed twice for the same content"
     finally:
         stop_child(second.proc, 20.0)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from streamproc.cli.kafkaio import publish_events, read_records
+from streamproc.cli.kafkaio import publish_events
 from streamproc.config import Settings
 from streamproc.kafka.broker import free_port, stop_child
 from streamproc.sim.scenario import build_scenario
-from tests.integration.conftest import WorkerHandle, start_worker
+from tests.integration.conftest import WorkerHandle, published_briefs, start_worker
 
 pytestmark = pytest.mark.integration
 ROUNDS = 6  # six copies of the scenario under distinct account and case ids
@@ -58,11 +58,11 @@ def test_second_worker_joins_mid_stream(
         deadline = time.monotonic() + 90
         seen: list[dict] = []  # type: ignore[type-arg]
         while time.monotonic() < deadline:
-            seen = list(read_records(settings, "fraud.case-briefs.v1", timeout_s=60, to_end=True))
+            seen = published_briefs(settings)
             if {b["case_id"] for b in seen} >= expected:
                 break
         time.sleep(3.0)  # duplicates, if any, would follow the first briefs closely
-        seen = list(read_records(settings, "fraud.case-briefs.v1", timeout_s=60, to_end=True))
+        seen = published_briefs(settings)
         assert {b["case_id"] for b in seen} == expected
         per_content = Counter((b["case_id"], b["brief_id"]) for b in seen)
         assert max(per_content.values()) == 1, [k for k, n in per_content.items() if n > 1]
