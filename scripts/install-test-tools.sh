@@ -5,6 +5,8 @@
 #   helm-render        tools/helm-render, built with Debian's Go and sprig (no helm binary
 #                      is installable here; see tools/helm-render/main.go)
 #   compose_spec.json  the Compose file JSON Schema shipped in the docker-compose wheel on PyPI
+#   qemu-x86_64-static Debian's qemu-user-static, unpacked: the local model server is loaded
+#                      on an emulated Haswell, whatever CPU runs the tests
 # Go and the Go libraries are Debian packages installed with apt-get (needs root or sudo).
 set -eu
 cd "$(dirname "$0")/.."
@@ -18,6 +20,8 @@ need=""
 { [ -x "$TOOLS/bin/promtool" ] && [ -x "$TOOLS/bin/prometheus" ]; } || need="$need prometheus"
 render_stale() { [ ! -x "$TOOLS/bin/helm-render" ] || [ tools/helm-render/main.go -nt "$TOOLS/bin/helm-render" ]; }
 if render_stale && ! have_go; then need="$need golang-go+sprig"; fi
+want_qemu() { [ "$(uname -m)" = x86_64 ] && [ ! -x "$TOOLS/bin/qemu-x86_64-static" ]; }
+want_qemu && need="$need qemu-user-static"
 if [ -n "$need" ]; then
   echo "make test: installing the deployment tests' tools into .tools/ (once):"
   echo "  promtool, prometheus  run the alert rules' unit tests and every dashboard query"
@@ -25,6 +29,8 @@ if [ -n "$need" ]; then
   echo "  helm-render           renders the Helm chart with Helm's template engine (built"
   echo "                        with Debian's Go and sprig packages: apt-get install)"
   echo "  compose_spec.json     validates docker-compose.yml (from the docker-compose wheel)"
+  echo "  qemu-x86_64-static    loads the local model server on an emulated Haswell CPU"
+  echo "                        (Debian's qemu-user-static package, unpacked)"
   if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-deb >/dev/null 2>&1; then
     echo "error: these come from Debian packages and this machine has no apt-get/dpkg-deb." >&2
     echo "  Put promtool and prometheus (2.x) into .tools/bin/, install Go with" >&2
@@ -45,6 +51,13 @@ if [ ! -x "$TOOLS/bin/promtool" ] || [ ! -x "$TOOLS/bin/prometheus" ]; then
   work=$(mktemp -d)
   (cd "$work" && apt_fetch prometheus && dpkg-deb -x prometheus_*.deb root)
   cp "$work/root/usr/bin/promtool" "$work/root/usr/bin/prometheus" "$TOOLS/bin/"
+  rm -rf "$work"
+fi
+
+if want_qemu; then
+  work=$(mktemp -d)
+  (cd "$work" && apt_fetch qemu-user-static && dpkg-deb -x qemu-user-static_*.deb root)
+  cp "$work/root/usr/bin/qemu-x86_64-static" "$TOOLS/bin/"
   rm -rf "$work"
 fi
 

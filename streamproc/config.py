@@ -1,4 +1,10 @@
-"""Settings: one frozen tree built at the entry point from env (STREAMPROC_*) and a config file."""
+"""Settings: one frozen tree built at the entry point from env (STREAMPROC_*) and a config file.
+
+The ground floor: it imports nothing of streamproc but its errors, so every layer (Kafka
+security included) can read settings without an import cycle. Only STREAMPROC_* variables
+(and the config file) configure the worker: the nested models are plain models, read
+only through Settings.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import os
 from enum import StrEnum
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -17,9 +23,49 @@ from pydantic_settings import (
 )
 
 from streamproc.errors import ConfigError
-from streamproc.kafka.security import SaslMechanism, SecurityProtocol, read_secret
 
 CONFIG_FILE_ENV = "STREAMPROC_CONFIG_FILE"
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+}
+VariantKey = Literal["own", "primary", "none"]
+
+
+class SecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+    @property
+    def uses_tls(self) -> bool:
+        return self in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL)
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL)
+
+
+class SaslMechanism(StrEnum):
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
+def read_secret(value: str | None, file: Path | None, name: str) -> str | None:
+    """A secret given inline (`name`) or in a file (`name`_FILE); ConfigError without quoting it."""
+    if value is not None:
+        return value
+    if file is None:
+        return None
+    try:
+        return file.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"STREAMPROC_{name}_FILE cannot be read ({exc.strerror}); "
+            "mount the secret or unset the variable"
+        ) from exc
 
 
 class LLMProvider(StrEnum):
@@ -45,7 +91,9 @@ class BriefPII(StrEnum):
 class Variant(BaseModel):
     """A shadow or canary variant: what it changes of the primary's model settings.
     Unset fields keep the primary's; every variant has its own client, circuit breaker
-    and budget, so a variant that trips falls back like the primary, alone."""
+    and budget, so a variant that trips falls back like the primary, alone. Its API key
+    is its own `api_key_file`; without one, it shares the primary's key only when it talks
+    to the primary's endpoint, and sends none anywhere else (a local server needs none)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -61,6 +109,11 @@ class Variant(BaseModel):
     timeout_s: float | None = Field(None, gt=0)
     case_deadline_s: float | None = Field(None, gt=0)
 
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        return v.rstrip("/") if v else v
+
 
 class LogLevel(StrEnum):
     DEBUG = "debug"
@@ -75,10 +128,11 @@ class LogFormat(StrEnum):
     TEXT = "text"
 
 
-class Topics(BaseSettings):
-    """Topic names; the defaults are the product contract (SPEC)."""
+class Topics(BaseModel):
+    """Topic names; the defaults are the product contract (SPEC). Set only through
+    STREAMPROC_TOPICS (a JSON object) or the config file's `topics`."""
 
-    model_config = SettingsConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     transactions: str = "fraud.transactions.v1"
     device_signals: str = "fraud.device-signals.v1"
@@ -228,7 +282,9 @@ class Settings(BaseSettings):
         '(e.g. {"prompt_version": "brief-v2"} or {"model": "gpt-4.1-mini"}; keys: provider, '
         "base_url, model, dialect, prompt_version, temperature, api_key_file, "
         "max_concurrency, daily_token_budget, timeout_s, case_deadline_s). It briefs every "
-        "case the model briefs, to fraud.case-briefs.shadow.v1 only: never to analysts.",
+        "case the model briefs, to fraud.case-briefs.shadow.v1 only: never to analysts. "
+        "Its API key is its own api_key_file; without one it shares the primary's key only "
+        "at the primary's provider and endpoint, and sends none elsewhere (said at start-up).",
     )
     llm_canary: Variant | None = Field(
         None,
@@ -362,26 +418,43 @@ class Settings(BaseSettings):
 
     def llm_endpoint(self) -> tuple[str, str]:
         """(base URL, model) of the configured provider; ConfigError when incomplete."""
-        defaults = {
-            LLMProvider.OPENAI: "https://api.openai.com/v1",
-            LLMProvider.ANTHROPIC: "https://api.anthropic.com",
-        }
         if self.llm_provider is LLMProvider.NONE:
             raise ConfigError("no LLM provider configured")
         if not self.llm_model:
             raise ConfigError(
                 f"STREAMPROC_LLM_PROVIDER={self.llm_provider.value} needs STREAMPROC_LLM_MODEL"
             )
-        return self.llm_base_url or defaults[self.llm_provider], self.llm_model
+        return self._base_url(), self.llm_model
+
+    def _base_url(self, variant: Variant | None = None) -> str:
+        """The endpoint the primary (or `variant`) talks to, defaults included."""
+        provider = (variant and variant.provider) or self.llm_provider
+        if variant is not None and variant.base_url:
+            return variant.base_url
+        if variant is not None and provider is not self.llm_provider:
+            return DEFAULT_BASE_URLS.get(provider.value, "")
+        return self.llm_base_url or DEFAULT_BASE_URLS.get(provider.value, "")
+
+    def variant_api_key(self, variant: Variant) -> VariantKey:
+        """Which key `variant` sends: its own file, the primary's (same provider and
+        endpoint, so the same account), or none."""
+        if variant.api_key_file is not None:
+            return "own"
+        same_provider = variant.provider in (None, self.llm_provider)
+        return (
+            "primary" if same_provider and self._base_url(variant) == self._base_url() else "none"
+        )
 
     def for_variant(self, variant: Variant) -> Settings:
-        """These settings with the variant's model settings in place of the primary's."""
+        """These settings with the variant's model settings in place of the primary's;
+        the primary's API key goes only where the primary's goes (variant_api_key)."""
         # Each field of a Variant stands for the setting of the same name after "llm_".
         update: dict[str, Any] = {
             f"llm_{k}": v for k, v in variant.model_dump(exclude_none=True).items()
         }
-        if "api_key_file" in variant.model_fields_set:
-            update["llm_api_key"] = None  # the variant's own key, not the primary's
+        if self.variant_api_key(variant) != "primary":
+            update["llm_api_key"] = None  # its own key file, or no key at all
+            update.setdefault("llm_api_key_file", None)
         return self.model_copy(update={**update, "llm_shadow": None, "llm_canary": None})
 
     def llm_api_key_value(self) -> str | None:

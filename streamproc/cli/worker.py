@@ -77,6 +77,28 @@ def run_worker(settings: Settings) -> int:
     return 0
 
 
+_VARIANT_KEYS = {
+    "own": "its own (api_key_file)",
+    "primary": "the primary's (same provider and endpoint)",
+    "none": "none (another endpoint, and no api_key_file of its own)",
+}
+
+
+def announce_variants(settings: Settings) -> None:
+    """Each variant, where it goes and which API key it sends (never the key)."""
+    for name, variant in (("shadow", settings.llm_shadow), ("canary", settings.llm_canary)):
+        if variant is None:
+            continue
+        base_url, model = settings.for_variant(variant).llm_endpoint()
+        log.info(
+            "%s variant: model %s at %s; API key: %s",
+            name,
+            model,
+            base_url,
+            _VARIANT_KEYS[settings.variant_api_key(variant)],
+        )
+
+
 def announce_llm(settings: Settings) -> None:
     """Say how briefs will be written; ConfigError when the LLM settings are incomplete."""
     if settings.llm_provider is LLMProvider.NONE:
@@ -95,6 +117,7 @@ def announce_llm(settings: Settings) -> None:
         base_url,
         key,
     )
+    announce_variants(settings)
     price = configured_price(settings)
     if price is None:
         log.warning(

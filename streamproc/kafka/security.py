@@ -10,37 +10,14 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from streamproc.config import SaslMechanism, SecurityProtocol, Settings, read_secret
 from streamproc.errors import ConfigError
 
 if TYPE_CHECKING:
     from faust.types.auth import CredentialsT
-
-    from streamproc.config import Settings
-
-
-class SecurityProtocol(StrEnum):
-    PLAINTEXT = "PLAINTEXT"
-    SSL = "SSL"
-    SASL_PLAINTEXT = "SASL_PLAINTEXT"
-    SASL_SSL = "SASL_SSL"
-
-    @property
-    def uses_tls(self) -> bool:
-        return self in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL)
-
-    @property
-    def uses_sasl(self) -> bool:
-        return self in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL)
-
-
-class SaslMechanism(StrEnum):
-    PLAIN = "PLAIN"
-    SCRAM_SHA_256 = "SCRAM-SHA-256"
-    SCRAM_SHA_512 = "SCRAM-SHA-512"
 
 
 @dataclass(frozen=True)
@@ -67,21 +44,6 @@ class KafkaAuth:
             if not self.check_hostname:
                 parts.append("hostname NOT verified")
         return ", ".join(parts)
-
-
-def read_secret(value: str | None, file: Path | None, name: str) -> str | None:
-    """A secret given inline (`name`) or in a file (`name`_FILE); ConfigError without quoting it."""
-    if value is not None:
-        return value
-    if file is None:
-        return None
-    try:
-        return file.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(
-            f"STREAMPROC_{name}_FILE cannot be read ({exc.strerror}); "
-            "mount the secret or unset the variable"
-        ) from exc
 
 
 def _readable(path: Path | None, name: str) -> Path | None:

@@ -24,7 +24,7 @@ from streamproc.cli.kafkaio import publish_events, read_records
 from streamproc.config import Settings
 from streamproc.contracts.records import parse_timestamp
 from streamproc.kafka.broker import stop_child
-from streamproc.llm.local import LocalServer, installed, serving, settings_env
+from streamproc.llm.local import LocalServer, cpu_problem, installed, serving, settings_env
 from streamproc.sim.scenario import build_scenario
 from tests.integration.conftest import start_worker, tail_json
 from tests.llm_stub import StubInThread
@@ -37,6 +37,9 @@ ACCOUNTS = ("acct-ato-001", "acct-mule-001")
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     assert installed(MODELS), "make test installs it: make models (scripts: streamproc.llm.local)"
+    problem = cpu_problem()
+    if problem:  # make test said so in one line, when it installed the server
+        pytest.skip(problem)
     with serving(MODELS, tmp_path_factory.mktemp("llama") / "llama-server.log") as server:
         yield server
 
@@ -149,6 +152,8 @@ def test_make_eval_local_runs_the_labelled_set_through_the_model(tmp_path: Path)
     the target cannot silently stop working, as `make bench` once did)."""
     from streamproc.evaluation import HELD_OUT_SET, main
 
+    if cpu_problem():
+        pytest.skip(str(cpu_problem()))
     args = ["--local-model", str(MODELS), "--set", f"held-out={HELD_OUT_SET}", "--limit", "1"]
     rc = main([*args, "--out", str(tmp_path), "--baseline", str(tmp_path / "b.json")])
     name = "report-openai-SmolLM2-135M-Instruct-Q4_1-limit-1"
