@@ -247,6 +247,12 @@ class Settings(BaseSettings):
         description="Longest a case waits for the model, retries included, before the "
         "deterministic brief goes out.",
     )
+    llm_queue_max_wait_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest a due case waits for a free model slot (LLM_MAX_CONCURRENCY "
+        "in use) before its deterministic brief goes out (fallback_reason queue_timeout).",
+    )
     llm_breaker_threshold: int = Field(
         5, ge=1, description="Failed calls in a row that open the circuit."
     )

@@ -162,7 +162,7 @@ async def brief_cases(
     template = load_template()
     briefer = None
     if settings.llm_provider is not LLMProvider.NONE:
-        from streamproc.engine.llm_stage import make_briefer
+        from streamproc.llm.variants import make_briefer
 
         briefer = make_briefer(settings, schemas)
     now = int(time.time() * 1000)

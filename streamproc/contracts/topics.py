@@ -51,3 +51,15 @@ def load_topics(path: Path = TOPICS_FILE) -> list[TopicSpec]:
             raise ConfigError(f"{path}: topic {spec.name} has unknown role {spec.role!r}")
         specs.append(spec)
     return specs
+
+
+def changelog_limit(table: str, specs: list[TopicSpec] | None = None) -> int:
+    """The `max.message.bytes` declared for `table`'s changelog topic: no state record
+    of the table may be larger (Apache Kafka refuses it; the embedded broker does not)."""
+    for spec in specs if specs is not None else load_topics():
+        if spec.role == "changelog" and spec.name.endswith(f"-{table}-changelog"):
+            limit = spec.config.get("max.message.bytes")
+            if limit is None:
+                raise ConfigError(f"{TOPICS_FILE}: {spec.name} declares no max.message.bytes")
+            return int(limit)
+    raise ConfigError(f"{TOPICS_FILE}: no changelog topic declared for table {table}")

@@ -58,9 +58,12 @@ def assemble_case(
     *,
     lookback_ms: int,
     after_ms: int,
+    alerts_trimmed: int = 0,
+    alerts_dropped: int = 0,
 ) -> Case:
     """Freeze the case: alerts, plus the account's events from lookback before the first
-    alert to `after_ms` past the last one. Says what is missing in data_gaps."""
+    alert to `after_ms` past the last one. Says what is missing in data_gaps, and what
+    the state's byte bound left out of its older alerts (domain/bounds.py)."""
     alerts = sorted(alerts, key=lambda a: (a["occurred_at"], a["event_id"]))
     if not alerts:
         raise ValueError("a case needs at least one alert")
@@ -70,6 +73,12 @@ def assemble_case(
     signals = _in_range(window[SIGNAL].values(), start, end)
     missing = _missing_named(alerts, txns)
     gaps = _data_gaps(missing, txns, signals, window, start)
+    if alerts_trimmed or alerts_dropped:
+        gaps += (
+            f"case state bound: {alerts_trimmed} older alert(s) kept without their notes and "
+            f"customer details, {alerts_dropped} of the oldest left out, to keep the case "
+            "within its state record limit",
+        )
     ids = frozenset(r["event_id"] for r in (*alerts, *txns, *signals))
     return Case(case_id, account_id, tuple(alerts), txns, signals, start, end, gaps, ids, missing)
 
@@ -102,9 +111,16 @@ def _data_gaps(
             "dispute of an old purchase is)"
         )
     if window.get("cut") and window.get("cut_ms", 0) >= start:
+        by_size = window.get("cut_size", 0)
+        why = (
+            f" ({by_size} of them to keep the account's state within its record size limit:"
+            " this account's records are unusually large)"
+            if by_size
+            else ""
+        )
         gaps.append(
             f"history cut: {window['cut']} older event(s) of this account were dropped by the "
-            "per-account bound"
+            f"per-account bound{why}"
         )
     if not txns:
         gaps.append("no transactions in the case window")

@@ -15,7 +15,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -25,12 +25,15 @@ from mode import Service
 
 from streamproc.config import Settings
 from streamproc.contracts.codec import AvroCodec
+from streamproc.contracts.topics import changelog_limit, load_topics
+from streamproc.domain import bounds
 from streamproc.engine import internals
 from streamproc.engine import processor as processor_mod
+from streamproc.engine.checkpoint import Checkpoint
 from streamproc.engine.dlq import InMessage, Outgoing, as_in_message, dead_letter
 from streamproc.engine.llm_stage import llm_stage
 from streamproc.engine.processor import BriefPlan, CaseProcessor
-from streamproc.engine.state import ConfluentChangelog, WriteBackTable
+from streamproc.engine.state import ConfluentChangelog, Shrink, WriteBackTable
 from streamproc.kafka import security
 from streamproc.kafka.clients import producer_config
 from streamproc.ops.http import HttpServer, build_http_app
@@ -38,6 +41,8 @@ from streamproc.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 TABLES = ("windows", "cases", "pending", "llm_cache")
+# How a value over its changelog's record limit is trimmed (a table without: not kept).
+SHRINK: dict[str, Shrink] = {"windows": bounds.shrink_window, "cases": bounds.shrink_case}
 TIMER_INTERVAL_S = 0.1
 BROKER_PROBE_INTERVAL_S = 5.0
 LAG_INTERVAL_S = 2.0
@@ -103,7 +108,7 @@ class CaseWorker:
             settings.app_id,
             broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
             broker_credentials=security.faust_credentials(security.resolve(settings)),
-            store="memory://",
+            store=internals.TRACKED_STORE,
             datadir=str(settings.data_dir),
             web_enabled=False,
             topic_partitions=partitions,
@@ -124,12 +129,25 @@ class CaseWorker:
             # Seeks the inputs to their committed offsets before resuming them.
             TableManager=internals.TableManager,
         )
-        self.changelog = ConfluentChangelog(producer_config(settings))
+        self.changelog = ConfluentChangelog(producer_config(settings), on_offset=self._delivered)
+        self.checkpoint = Checkpoint(self.changelog, self._write_tables, self.undeliverable)
         internals.install(self.app, settings.broker_fetch_max_wait_ms, sink=self)
         self.tables = {}
+        self._stores: dict[str, internals.TrackedMemoryStore] = {}  # by changelog topic
+        topics = load_topics()
         for name in TABLES:
             table = self.app.Table(name, partitions=partitions)
-            self.tables[name] = WriteBackTable(table, self.changelog, internals.store_dict(table))
+            store = internals.tracked_store(table)
+            self.tables[name] = WriteBackTable(
+                table,
+                self.changelog,
+                internals.store_dict(table),
+                tracker=store,
+                max_bytes=changelog_limit(name, topics),
+                shrink=SHRINK.get(name),
+                on_trim=self._trimmed(name),
+            )
+            self._stores[self.tables[name].topic] = store
         self.processor = CaseProcessor(
             settings,
             codec,
@@ -141,7 +159,7 @@ class CaseWorker:
         )
         cache = self.tables["llm_cache"]
         self.stage = llm_stage(
-            settings, codec, metrics, cache, self.publish, self.send, self.persist
+            settings, codec, metrics, cache, self.publish, self.send, self.persist, owner=self
         )
         # Subscribed through the conductor; its records reach `handle`, not an agent.
         self.app.topics.add(
@@ -165,7 +183,8 @@ class CaseWorker:
 
     async def handle(self, records: list[Any]) -> asyncio.Future[None]:
         """Apply a sub-batch of records, brief the cases now due, write the changelog;
-        returns the future of the changelog's delivery (offsets are acked after it)."""
+        returns the future of its dead letters' and state's delivery (the offsets are
+        acked after it: engine/checkpoint.py)."""
         moved: set[int] = set()
         for record in records:
             if record.partition != self._partition:
@@ -175,9 +194,7 @@ class CaseWorker:
         if self.processor.gated:  # inputs moved: cases they held may be due now
             self.processor.recheck_gated(moved)
         await self.brief_due_cases()
-        self._write_tables()
-        self.changelog.poll()  # reports of earlier batches: their offsets can be acked
-        return self.changelog.durable()
+        return self.checkpoint.close_sub_batch()
 
     async def _apply(self, record: Any) -> None:
         try:
@@ -185,8 +202,8 @@ class CaseWorker:
                 await self._deliver(self.processor.on_tick(record))
                 return
             dead = self.processor.on_input(record)
-            if dead is not None:
-                await self.send(dead)
+            if dead is not None:  # delivered with the sub-batch's state, not one by one
+                self.checkpoint.output(await self._dead_letter_nowait(dead))
         except Exception as exc:  # never escape: the batch's other records must go on
             self.metrics.processing_errors.labels("process").inc()
             log.exception(
@@ -202,11 +219,13 @@ class CaseWorker:
     async def brief_due_cases(self) -> None:
         """Brief due cases without waiting for their tick's round trip through Kafka.
         Deterministic briefs go out together: one delivery wait for all of them."""
+        if not self.serving():  # restoring state, or rebalancing: cases wait for it
+            return
         plans = []
         for case_id, partition in self.processor.due_now(self._active_partitions()):
             if case_id in self._publishing:
                 continue
-            if self.stage is not None and case_id in self.stage.in_flight:
+            if self.stage is not None and self.stage.busy(case_id):
                 continue
             self._use_partition(partition)
             try:
@@ -279,8 +298,7 @@ class CaseWorker:
     async def persist(self) -> None:
         """Write cached state changes and wait until the changelog has them (the LLM
         stage's tasks use it: they may finish while no batch is being handled)."""
-        self._write_tables()
-        await self.changelog.flush()
+        await self.checkpoint.persist()
 
     def undeliverable(self, exc: BaseException) -> NoReturn:
         log.error("changelog write failed: %s", exc)
@@ -297,9 +315,19 @@ class CaseWorker:
 
     async def _dead_letter_or_die(self, msg: InMessage, exc: Exception) -> None:
         try:
-            await self.send(dead_letter(self.topics.dlq, msg, exc, stage="process"))
+            record = dead_letter(self.topics.dlq, msg, exc, stage="process")
+            self.checkpoint.output(await self._dead_letter_nowait(record))
         except Exception:
             die("a record could be neither processed nor dead-lettered")
+
+    async def _dead_letter_nowait(self, out: Outgoing) -> Awaitable[Any]:
+        """Queue a dead letter; its delivery is joined to the sub-batch (checkpoint)."""
+        delivery = await self._send_nowait(out)
+        counted = asyncio.ensure_future(delivery)
+        counted.add_done_callback(
+            lambda f: None if f.cancelled() or f.exception() else self.metrics.dlq_published.inc()
+        )
+        return counted
 
     def _active_partitions(self) -> set[int]:
         alerts = self.topics.alerts
@@ -307,6 +335,26 @@ class CaseWorker:
 
     def _committed(self, topic: str, partition: int) -> int | None:
         return internals.committed_offset(self.app, topic, partition)
+
+    # -- ownership: what the LLM stage asks before it writes ------------------------------
+
+    def serving(self) -> bool:
+        """Started, not rebalancing, state restored: writes and briefs may happen."""
+        return self.health.started and not self.app.rebalancing and not self.app.should_stop
+
+    def owns(self, partition: int) -> bool:
+        return partition in self._active_partitions()
+
+    def _delivered(self, topic: str, partition: int, offset: int) -> None:
+        store = self._stores.get(topic)
+        if store is not None:  # the table now reflects its changelog up to `offset`
+            store.set_persisted_offset(TP(topic, partition), offset)
+
+    def _trimmed(self, table: str) -> Callable[[str], None]:
+        def count(outcome: str) -> None:
+            self.metrics.state_trimmed.labels(table, outcome).inc()
+
+        return count
 
     # -- timers and signals -----------------------------------------------------------
 
@@ -319,11 +367,13 @@ class CaseWorker:
         app.timer(GarbageCollection.CHECK_INTERVAL_S, name="gc-freeze")(self._freeze_survivors)
         app.task(self._on_started)
         app.on_partitions_revoked.connect(self._hand_back_revoked, weak=False)
+        app.on_partitions_assigned.connect(self._keep_assigned, weak=False)
         app.on_before_shutdown.connect(self._drain_on_shutdown, weak=False)
 
     async def _settle_ticks(self) -> None:
-        for tick in self.processor.due_ticks(self._active_partitions()):
-            await self.send(self.processor.tick_message(tick))
+        if self.serving():
+            for tick in self.processor.due_ticks(self._active_partitions()):
+                await self.send(self.processor.tick_message(tick))
         self.processor.observe_state()
         if self.stage is not None:
             self.stage.observe()
@@ -345,9 +395,11 @@ class CaseWorker:
 
     async def _ask_and_recheck(self) -> None:
         try:
+            if not self.serving():  # a partly restored case must not be briefed
+                return
             if await self._ask_end_offsets() and self.processor.recheck_gated(None):
                 await self.brief_due_cases()
-                self._write_tables()
+                self._write_tables()  # acked with the next sub-batch (cumulative)
         except Exception:  # the cases stay gated; the next ask or RECHECK_S retries
             log.exception("the inputs gate's ask failed")
         finally:
@@ -397,11 +449,20 @@ class CaseWorker:
     async def _hand_back_revoked(
         self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any
     ) -> None:
-        """A case whose partition moved is briefed by its new owner, not by us."""
+        """Revoked (with aiokafka, every partition at every rebalance): cases waiting for a
+        model slot go back to pending; calls in flight go on until the assignment says
+        whether their partitions stay (`_keep_assigned`)."""
         if self.stage is not None and args:
             moved = {tp.partition for tp in args[0] if tp.topic == self.topics.alerts}
             if n := self.stage.hand_back(moved):
-                log.info("rebalance: handed back %d cases being briefed by the model", n)
+                log.info("rebalance: %d cases waiting for the model handed back", n)
+
+    async def _keep_assigned(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """The new assignment: calls for cases of partitions it does not give back stop."""
+        if self.stage is not None and args:
+            kept = {tp.partition for tp in args[0] if tp.topic == self.topics.alerts}
+            if n := self.stage.keep_only(kept):
+                log.info("rebalance: %d model calls abandoned (their partitions moved)", n)
 
     async def _drain_on_shutdown(
         self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any

@@ -14,9 +14,9 @@ What is overridden, and why:
    to the worker's input topics go to the `BatchSink` in sub-batches; changelog and
    standby records keep faust's own per-message path, so table recovery and standbys
    work as faust made them. Guarantees:
-   - offsets of a sub-batch are acknowledged only after the changelog records its
-     processing wrote are delivered (`BatchSink.handle` returns that future), and
-     committed by faust's own commit of acknowledged offsets;
+   - offsets of a sub-batch are acknowledged only after its outputs and the changelog
+     records its processing wrote are delivered (engine/checkpoint.py holds that
+     protocol), and committed by faust's own commit of acknowledged offsets;
    - a sub-batch is not started once the flow stops (a rebalance began) or the
      consumer generation changed, and a sub-batch begun before partitions were revoked
      is never acknowledged (`_epoch`): its records are read again by whoever owns the
@@ -30,6 +30,16 @@ What is overridden, and why:
    (`fetched_log_ends`), or from a Fetch alone at the worker's own positions
    (`BatchConsumer.log_ends_from`).
 4. **Recovery seeks the inputs before resuming them** (`Recovery`).
+5. **The memory store knows the worker's own writes** (`TrackedMemoryStore`). The
+   worker writes changelog records itself (engine/state.py), so faust never learns of
+   them: its recovery of a partition the worker keeps would re-read everything written
+   since the last recovery ended, on every rebalance, with inputs paused (the memory
+   store's `persisted_offset` is always None); and the keys of a partition the worker
+   loses would stay in memory (faust drops only keys it read from a changelog), to come
+   back stale if the partition returns after their tombstones were compacted. Here each
+   delivered changelog offset is the partition's persisted offset, once its recovery in
+   the current ownership has completed, and each write notes its key's partition; keys
+   of partitions no longer active are dropped at each rebalance.
 """
 
 from __future__ import annotations
@@ -38,15 +48,16 @@ import asyncio
 import inspect
 import itertools
 import logging
-from collections import defaultdict, deque
-from collections.abc import Awaitable, Mapping, MutableMapping, Sequence
-from typing import Any, NoReturn, Protocol, cast
+from collections import defaultdict
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any, Protocol, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.structs import TopicPartition
+from faust import stores as faust_stores
 from faust.stores import memory as memory_store
 from faust.tables import TableManager as _TableManager
 from faust.tables.recovery import Recovery as _Recovery
@@ -54,6 +65,8 @@ from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 from mode.utils.futures import notify
+
+from streamproc.engine.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 READ_UNCOMMITTED = 0
@@ -70,13 +83,14 @@ class BatchSink(Protocol):
         """The input topics, in the order a fetch's records are handled."""
         ...
 
-    async def handle(self, records: list[Any]) -> Awaitable[None]:
-        """Apply `records` (aiokafka ConsumerRecords of one or more partitions); return
-        an awaitable that completes once the state they changed is durable."""
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """The commit protocol: when handled records may be acknowledged."""
         ...
 
-    def undeliverable(self, exc: BaseException) -> NoReturn:
-        """State could not be made durable: stop without acknowledging anything."""
+    async def handle(self, records: list[Any]) -> asyncio.Future[None]:
+        """Apply `records` (aiokafka ConsumerRecords of one or more partitions); return
+        the future of their outputs and state being durable (engine.checkpoint)."""
         ...
 
 
@@ -188,9 +202,6 @@ class BatchConsumer(driver.Consumer):
         self._epoch = 0  # moves on at each revocation: older sub-batches are not acked
         self._idle = asyncio.Event()
         self._idle.set()
-        # (durable, spans, generation, epoch) of sub-batches not acknowledged yet
-        self._unsettled: deque[tuple[Awaitable[None], list[tuple[TP, list[Any]]], int, int]]
-        self._unsettled = deque()
 
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -321,7 +332,7 @@ class BatchConsumer(driver.Consumer):
         durable = await self._sink.handle(batch)
         for tp, chunk in spans:
             self._read_offset[tp] = chunk[-1].offset
-        self._unsettled.append((durable, spans, generation, epoch))
+        self._sink.checkpoint.add(durable, spans, (generation, epoch))
         await self._settle(keep=MAX_UNSETTLED)
         # Let the event loop serve what waits between two sub-batches (the inputs gate's
         # ask and its answer, delivery reports, timers), not only after the whole fetch.
@@ -329,22 +340,11 @@ class BatchConsumer(driver.Consumer):
         return True
 
     async def _settle(self, keep: int) -> None:
-        """Acknowledge sub-batches whose state is durable, oldest first; wait for the
-        oldest while more than `keep` are outstanding."""
-        unsettled = self._unsettled
-        while unsettled:
-            durable, spans, generation, epoch = unsettled[0]
-            done = getattr(durable, "done", None)
-            if len(unsettled) <= keep and done is not None and not done():
-                return
-            try:
-                await durable
-            except Exception as exc:
-                self._sink.undeliverable(exc)
-            unsettled.popleft()
-            if epoch == self._epoch and generation == self.app.consumer_generation_id:
-                for tp, chunk in spans:
-                    await self._ack_records(tp, chunk)
+        """Acknowledge what is durable (engine.checkpoint keeps the protocol)."""
+        await self._sink.checkpoint.settle(keep, self._stamp, self._ack_records)
+
+    def _stamp(self) -> tuple[int, int]:
+        return (self.app.consumer_generation_id, self._epoch)
 
     async def _ack_records(self, tp: TP, records: list[Any]) -> None:
         """Mark offsets acknowledged, as faust's `ack()` does one message at a time."""
@@ -395,6 +395,14 @@ def store_dict(table: Any) -> MutableMapping[str, Any]:
     return data
 
 
+def tracked_store(table: Any) -> TrackedMemoryStore:
+    """The store of a table made with store=TRACKED_STORE."""
+    store = table.data
+    if not isinstance(store, TrackedMemoryStore):
+        raise RuntimeError(f"table {table.name!r}: store is not the tracked memory store")
+    return store
+
+
 async def log_ends_from(app: faust.App, positions: Mapping[TP, int]) -> dict[TP, int]:
     """`BatchConsumer.log_ends_from` of the app's consumer."""
     return await cast(BatchConsumer, app.consumer).log_ends_from(positions)
@@ -410,6 +418,63 @@ def committed_offset(app: faust.App, topic: str, partition: int) -> int | None:
 def read_offset(app: faust.App, topic: str, partition: int) -> int | None:
     """The last offset handed to the worker on (topic, partition); None before any."""
     return getattr(app.consumer, "_read_offset", {}).get(TP(topic, partition))
+
+
+# -- the memory store -----------------------------------------------------------------
+
+
+class TrackedMemoryStore(memory_store.Store[str, Any]):
+    """faust's memory store that knows the worker's own writes (point 5 above)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._reflected: dict[TP, int] = {}  # last delivered own offset, per changelog tp
+        self._recovered: set[int] = set()  # partitions restored in the current ownership
+        self._active: set[int] = set()
+
+    def note_write(self, key: str, partition: int) -> None:
+        self._key_partition[key] = partition
+
+    def note_delete(self, key: str) -> None:
+        self._key_partition.pop(key, None)
+
+    def partition_of(self, key: str) -> int | None:
+        partition = self._key_partition.get(key)
+        return None if partition is None else int(partition)
+
+    def persisted_offset(self, tp: TP) -> int | None:
+        """Where faust's recovery of `tp` resumes: what the dict already reflects."""
+        return self._reflected.get(tp)
+
+    def set_persisted_offset(self, tp: TP, offset: int) -> None:
+        """A changelog record the worker wrote was delivered at `offset`."""
+        if tp.partition in self._recovered and offset > self._reflected.get(tp, -1):
+            self._reflected[tp] = offset
+
+    async def on_rebalance(
+        self,
+        assigned: set[TP],
+        revoked: set[TP],
+        newly_assigned: set[TP],
+        generation_id: int = 0,
+    ) -> None:
+        topic = cast(Any, self.table).changelog_topic_name
+        active = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+        gone, self._active = self._active - active, active
+        self._recovered &= active
+        self._reflected = {tp: o for tp, o in self._reflected.items() if tp.partition in active}
+        if gone:
+            for key in [k for k, p in self._key_partition.items() if p in gone]:
+                self.data.pop(key, None)
+                self._key_partition.pop(key, None)
+
+    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
+        await super().on_recovery_completed(active_tps, standby_tps)
+        self._recovered = {tp.partition for tp in active_tps}
+
+
+TRACKED_STORE = "trackedmemory://"
+faust_stores.STORES.aliases["trackedmemory"] = f"{__name__}:TrackedMemoryStore"
 
 
 # -- recovery -------------------------------------------------------------------------
@@ -519,6 +584,9 @@ _METHODS: tuple[tuple[type, str], ...] = (
     (_Recovery, "on_recovery_completed"),
     (_Recovery, "_resume_streams"),
     (_TableManager, "recovery"),
+    (_Recovery, "_add"),
+    (memory_store.Store, "on_recovery_completed"),
+    (memory_store.Store, "persisted_offset"),
     (_TableManager, "_recovery"),
     (faust.App, "_fetcher"),
 )
@@ -539,6 +607,8 @@ _ASSIGNED_IN_INIT: tuple[tuple[Any, str], ...] = (
     (AIOKafkaConsumer.__init__, "self._fetch_max_wait_ms ="),
     (AIOKafkaConsumer.__init__, "self._client ="),
     (memory_store.Store.__post_init__, "self.data: MutableMapping = {}"),
+    (memory_store.Store.__post_init__, "self._key_partition"),
+    (_Recovery._add, "table.persisted_offset(tp)"),
 )
 
 

@@ -1,37 +1,49 @@
 """The LLM stage: due cases briefed by the model without ever holding up ingestion.
 
-The agent hands a due case's plan (with its deterministic brief) to `offer`. When a
-slot is free a task briefs it; otherwise the case stays pending and is offered again
-after the next batch (backpressure, visible as streamproc_llm_queue_depth). The
-case's pending entry is removed only once its brief is delivered, so a crash mid-call
-re-briefs it; answers are kept in the `llm_cache` table (content hash, prompt
-version, model), so a restart or replay reuses them instead of paying again.
+The worker hands a due case's plan (with its deterministic brief) to `offer`. When a
+slot is free a task briefs it; otherwise the plan waits in the stage's queue, in the
+order it came, and starts when a slot frees. A plan that has waited LLM_QUEUE_MAX_WAIT_S
+goes out as its deterministic brief (fallback_reason queue_timeout): a slow model never
+holds a case for ever, and a case in the queue is not planned again on every sub-batch
+(`busy`). The queue's depth is streamproc_llm_queue_depth.
+
+What a model call produces is written in this order: its audit record (a call that was
+paid for is always audited; a failed send keeps the outcome for the next round), its
+answer into the `llm_cache` table (a crash after that re-briefs from the stored answer
+instead of paying again), the brief, then the case's state. The stored answer is deleted
+with the case's state once the brief is out; one that outlives its case (handed back,
+never published) is swept after CASE_RETAIN_H.
+
+Rebalances: a call in flight is not cancelled when its partitions are revoked (with
+aiokafka every rebalance revokes every partition). It finishes, then waits until the
+worker serves again; if the worker kept the partition the answer is used, otherwise the
+call is abandoned (streamproc_llm_calls_abandoned_total) and the partition's new owner
+briefs the case. Calls for partitions the new assignment does not give back are
+cancelled as soon as it is known. Nothing is written while the worker is rebalancing or
+restoring state.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from streamproc.brief.model import Method
-from streamproc.brief.prompt import load_template
 from streamproc.config import LLMProvider, Settings
 from streamproc.contracts.codec import AvroCodec
-from streamproc.contracts.schemas import SchemaSet
 from streamproc.engine.dlq import Outgoing
 from streamproc.engine.processor import BriefPlan
 from streamproc.engine.state import WriteBackTable
 from streamproc.llm.briefer import BriefOutcome, LLMBriefer, fallback_brief
-from streamproc.llm.client import Budget, CircuitBreaker, CircuitState, LLMClient, RetryPolicy
+from streamproc.llm.client import CircuitState
 from streamproc.llm.prices import configured_price
-from streamproc.llm.providers import provider_for
+from streamproc.llm.variants import in_canary, make_briefer, variant_settings
 from streamproc.ops.logs import bind
 from streamproc.ops.metrics import Metrics
-from streamproc.privacy.redact import Redactor
 
 log = logging.getLogger(__name__)
 CIRCUIT_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
@@ -40,6 +52,34 @@ CIRCUIT_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState
 # A failure to deliver (the broker is away) is not the model's: the case waits for it.
 MAX_STAGE_FAILURES = 3
 SHADOW_MAX_IN_FLIGHT = 64  # shadow briefs under way; past it a case gets none (counted)
+BACKSTOP_S = 2.0  # past the case deadline, a brief that has not come back is cut off
+SERVING_POLL_S = 0.05  # how often a finished call looks whether the rebalance is over
+
+
+class Ownership(Protocol):
+    """What the stage asks of the worker before it writes: is it serving (not
+    rebalancing, state restored), and does it own the partition?"""
+
+    def serving(self) -> bool: ...
+
+    def owns(self, partition: int) -> bool: ...
+
+
+class _AlwaysOwner:
+    def serving(self) -> bool:
+        return True
+
+    def owns(self, partition: int) -> bool:
+        return True
+
+
+def cached_draft(entry: Any) -> dict[str, Any] | None:
+    """The model's answer in an `llm_cache` entry ({"draft", "at", "p"}; entries written
+    before that form are the answer itself)."""
+    if isinstance(entry, dict) and "at" in entry and "draft" in entry:
+        draft: dict[str, Any] = entry["draft"]
+        return draft
+    return entry if isinstance(entry, dict) else None
 
 
 class LLMStage:
@@ -56,27 +96,43 @@ class LLMStage:
         *,
         canary: LLMBriefer | None = None,
         shadow: LLMBriefer | None = None,
+        owner: Ownership | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.s, self.codec, self.metrics, self.briefer = settings, codec, metrics, briefer
         self.canary, self.shadow = canary, shadow
+        self.owner: Ownership = owner or _AlwaysOwner()
+        self.clock = clock
         # Each variant's own settings: its case deadline, its model's price.
         self.variant_settings = {"primary": settings, **variant_settings(settings)}
         self.prices = {n: configured_price(v) for n, v in self.variant_settings.items()}
         metrics.llm_cost_estimated.set(0 if None in self.prices.values() else 1)
         self.shadow_tasks: set[asyncio.Task[None]] = set()
         self.cache, self.publish, self.send, self.persist = cache, publish, send, persist
-        self.in_flight: dict[str, asyncio.Task[None]] = {}
+        self.in_flight: dict[str, asyncio.Task[None]] = {}  # each holds a model slot
         self.partition_of: dict[str, int] = {}
+        self.queued: dict[str, tuple[BriefPlan, float]] = {}  # waiting for a slot, in order
+        self.fallbacks: dict[str, asyncio.Task[None]] = {}  # waited too long: no slot used
         self.failures: dict[str, int] = {}  # failed rounds of a case, until it is published
-        self.waiting = 0
+        self._unsent: dict[str, tuple[str, BriefOutcome]] = {}  # audit not delivered yet
+        self._last_sweep = clock()
+
+    # -- which cases go where ---------------------------------------------------------
+
+    def busy(self, case_id: str) -> bool:
+        """Is the case being briefed, or waiting for a slot? The worker then leaves it."""
+        return case_id in self.in_flight or case_id in self.queued or case_id in self.fallbacks
 
     def offer(self, plan: BriefPlan) -> None:
-        """Start briefing `plan` if a slot is free; otherwise it waits as a pending case."""
-        if plan.case_id in self.in_flight:
+        """Start briefing `plan` if a slot is free; otherwise it waits in the queue."""
+        if self.busy(plan.case_id):
             return
         if len(self.in_flight) >= self.s.llm_max_concurrency:
-            self.waiting += 1
+            self.queued[plan.case_id] = (plan, self.clock())
             return
+        self._start(plan)
+
+    def _start(self, plan: BriefPlan) -> None:
         task = asyncio.create_task(self._brief(plan), name=f"llm-brief-{plan.case_id}")
         self.in_flight[plan.case_id] = task
         self.partition_of[plan.case_id] = plan.partition
@@ -85,6 +141,33 @@ class LLMStage:
     def _done(self, case_id: str) -> None:
         self.in_flight.pop(case_id, None)
         self.partition_of.pop(case_id, None)
+        self._start_queued()
+
+    def _start_queued(self) -> None:
+        """Fill free slots from the queue, oldest first; too old: deterministic brief."""
+        self.expire_queued()
+        while self.queued and len(self.in_flight) < self.s.llm_max_concurrency:
+            case_id = next(iter(self.queued))
+            plan, _ = self.queued.pop(case_id)
+            self._start(plan)
+
+    def expire_queued(self) -> int:
+        """Publish the deterministic brief of cases that waited LLM_QUEUE_MAX_WAIT_S."""
+        oldest_allowed, expired = self.clock() - self.s.llm_queue_max_wait_s, 0
+        for case_id, (plan, since) in list(self.queued.items()):
+            if since > oldest_allowed:
+                break  # the queue is in arrival order
+            del self.queued[case_id]
+            task = asyncio.create_task(self._queue_timeout(plan), name=f"llm-queue-{case_id}")
+            self.fallbacks[case_id] = task
+            task.add_done_callback(self._fallback_done)
+            expired += 1
+        return expired
+
+    def _fallback_done(self, task: asyncio.Task[None]) -> None:
+        for case_id, running in list(self.fallbacks.items()):
+            if running is task:
+                del self.fallbacks[case_id]
 
     def briefer_for(self, case_id: str) -> LLMBriefer:
         """The canary for LLM_CANARY_SHARE of the cases (by a stable hash), else the primary."""
@@ -92,15 +175,29 @@ class LLMStage:
             return self.canary
         return self.briefer
 
+    # -- rebalances and shutdown ----------------------------------------------------------
+
     def hand_back(self, partitions: set[int]) -> int:
-        """Cancel model calls for cases of `partitions` (revoked in a rebalance). Their pending
-        entries stay in the table, so the partition's next owner briefs them."""
+        """Partitions revoked: their queued cases go (still pending: whoever owns them
+        after the rebalance plans them again). Calls in flight go on; `keep_only`
+        cancels those the new assignment does not give back. Returns how many left."""
+        dropped = [c for c, (plan, _) in self.queued.items() if plan.partition in partitions]
+        for case_id in dropped:
+            del self.queued[case_id]
+        return len(dropped)
+
+    def keep_only(self, partitions: set[int]) -> int:
+        """The new assignment: cancel the calls for cases of partitions not in it
+        (abandoned: their new owner briefs them). Returns how many."""
         cancelled = 0
         for case_id, task in list(self.in_flight.items()):
-            if self.partition_of.get(case_id) in partitions:
+            if self.partition_of.get(case_id) not in partitions:
                 task.cancel()
                 self.failures.pop(case_id, None)  # the next owner counts afresh
+                self._unsent.pop(case_id, None)
                 cancelled += 1
+        if cancelled:
+            self.metrics.llm_abandoned.labels("rebalance").inc(cancelled)
         return cancelled
 
     async def drain(self, grace_s: float) -> tuple[int, int]:
@@ -109,23 +206,41 @@ class LLMStage:
         Returns (finished, handed back)."""
         for shadow in self.shadow_tasks:  # best effort, never waited for
             shadow.cancel()
-        tasks = set(self.in_flight.values())
+        self.queued.clear()  # still pending: the next owner briefs them
+        tasks = {*self.in_flight.values(), *self.fallbacks.values()}
         if not tasks:
             return 0, 0
         done, still = await asyncio.wait(tasks, timeout=grace_s)
         for task in still:
             task.cancel()
         if still:
+            self.metrics.llm_abandoned.labels("shutdown").inc(len(still))
             await asyncio.wait(still, timeout=1.0)
         return len(done), len(still)
 
+    async def _may_write(self, partition: int) -> bool:
+        """Wait until the worker serves (no rebalance, state restored); then, does it
+        still own the partition?"""
+        while not self.owner.serving():
+            await asyncio.sleep(SERVING_POLL_S)
+        return self.owner.owns(partition)
+
+    # -- the timer --------------------------------------------------------------------
+
     def end_round(self) -> None:
-        """After the agent offered the due cases of a batch: how many had to wait."""
-        self.metrics.llm_queue.set(self.waiting)
-        self.waiting = 0
+        """After the worker offered the due cases of a batch."""
+        self.metrics.llm_queue.set(len(self.queued))
 
     def observe(self) -> None:
-        """Gauges the timer refreshes, so an idle worker still reports them."""
+        """The timer's round: queue ages, stored answers past their case, gauges."""
+        self._start_queued()
+        if (
+            self.owner.serving()
+            and self.clock() - self._last_sweep >= self.s.state_sweep_interval_s
+        ):
+            self._last_sweep = self.clock()
+            self.sweep_cache()
+        self.metrics.llm_queue.set(len(self.queued))
         self.metrics.llm_in_flight.set(len(self.in_flight))
         self.metrics.llm_circuit.set(CIRCUIT_VALUE[self.briefer.client.breaker.state])
         budget = self.briefer.client.budget
@@ -133,43 +248,93 @@ class LLMStage:
         self.metrics.llm_budget_tokens.set(budget.tokens_per_day)
         self.metrics.llm_budget_spent.set(budget.spent)
 
+    def sweep_cache(self) -> int:
+        """Delete stored answers older than CASE_RETAIN_H on partitions we own (those of
+        cases whose brief never went out here); returns how many."""
+        oldest_allowed = self.clock() - self.s.case_retain_h * 3600
+        gone = 0
+        for key, entry in list(self.cache.items()):
+            at = entry.get("at", 0.0) if isinstance(entry, dict) else 0.0
+            partition = entry.get("p") if isinstance(entry, dict) and "at" in entry else None
+            if partition is None:
+                partition = self.cache.partition_of(key)
+            if at >= oldest_allowed or partition is None or not self.owner.owns(partition):
+                continue
+            self.cache.partition = partition
+            del self.cache[key]
+            gone += 1
+        if gone:
+            self.metrics.state_expired.labels("llm_cache").inc(gone)
+        return gone
+
     def cache_key(self, plan: BriefPlan, briefer: LLMBriefer | None = None) -> str:
         briefer = briefer or self.briefer
         version, model = briefer.template.version, briefer.client.model
         return f"{plan.case.content_hash()}:{version}:{model}"
 
+    # -- one case -----------------------------------------------------------------------
+
     async def _brief(self, plan: BriefPlan) -> None:
         with bind(case_id=plan.case_id, brief_id=plan.brief.brief_id):
             await self._brief_bound(plan)
 
+    async def _queue_timeout(self, plan: BriefPlan) -> None:
+        with bind(case_id=plan.case_id, brief_id=plan.brief.brief_id):
+            briefer = self.briefer_for(plan.case_id)
+            outcome = self._fallback(plan, "queue_timeout", briefer)
+            self._count(outcome, False)
+            await self._write(plan, outcome, self.cache_key(plan, briefer), None)
+
     async def _brief_bound(self, plan: BriefPlan) -> None:
         briefer = self.briefer_for(plan.case_id)
         key = self.cache_key(plan, briefer)
-        cached = self.cache.get(key)
-        if self.failures.get(plan.case_id, 0) >= MAX_STAGE_FAILURES:
-            outcome = self._fallback(plan, "stage_error", briefer)  # the model path keeps failing
+        cached = cached_draft(self.cache.get(key))
+        unsent = self._unsent.pop(plan.case_id, None)
+        if unsent is not None and unsent[0] == key:
+            outcome = unsent[1]  # its audit record was not delivered last round
         else:
-            outcome = await self._outcome(plan, cached, briefer)
-        self._count(outcome, cached is not None)
+            if self.failures.get(plan.case_id, 0) >= MAX_STAGE_FAILURES:
+                outcome = self._fallback(plan, "stage_error", briefer)  # keeps failing
+            else:
+                outcome = await self._outcome(plan, cached, briefer)
+            self._count(outcome, cached is not None)
         gen = outcome.brief.generation
         if gen.method is Method.FALLBACK:
             log.warning(
                 "model brief fell back to the deterministic brief",
                 extra={"fallback_reason": gen.fallback_reason},
             )
+        await self._write(plan, outcome, key, cached)
+
+    async def _write(
+        self, plan: BriefPlan, outcome: BriefOutcome, key: str, cached: dict[str, Any] | None
+    ) -> None:
+        """Audit, stored answer, brief, state: in that order (see the module docstring)."""
+        if not await self._may_write(plan.partition):
+            self.metrics.llm_abandoned.labels("rebalance").inc()
+            return  # the partition moved: its new owner briefs the case
         delivering = False  # failures before delivery are the model path's own, and bounded
         try:
             published = plan.with_brief(outcome.brief, self.codec, self.s.topics.briefs)
+            if outcome.audit is not None:
+                delivering = True
+                try:
+                    await self.send(self._audit_record(plan, outcome.audit))
+                except Exception:
+                    self._unsent[plan.case_id] = (key, outcome)  # sent again next round
+                    raise
+                delivering = False
             if outcome.draft is not None and cached is None:
                 # Stored before the brief goes out: a crash after this point re-briefs the
                 # case from the stored answer instead of paying for a second call.
                 self.cache.partition = plan.partition
-                self.cache[key] = outcome.draft
+                self.cache[key] = {"draft": outcome.draft, "at": self.clock(), "p": plan.partition}
                 await self.persist()
             delivering = True
             await self.publish(published)
-            if outcome.audit is not None:
-                await self.send(self._audit_record(plan, outcome.audit))
+            if key in self.cache:  # its case is briefed: the answer is not needed again
+                self.cache.partition = plan.partition
+                del self.cache[key]
             await self.persist()
             self._start_shadow(plan)
         except Exception:  # stays pending: the next round offers it again
@@ -186,9 +351,12 @@ class LLMStage:
         self, plan: BriefPlan, cached: dict[str, Any] | None, briefer: LLMBriefer
     ) -> BriefOutcome:
         """The model's brief, or the deterministic one with the reason; never raises."""
-        deadline = self.variant_settings[briefer.variant].llm_case_deadline_s
-        try:
-            return await asyncio.wait_for(briefer.brief(plan.case, plan.brief, cached), deadline)
+        deadline_s = self.variant_settings[briefer.variant].llm_case_deadline_s
+        deadline = time.monotonic() + deadline_s
+        try:  # the client fits its attempts into the deadline; this is only a backstop
+            return await asyncio.wait_for(
+                briefer.brief(plan.case, plan.brief, cached, deadline), deadline_s + BACKSTOP_S
+            )
         except TimeoutError:
             return self._fallback(plan, "timeout", briefer)
         except Exception:  # a bug must not cost the case its brief
@@ -272,6 +440,7 @@ def llm_stage(
     publish: Callable[[BriefPlan], Awaitable[None]],
     send: Callable[[Outgoing], Awaitable[None]],
     persist: Callable[[], Awaitable[None]],
+    owner: Ownership | None = None,
 ) -> LLMStage | None:
     """The LLM stage when a provider is configured; None for deterministic briefs only."""
     if settings.llm_provider is LLMProvider.NONE:
@@ -281,53 +450,16 @@ def llm_stage(
         name: make_briefer(variant, codec.schemas, variant=name)
         for name, variant in variant_settings(settings).items()
     }
-    return LLMStage(settings, codec, metrics, briefer, cache, publish, send, persist, **variants)
-
-
-def variant_settings(settings: Settings) -> dict[str, Settings]:
-    """The configured canary and shadow, each as whole settings of its own."""
-    named = (("canary", settings.llm_canary), ("shadow", settings.llm_shadow))
-    return {name: settings.for_variant(v) for name, v in named if v is not None}
-
-
-def in_canary(case_id: str, share: float) -> bool:
-    """Is the case among the canary's `share`? A stable hash of case_id decides, so a case
-    (and each of its versions) always goes the same way, on every worker."""
-    digest = hashlib.sha256(case_id.encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < share
-
-
-def make_briefer(settings: Settings, schemas: SchemaSet, variant: str = "primary") -> LLMBriefer:
-    """The model briefer the settings describe (ConfigError when they are incomplete)."""
-    base_url, model = settings.llm_endpoint()
-    client = LLMClient(
-        provider_for(
-            settings.llm_provider.value,
-            dialect=settings.llm_dialect,
-            temperature=settings.llm_temperature,
-        ),
-        base_url,
-        model,
-        api_key=settings.llm_api_key_value(),
-        timeout_s=settings.llm_timeout_s,
-        max_concurrency=settings.llm_max_concurrency,
-        retry=RetryPolicy(
-            max_retries=settings.llm_max_retries, retry_after_cap_s=settings.llm_retry_after_cap_s
-        ),
-        breaker=CircuitBreaker(settings.llm_breaker_threshold, settings.llm_breaker_reset_s),
-        budget=Budget(
-            settings.llm_requests_per_minute,
-            settings.llm_tokens_per_minute,
-            settings.llm_daily_token_budget,
-            wait_cap_s=settings.llm_retry_after_cap_s,
-        ),
-    )
-    return LLMBriefer(
-        client,
-        load_template(settings.llm_prompt_version),
-        Redactor.for_inputs(schemas, settings.topics),
-        policy=settings.brief_pii,
-        max_prompt_tokens=settings.llm_max_prompt_tokens,
-        max_output_tokens=settings.llm_max_output_tokens,
-        variant=variant,
+    return LLMStage(
+        settings,
+        codec,
+        metrics,
+        briefer,
+        cache,
+        publish,
+        send,
+        persist,
+        canary=variants.get("canary"),
+        shadow=variants.get("shadow"),
+        owner=owner,
     )

@@ -287,6 +287,8 @@ class CaseProcessor:
             window,
             lookback_ms=self.lookback_ms,
             after_ms=self.after_ms,
+            alerts_trimmed=case.get("alerts_trimmed", 0),
+            alerts_dropped=case.get("alerts_dropped", 0),
         )
         if self._should_wait(case_id, assembled, pend, now):
             self.pending[case_id] = {**pend, "due": now + RECHECK_S}

@@ -98,8 +98,14 @@ class LLMBriefer:
         self.max_output_tokens = max_output_tokens
 
     async def brief(
-        self, case: Case, floor: CaseBrief, cached_draft: dict[str, Any] | None = None
+        self,
+        case: Case,
+        floor: CaseBrief,
+        cached_draft: dict[str, Any] | None = None,
+        deadline: float | None = None,
     ) -> BriefOutcome:
+        """The model's brief merged onto the floor, or the floor with the reason; by
+        `deadline` (time.monotonic()), which the client fits its attempts into."""
         # Redaction and the prompt are CPU work that grows with the case: done in a thread
         # so the worker's event loop keeps ingesting meanwhile.
         vault, prompt, quoted = await asyncio.to_thread(
@@ -121,7 +127,7 @@ class LLMBriefer:
         audit = {**_audit(case, floor, prompt, self.client), "variant": self.variant}
         started = time.monotonic()
         try:
-            draft = await self._ask(prompt, audit)
+            draft = await self._ask(prompt, audit, deadline)
         except LLMError as exc:
             reason = fallback_reason(exc)
             audit.update(
@@ -160,13 +166,15 @@ class LLMBriefer:
             "variant": self.variant,
         }
 
-    async def _ask(self, prompt: Prompt, audit: dict[str, Any]) -> BriefDraft:
+    async def _ask(
+        self, prompt: Prompt, audit: dict[str, Any], deadline: float | None
+    ) -> BriefDraft:
         """The draft, after at most one repair attempt; LLMOutputError when still invalid."""
         request = self._request(prompt)
         errors = ""
         for attempt in ("first", "repair"):
             try:
-                result = await self.client.complete(request)
+                result = await self.client.complete(request, deadline)
             except LLMOutputError as exc:
                 errors = str(exc)
                 audit["schema_rejections"] += 1

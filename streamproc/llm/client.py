@@ -7,6 +7,13 @@ instead of waiting. A quota-exhausted 429 and other 4xx are not retried. Retries
 live here only: nothing above or below this loop retries again. A call that still
 fails counts once towards the breaker, which then refuses calls until a probe
 succeeds. Errors from httpx are translated at this boundary.
+
+A call may carry a deadline (the case's): attempts, backoff and Retry-After waits are
+fitted into it, and a call that reaches it fails here with LLMTimeout, counted by the
+breaker like any failed call. Were the caller to cancel it at the deadline instead, a
+provider that hangs would never be counted and never open the circuit. A call that is
+cancelled all the same (a rebalance hands its case back) counts neither way, and a
+half-open probe that is cancelled lets the next call probe.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from streamproc.llm.providers import LLMRequest, LLMResponse, Provider
 from streamproc.privacy.detect import DEFAULT_REGIONS, find_all
 
 RETRYABLE_STATUS = frozenset({408, 409, 500, 502, 503, 504, 529})
+MIN_ATTEMPT_S = 0.05  # an attempt with less time than this left before the deadline is not sent
 PROVIDER_MESSAGE_MAX = 300
 log = logging.getLogger(__name__)
 
@@ -79,6 +87,10 @@ class CircuitBreaker:
             self._probing = True
             return True
         return False
+
+    def release_probe(self) -> None:
+        """The probe ended with no outcome (cancelled): the next call may probe."""
+        self._probing = False
 
     def success(self) -> None:
         self.failures, self.opened_at, self._probing = 0, None, False
@@ -141,6 +153,12 @@ class Budget:
         self.spent += tokens
 
 
+@dataclass
+class _Attempts:
+    sent: int = 0  # attempts sent to the provider
+    judged: bool = False  # the breaker was told how the call went
+
+
 @dataclass(frozen=True)
 class CallResult:
     response: LLMResponse
@@ -180,58 +198,93 @@ class LLMClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def complete(self, req: LLMRequest) -> CallResult:
-        """One structured answer, or an LLMError saying why not (after the retries)."""
+    async def complete(self, req: LLMRequest, deadline: float | None = None) -> CallResult:
+        """One structured answer, or an LLMError saying why not (after the retries), by
+        `deadline` (time.monotonic()) when one is given."""
         self.budget.check_day()
+        probing = self.breaker.state is CircuitState.HALF_OPEN
         if not self.breaker.allow():
             raise LLMCircuitOpen("circuit open after repeated LLM failures")
         started = time.monotonic()
-        async with self._limit:
-            self.in_flight += 1
-            try:
-                response, retries = await self._with_retries(req)
-            except LLMOutputError:
-                self.breaker.success()  # the provider is up; a bad answer is for the repair step
-                raise
-            except LLMError:
-                self.breaker.failure()
-                raise
-            finally:
-                self.in_flight -= 1
-        self.breaker.success()
+        attempts = _Attempts()
+        try:
+            async with self._limit:
+                self.in_flight += 1
+                try:
+                    response, retries = await self._with_retries(req, deadline, attempts)
+                except LLMOutputError:
+                    self.breaker.success()  # the provider is up; a bad answer is for repair
+                    attempts.judged = True
+                    raise
+                except LLMError:
+                    if attempts.sent:  # not the provider's fault when nothing was sent
+                        self.breaker.failure()
+                        attempts.judged = True
+                    raise
+                finally:
+                    self.in_flight -= 1
+            self.breaker.success()
+            attempts.judged = True
+        finally:
+            if probing and not attempts.judged:  # cancelled, or never sent
+                self.breaker.release_probe()
         return CallResult(response, retries, int((time.monotonic() - started) * 1000))
 
-    async def _with_retries(self, req: LLMRequest) -> tuple[LLMResponse, int]:
+    async def _with_retries(
+        self, req: LLMRequest, deadline: float | None, attempts: _Attempts
+    ) -> tuple[LLMResponse, int]:
         for attempt in range(self.retry.max_retries + 1):
+            timeout = self._attempt_timeout(deadline, attempts)
             try:
-                return await self._once(req), attempt
+                return await self._once(req, timeout, attempts), attempt
             except LLMRateLimited as exc:
                 wait = exc.retry_after
                 if wait is not None and wait > self.retry.retry_after_cap_s:
                     raise  # waiting that long would stall the case: fall back now
                 if attempt == self.retry.max_retries:
                     raise
-                await self._sleep(
-                    wait if wait is not None else self.retry.backoff(attempt, self._rng)
-                )
+                await self._wait(wait if wait is not None else self._backoff(attempt), deadline)
             except (LLMTimeout, LLMTransportError):
                 if attempt == self.retry.max_retries:
                     raise
-                await self._sleep(self.retry.backoff(attempt, self._rng))
+                await self._wait(self._backoff(attempt), deadline)
         raise AssertionError("unreachable")  # the loop returns or raises
 
-    async def _once(self, req: LLMRequest) -> LLMResponse:
+    def _backoff(self, attempt: int) -> float:
+        return self.retry.backoff(attempt, self._rng)
+
+    def _attempt_timeout(self, deadline: float | None, attempts: _Attempts) -> float:
+        """This attempt's timeout: the client's, or what is left before the deadline."""
+        if deadline is None:
+            return self.timeout_s
+        left = deadline - time.monotonic()
+        if left < MIN_ATTEMPT_S:
+            raise LLMTimeout(
+                f"case deadline reached after {attempts.sent} attempt(s)"
+                if attempts.sent
+                else "case deadline reached before the call was sent"
+            )
+        return min(self.timeout_s, left)
+
+    async def _wait(self, seconds: float, deadline: float | None) -> None:
+        """Back off for `seconds`, unless that would pass the deadline: fail now instead."""
+        if deadline is not None and time.monotonic() + seconds >= deadline - MIN_ATTEMPT_S:
+            raise LLMTimeout("case deadline reached while backing off")
+        await self._sleep(seconds)
+
+    async def _once(self, req: LLMRequest, timeout_s: float, attempts: _Attempts) -> LLMResponse:
         await self.budget.admit((len(req.system) + len(req.user)) // 4 + req.max_output_tokens)
-        response = await self._post(req)
+        attempts.sent += 1
+        response = await self._post(req, timeout_s)
         self.budget.spend(response.prompt_tokens + response.completion_tokens)
         return response
 
-    async def _post(self, req: LLMRequest) -> LLMResponse:
+    async def _post(self, req: LLMRequest, timeout_s: float) -> LLMResponse:
         path, headers, body = self.provider.build(req, self.model, self._api_key)
         try:
-            r = await self._http.post(path, json=body, headers=headers)
+            r = await self._http.post(path, json=body, headers=headers, timeout=timeout_s)
         except httpx.TimeoutException as exc:
-            raise LLMTimeout(f"no answer within {self.timeout_s:g}s") from exc
+            raise LLMTimeout(f"no answer within {timeout_s:.3g}s") from exc
         except httpx.TransportError as exc:
             raise LLMTransportError(f"connection failed ({type(exc).__name__})") from exc
         if r.status_code == 200:

@@ -125,6 +125,14 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        self.state_trimmed = Counter(
+            "streamproc_state_trimmed",
+            "State values over their changelog's record limit: trimmed (oldest events or "
+            "alert text left out, said in the brief's data gaps) or, when they cannot be, "
+            "dropped; by table.",
+            ["table", "outcome"],
+            registry=r,
+        )
         self.processing_errors = Counter(
             "streamproc_processing_errors",
             "Unexpected errors while handling a record (record dead-lettered), by stage.",
@@ -189,6 +197,13 @@ class Metrics:
         )
         self.llm_queue = Gauge(
             "streamproc_llm_queue_depth", "Due cases waiting for a free model slot.", registry=r
+        )
+        self.llm_abandoned = Counter(
+            "streamproc_llm_calls_abandoned",
+            "Model calls whose answer was not used: their partition moved in a rebalance, "
+            "or the worker stopped before they finished (the tokens are paid again).",
+            ["reason"],
+            registry=r,
         )
         self.llm_cache_hits = Counter(
             "streamproc_llm_cache_hits",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -96,16 +96,26 @@ def test_durable_resolves_only_once_every_record_before_it_is_delivered() -> Non
     asyncio.run(_durable_is_cumulative())
 
 
+def checkpoint_of(changelog: Any) -> Any:
+    from streamproc.engine.checkpoint import Checkpoint
+
+    def undeliverable(exc: BaseException) -> NoReturn:
+        raise AssertionError(f"undeliverable: {exc!r}")
+
+    return Checkpoint(changelog, lambda: None, undeliverable)
+
+
 async def _durable_is_cumulative() -> None:
     from streamproc.engine.state import ConfluentChangelog
 
     producer = QueueingProducer()
     changelog = ConfluentChangelog({}, producer=producer)
+    checkpoint = checkpoint_of(changelog)
     changelog.produce("t", 0, b"a", b"1")
     changelog.produce("t", 1, b"b", b"2")
-    first = changelog.durable()
+    first = asyncio.ensure_future(checkpoint.state_durable())
     changelog.produce("t", 0, b"c", b"3")
-    second = changelog.durable()
+    second = asyncio.ensure_future(checkpoint.state_durable())
     await asyncio.sleep(0.01)
     assert not first.done() and not second.done()
     producer.ready.append((producer.queued.pop(2), None))  # the later batch's record first
@@ -114,7 +124,7 @@ async def _durable_is_cumulative() -> None:
     producer.deliver(2)
     await asyncio.wait_for(second, 1)
     assert first.done() and first.exception() is None
-    assert changelog.durable().done() or await changelog.durable() is None  # nothing open
+    assert await asyncio.wait_for(checkpoint.state_durable(), 1) is None  # nothing open
 
 
 def test_a_failed_changelog_delivery_fails_its_batch_and_every_later_one() -> None:
@@ -126,13 +136,42 @@ async def _failure_propagates() -> None:
 
     producer = QueueingProducer()
     changelog = ConfluentChangelog({}, producer=producer)
+    checkpoint = checkpoint_of(changelog)
     changelog.produce("t", 0, b"a", b"1")
-    first = changelog.durable()
+    first = asyncio.ensure_future(checkpoint.state_durable())
     changelog.produce("t", 0, b"b", b"2")
-    second = changelog.durable()
+    second = asyncio.ensure_future(checkpoint.state_durable())
     producer.deliver(1, error="Local: Message timed out")
     producer.deliver(1)
     with pytest.raises(ChangelogUndelivered, match="timed out"):
         await asyncio.wait_for(first, 1)
     with pytest.raises(ChangelogUndelivered):
         await asyncio.wait_for(second, 1)
+
+
+def test_a_cancelled_flush_leaves_the_changelog_usable() -> None:
+    """An LLM task awaiting persist() is cancelled (rebalance, shutdown) while its records
+    are in flight: later batches must still become durable, not raise CancelledError."""
+    asyncio.run(_cancelled_flush())
+
+
+async def _cancelled_flush() -> None:
+    from streamproc.engine.state import ConfluentChangelog
+
+    producer = QueueingProducer()
+    changelog = ConfluentChangelog({}, producer=producer)
+    checkpoint = checkpoint_of(changelog)
+    changelog.produce("t", 0, b"a", b"1")
+    waiting = asyncio.create_task(checkpoint.persist())  # an LLM task's persist()
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    changelog.produce("t", 0, b"b", b"2")
+    later = checkpoint.close_sub_batch()  # the next sub-batch
+    producer.deliver(2)
+    await asyncio.wait_for(asyncio.shield(later), 1)
+    for _ in range(3):  # and every one after it
+        changelog.produce("t", 1, b"c", b"3")
+        after = checkpoint.close_sub_batch()
+        producer.deliver(1)
+        await asyncio.wait_for(asyncio.shield(after), 1)

@@ -16,8 +16,9 @@ from streamproc.config import Settings, Variant
 from streamproc.contracts.codec import AvroCodec
 from streamproc.contracts.schemas import SchemaSet
 from streamproc.engine.dlq import Outgoing
-from streamproc.engine.llm_stage import in_canary, llm_stage
+from streamproc.engine.llm_stage import llm_stage
 from streamproc.engine.processor import BriefPlan
+from streamproc.llm.variants import in_canary
 from streamproc.ops.metrics import Metrics
 from streamproc.sim.scenario import build_scenario
 from tests.conftest import NOW_MS
