@@ -7,7 +7,9 @@
     ├── EventError                   permanent: one record is bad (goes to the DLQ)
     │   ├── EventDecodeError         bytes are not Avro we can read
     │   │   └── UnknownSchemaError   fingerprint or registry id not known
-    │   └── EventValidationError     decoded, but breaks the contract
+    │   │       └── RegistryUnavailable  the registry did not answer for it
+    │   ├── EventValidationError     decoded, but breaks the contract
+    │   └── EventKeyError            no key, or not on its key's partition
     ├── BriefValidationError         permanent: a brief breaks its own contract
     └── LLMError                     the model as a dependency
         ├── LLMTransportError        retryable: connection, 408, 409, 5xx, 529
@@ -63,10 +65,27 @@ class UnknownSchemaError(EventDecodeError):
     reason = "unknown_schema"
 
 
+class RegistryUnavailable(UnknownSchemaError):
+    """The schema registry did not give the schema (it is away, or slow): the record is
+    dead-lettered after a bounded wait, never decoded by guesswork."""
+
+    reason = "registry_unavailable"
+
+
 class EventValidationError(EventError):
     """The record decoded but breaks the data contract (a field is missing or out of range)."""
 
     reason = "validation_error"
+
+
+class EventKeyError(EventError):
+    """The record has no key, or sits on another partition than its key's (murmur2, as
+    the Java client and Kafka Streams partition): its account would be split between
+    workers. `reason` says which: missing_key or wrong_partition."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message, field="key")
+        self.reason = reason
 
 
 class BriefValidationError(StreamprocError):

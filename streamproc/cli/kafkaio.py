@@ -20,11 +20,13 @@ from streamproc.errors import BrokerError, ConfigError, EventError
 from streamproc.kafka.clients import base_config, producer_config
 
 
-def make_codec(settings: Settings) -> AvroCodec:
+def make_codec(settings: Settings, *, registry_inline: bool = True) -> AvroCodec:
+    """The codec for `settings`; the worker passes registry_inline=False (the registry is
+    then never called on its event loop: codec docstring)."""
     registry = (
         ConfluentRegistry(settings.schema_registry_url) if settings.schema_registry_url else None
     )
-    return AvroCodec(SchemaSet(settings.topics), registry)
+    return AvroCodec(SchemaSet(settings.topics), registry, registry_inline=registry_inline)
 
 
 @dataclass

@@ -64,7 +64,8 @@ def run_worker(settings: Settings) -> int:
         settings.http_port,
     )
     metrics = Metrics()
-    case_worker = CaseWorker(settings, make_codec(settings), metrics, partitions, replication)
+    codec = make_codec(settings, registry_inline=False)
+    case_worker = CaseWorker(settings, codec, metrics, partitions, replication)
     worker = _Worker(
         case_worker.app,
         http_service(case_worker.app, case_worker.health, metrics, settings.http_port),

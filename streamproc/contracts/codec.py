@@ -2,22 +2,34 @@
 
 Decoding accepts both framings whatever the settings say, so a topic can move
 from one to the other without a flag day. Errors never quote record content.
+
+The registry is a dependency that can hang. Its client has a timeout and no retries of
+its own, and in the worker it is never called on the event loop: schema ids a batch
+needs are resolved before it is decoded, in a thread (`resolve_ids`), and the output
+schemas are registered at start-up the same way (`register_outputs`). An id that could
+not be resolved is remembered for REGISTRY_RETRY_S, so a registry that is away costs one
+timeout, not one per record.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
+import time
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from fastavro import schemaless_reader, schemaless_writer
 
 from streamproc.contracts.schemas import EventSchema, SchemaSet, load_schema_text
-from streamproc.errors import EventDecodeError, UnknownSchemaError
+from streamproc.errors import EventDecodeError, RegistryUnavailable, UnknownSchemaError
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
 MAX_RECORD_BYTES = 1_000_000
+REGISTRY_TIMEOUT_S = 5.0  # one HTTP call to the registry
+REGISTRY_RETRY_S = 30.0  # an id the registry did not give is not asked for again before
 
 
 class Registry(Protocol):
@@ -27,14 +39,17 @@ class Registry(Protocol):
 
     def schema_text(self, schema_id: int) -> str: ...
 
+    def ping(self) -> None: ...
+
 
 class ConfluentRegistry:
-    """Confluent Schema Registry over confluent-kafka's client (ids and texts cached)."""
+    """Confluent Schema Registry over confluent-kafka's client (ids and texts cached).
+    The client's defaults are no timeout and retries with time.sleep: both are set here."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout_s: float = REGISTRY_TIMEOUT_S) -> None:
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
-        self._client = SchemaRegistryClient({"url": url})
+        self._client = SchemaRegistryClient({"url": url, "timeout": timeout_s, "max.retries": 0})
 
     def register(self, subject: str, schema_text: str) -> int:
         from confluent_kafka.schema_registry import Schema
@@ -44,15 +59,77 @@ class ConfluentRegistry:
     def schema_text(self, schema_id: int) -> str:
         return str(self._client.get_schema(schema_id).schema_str)
 
+    def ping(self) -> None:
+        """Raises unless the registry answers (readiness)."""
+        self._client.get_subjects()
+
 
 class AvroCodec:
     """Encodes records for a topic and decodes bytes from it into fastavro-native dicts."""
 
-    def __init__(self, schemas: SchemaSet, registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        schemas: SchemaSet,
+        registry: Registry | None = None,
+        *,
+        registry_inline: bool = True,
+        clock: Any = time.monotonic,
+    ) -> None:
+        """`registry_inline`: the registry may be called when a record needs it (the CLI);
+        the worker passes False and resolves ids and registrations beforehand."""
         self.schemas = schemas
         self.registry = registry
+        self.registry_inline = registry_inline
+        self.clock = clock
         self._ids: dict[str, int] = {}  # topic → registered id of its current schema
         self._by_id: dict[int, EventSchema] = {}
+        self._failed: dict[int, float] = {}  # schema id → when it may be asked for again
+
+    # -- the registry, off the event loop --------------------------------------------
+
+    def unresolved_ids(self, values: Iterable[bytes | None]) -> set[int]:
+        """Registry ids that Confluent-framed `values` name and this codec does not hold."""
+        out: set[int] = set()
+        for data in values:
+            if data and data[0] == CONFLUENT_MAGIC and len(data) >= 5:
+                (schema_id,) = struct.unpack(">I", data[1:5])
+                if schema_id not in self._by_id:
+                    out.add(schema_id)
+        return out
+
+    async def resolve_ids(self, ids: Iterable[int]) -> set[int]:
+        """Fetch the schemas of `ids` in a thread; returns the ids still unresolved (the
+        registry is away, or has no such id)."""
+        failed = set()
+        for schema_id in ids:
+            if self._failed.get(schema_id, 0.0) > self.clock() or self.registry is None:
+                failed.add(schema_id)
+                continue
+            try:
+                text = await asyncio.to_thread(self.registry.schema_text, schema_id)
+                schema = load_schema_text(text, origin=f"registry id {schema_id}")
+            except Exception:  # the client raises its own (and httpx2's) error types
+                self._failed[schema_id] = self.clock() + REGISTRY_RETRY_S
+                failed.add(schema_id)
+                continue
+            self._by_id[schema_id] = schema
+            self._failed.pop(schema_id, None)
+        return failed
+
+    async def register_outputs(self, topics: Iterable[str]) -> None:
+        """Register the schemas of the topics this codec writes, in a thread; raises the
+        registry client's error when it cannot."""
+        assert self.registry is not None
+        for topic in topics:
+            if topic not in self._ids:
+                schema = self.schemas.for_topic(topic)
+                subject = f"{topic}-value"
+                self._ids[topic] = await asyncio.to_thread(
+                    self.registry.register, subject, schema.canonical_json
+                )
+
+    def registered(self, topics: Iterable[str]) -> bool:
+        return all(topic in self._ids for topic in topics)
 
     def encode(self, topic: str, record: dict[str, Any]) -> bytes:
         schema = self.schemas.for_topic(topic)
@@ -132,6 +209,11 @@ class AvroCodec:
                 f"record uses registry schema id {schema_id} but no "
                 "STREAMPROC_SCHEMA_REGISTRY_URL is set"
             )
+        if not self.registry_inline:  # resolve_ids ran for this batch and could not
+            raise RegistryUnavailable(
+                f"schema id {schema_id} could not be fetched from the registry (unreachable, "
+                "or no such id)"
+            )
         try:
             text = self.registry.schema_text(schema_id)
         except Exception as exc:  # the registry client raises its own error types
@@ -143,5 +225,10 @@ class AvroCodec:
     def _registered_id(self, topic: str, schema: EventSchema) -> int:
         if topic not in self._ids:
             assert self.registry is not None
+            if not self.registry_inline:
+                raise RegistryUnavailable(
+                    f"the schema of {topic} is not registered yet (the registry has not "
+                    "answered since start-up)"
+                )
             self._ids[topic] = self.registry.register(f"{topic}-value", schema.canonical_json)
         return self._ids[topic]

@@ -56,6 +56,7 @@ class Health:
 
     started: bool = False
     broker_ok: bool = False
+    registry_ok: bool | None = None  # None: no registry configured
 
     def check(self, app: faust.App) -> tuple[bool, dict[str, bool]]:
         checks = {
@@ -63,6 +64,8 @@ class Health:
             "broker_reachable": self.broker_ok,
             "not_rebalancing": not app.rebalancing,
         }
+        if self.registry_ok is not None:
+            checks["registry_reachable"] = self.registry_ok
         return all(checks.values()), checks
 
 
@@ -95,7 +98,7 @@ class CaseWorker:
         replication: int,
     ) -> None:
         internals.check()
-        self.s, self.metrics, self.topics = settings, metrics, settings.topics
+        self.s, self.metrics, self.topics, self.codec = settings, metrics, settings.topics, codec
         t = self.topics
         # internals.BatchSink: the order a fetch's records are handled. Alerts first: a
         # case held by the inputs gate asks for log-end offsets while the transactions
@@ -148,6 +151,7 @@ class CaseWorker:
                 on_trim=self._trimmed(name),
             )
             self._stores[self.tables[name].topic] = store
+            store.on_restored = metrics.state_restored.labels(name).inc
         self.processor = CaseProcessor(
             settings,
             codec,
@@ -156,6 +160,7 @@ class CaseWorker:
             self.tables["cases"],
             self.tables["pending"],
             committed=self._committed,
+            partitions=partitions,
         )
         cache = self.tables["llm_cache"]
         self.stage = llm_stage(
@@ -185,6 +190,10 @@ class CaseWorker:
         """Apply a sub-batch of records, brief the cases now due, write the changelog;
         returns the future of its dead letters' and state's delivery (the offsets are
         acked after it: engine/checkpoint.py)."""
+        if self.codec.registry is not None:  # ids the batch needs, fetched off the loop
+            unresolved = self.codec.unresolved_ids(r.value for r in records)
+            if unresolved and await self.codec.resolve_ids(unresolved):
+                self.health.registry_ok = False  # those records go to the DLQ, with why
         moved: set[int] = set()
         for record in records:
             if record.partition != self._partition:
@@ -364,6 +373,8 @@ class CaseWorker:
         app.timer(LAG_INTERVAL_S, name="consumer-lag")(self._observe_consumer)
         app.timer(processor_mod.RECHECK_S, name="inputs-gate")(self._ask_end_offsets_fallback)
         app.timer(BROKER_PROBE_INTERVAL_S, name="broker-probe")(self._probe_broker)
+        if self.codec.registry is not None:
+            app.timer(BROKER_PROBE_INTERVAL_S, name="registry-probe")(self._probe_registry)
         app.timer(GarbageCollection.CHECK_INTERVAL_S, name="gc-freeze")(self._freeze_survivors)
         app.task(self._on_started)
         app.on_partitions_revoked.connect(self._hand_back_revoked, weak=False)
@@ -444,7 +455,26 @@ class CaseWorker:
     async def _on_started(self) -> None:
         self.gc.start()
         self.health.broker_ok = await broker_reachable(self.s.kafka_bootstrap)
+        if self.codec.registry is not None:
+            await self._probe_registry()
         self.health.started = True
+
+    async def _probe_registry(self) -> None:
+        """Register the output schemas until that succeeds, then check the registry
+        answers; in a thread, with the client's timeout (never on the event loop)."""
+        registry, outputs = self.codec.registry, (self.topics.briefs, self.topics.shadow_briefs)
+        assert registry is not None
+        try:
+            if not self.codec.registered(outputs):
+                await self.codec.register_outputs(outputs)
+            else:
+                await asyncio.to_thread(registry.ping)
+        except Exception as exc:
+            if self.health.registry_ok is not False:
+                log.warning("schema registry not reachable: %s", type(exc).__name__)
+            self.health.registry_ok = False
+            return
+        self.health.registry_ok = True
 
     async def _hand_back_revoked(
         self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any

@@ -49,7 +49,7 @@ import inspect
 import itertools
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, Protocol, cast
 
 import faust
@@ -69,7 +69,8 @@ from mode.utils.futures import notify
 from streamproc.engine.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
-READ_UNCOMMITTED = 0
+READ_COMMITTED = 1  # the Fetch request's isolation level
+READ_COMMITTED_NAME = "read_committed"
 FETCH_WAITS_MS = (1, 10, 100)
 SUB_BATCH_MAX = 500  # records handled between two briefings of due cases
 MAX_UNSETTLED = 8  # sub-batches whose changelog delivery may be outstanding at once
@@ -107,6 +108,10 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
         # p99 1,552 ms at 1500; p50 200 ms, p99 309 ms at 100; and at 22,000 events/s on
         # the batch path, p50 ~130 ms at 100 and ~60 ms at 20 (the default now).
         consumer._fetch_max_wait_ms = transport.fetch_max_wait_ms
+        # Inputs are read committed: records of an upstream transaction that is open or
+        # was aborted are never briefed (faust reads committed only with exactly_once,
+        # which would also change its commits). Read in start(), like the wait above.
+        consumer._isolation_level = READ_COMMITTED_NAME
         return consumer
 
     async def getmany(self, active_partitions: Any, timeout: float) -> Any:
@@ -154,9 +159,10 @@ async def fetched_log_ends(consumer: Any, listed: Mapping[Any, int]) -> dict[Any
 
 
 async def fetch_high_watermarks(consumer: Any, at: Mapping[Any, int]) -> dict[Any, int]:
-    """The high watermark of each partition in `at`, from a Fetch at the offset given
-    (one request per leader, one byte at most); a partition the broker does not answer
-    for (offset out of range, leader moved) is left out.
+    """The end of each partition in `at` as a read-committed consumer sees it (the last
+    stable offset; the high watermark where no transaction is open), from a Fetch at the
+    offset given (one request per leader, one byte at most); a partition the broker does
+    not answer for (offset out of range, leader moved) is left out.
 
     The Fetch asks for no minimum, so Kafka answers at once; the embedded broker waits
     out the max-wait when there is nothing to return, and leaves out every partition
@@ -175,21 +181,30 @@ async def fetch_high_watermarks(consumer: Any, at: Mapping[Any, int]) -> dict[An
             if node is not None and node >= 0:
                 by_node[node][topic].append((partition, int(at[keys[(topic, partition)]]), 1))
         for node, topics in by_node.items():
-            request = FetchRequest(max_wait_ms, 0, 1, READ_UNCOMMITTED, list(topics.items()))
+            request = FetchRequest(max_wait_ms, 0, 1, READ_COMMITTED, list(topics.items()))
             try:
                 response = await client.send(node, request)
             except KafkaError:  # left out; the caller asks again later
                 log.debug("log-end fetch failed", exc_info=True)
                 continue
             for topic, parts in response.topics:
-                for partition, error_code, highwater, *_ in parts:
+                for partition, error_code, highwater, *rest in parts:
                     if (topic, partition) not in keys or error_code != 0:
                         continue
                     unanswered.discard((topic, partition))
-                    out[keys[(topic, partition)]] = int(highwater)
+                    out[keys[(topic, partition)]] = _readable_end(int(highwater), rest)
         if not unanswered:
             break
     return out
+
+
+def _readable_end(highwater: int, rest: list[Any]) -> int:
+    """What a read-committed consumer can read up to: the last stable offset (Fetch v4+
+    carries it after the high watermark; an open transaction holds it back), else the
+    high watermark."""
+    if len(rest) >= 2 and isinstance(rest[0], int) and 0 <= rest[0] <= highwater:
+        return int(rest[0])
+    return highwater
 
 
 class BatchConsumer(driver.Consumer):
@@ -431,6 +446,14 @@ class TrackedMemoryStore(memory_store.Store[str, Any]):
         self._reflected: dict[TP, int] = {}  # last delivered own offset, per changelog tp
         self._recovered: set[int] = set()  # partitions restored in the current ownership
         self._active: set[int] = set()
+        self.on_restored: Callable[[int], None] = lambda _n: None  # changelog records read
+
+    def apply_changelog_batch(
+        self, batch: Iterable[Any], to_key: Callable[[Any], Any], to_value: Callable[[Any], Any]
+    ) -> None:
+        events = list(batch)
+        super().apply_changelog_batch(events, to_key, to_value)
+        self.on_restored(len(events))
 
     def note_write(self, key: str, partition: int) -> None:
         self._key_partition[key] = partition
@@ -586,6 +609,7 @@ _METHODS: tuple[tuple[type, str], ...] = (
     (_TableManager, "recovery"),
     (_Recovery, "_add"),
     (memory_store.Store, "on_recovery_completed"),
+    (memory_store.Store, "apply_changelog_batch"),
     (memory_store.Store, "persisted_offset"),
     (_TableManager, "_recovery"),
     (faust.App, "_fetcher"),

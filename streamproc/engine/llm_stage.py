@@ -101,7 +101,7 @@ class LLMStage:
     ) -> None:
         self.s, self.codec, self.metrics, self.briefer = settings, codec, metrics, briefer
         self.canary, self.shadow = canary, shadow
-        self.owner: Ownership = owner or _AlwaysOwner()
+        self.owner: Ownership = owner if owner is not None else _AlwaysOwner()
         self.clock = clock
         # Each variant's own settings: its case deadline, its model's price.
         self.variant_settings = {"primary": settings, **variant_settings(settings)}

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from murmurhash2 import murmurhash2
+
 from streamproc.brief.fallback import build_brief
 from streamproc.brief.model import CaseBrief
 from streamproc.config import Settings
@@ -30,12 +32,13 @@ from streamproc.domain.window import SIGNAL, TXN, AddOutcome, add_event, empty_w
 from streamproc.engine import feedback, ticks
 from streamproc.engine.dlq import Outgoing, Record, as_in_message, dead_letter
 from streamproc.engine.inputs import InputProgress
-from streamproc.errors import EventError, EventValidationError
+from streamproc.errors import EventError, EventKeyError, EventValidationError
 from streamproc.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 Table = MutableMapping[str, Any]
 RECHECK_S = 1.0  # while waiting for transactions an alert names; the inputs gate's fallback
+MURMUR2_SEED = 0x9747B28C  # the Java client's (org.apache.kafka.common.utils.Utils.murmur2)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,24 @@ class BriefPlan:
         return BriefPlan(self.case_id, brief, output, self.since, self.partition, self.case)
 
 
+def check_key(key: bytes | None, partition: int, partitions: int | None) -> None:
+    """An input record is keyed, and sits where its key's murmur2 hash puts it (Kafka's
+    default partitioner): another partitioner would split an account between workers,
+    each briefing half of its history."""
+    if key is None:
+        raise EventKeyError(
+            "record has no key (inputs are keyed by account_id)", reason="missing_key"
+        )
+    if partitions is not None:
+        expected = (murmurhash2(key, MURMUR2_SEED) & 0x7FFFFFFF) % partitions
+        if expected != partition:
+            raise EventKeyError(
+                f"record is on partition {partition}, its key's is {expected} (murmur2): "
+                "the producer does not use Kafka's default partitioner",
+                reason="wrong_partition",
+            )
+
+
 def _brief_headers(brief: CaseBrief) -> list[tuple[str, bytes]]:
     return [
         ("brief_id", brief.brief_id.encode()),
@@ -75,8 +96,10 @@ class CaseProcessor:
         pending: Table,
         clock: Callable[[], float] = time.time,
         committed: Callable[[str, int], int | None] = lambda _topic, _partition: None,
+        partitions: int | None = None,
     ) -> None:
         self.s = settings
+        self.partitions = partitions  # the inputs' count: a record must sit on its key's
         self.topics = settings.topics
         self.codec = codec
         self.metrics = metrics
@@ -137,6 +160,7 @@ class CaseProcessor:
         return None
 
     def _decode(self, msg: Record) -> dict[str, Any]:
+        check_key(msg.key, msg.partition, self.partitions)
         record = self.codec.decode_millis(msg.topic, msg.value)
         check(self._schemas[msg.topic], record)
         if msg.key is not None and msg.key != record["account_id"].encode():

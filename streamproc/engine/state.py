@@ -79,7 +79,7 @@ class WriteBackTable(MutableMapping[str, Any]):
         self.sink = sink
         self.topic = str(table.changelog_topic.get_topic_name())
         self.partition = 0  # set by the worker before each record
-        self.tracker: StateTracker = tracker or _Untracked()
+        self.tracker: StateTracker = tracker if tracker is not None else _Untracked()
         self.max_value_bytes = None if max_bytes is None else max_bytes - KEY_OVERHEAD
         self.shrink = shrink
         self.on_trim = on_trim  # told "trimmed" or "dropped", for the metric

@@ -131,6 +131,10 @@ def check_copartitioned(
         detail = ", ".join(f"{t}={c}" for t, c in wrong.items())
         raise TopologyError(
             f"internal topics must have {n} partitions like the inputs, found {detail}. "
-            "Delete and recreate them (state is rebuilt from the inputs' retention)."
+            "To recreate them without losing cases: stop every worker; delete them; reset "
+            "the consumer group's offsets on the input topics to at least LOOKBACK_H before "
+            "the oldest open case (kafka-consumer-groups --reset-offsets --to-datetime); run "
+            "`streamproc topics apply`. State is then rebuilt by reading the inputs again. "
+            "Deleting them alone loses every pending case: the committed offsets stay."
         )
     return n

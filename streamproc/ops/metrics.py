@@ -125,6 +125,13 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        self.state_restored = Counter(
+            "streamproc_state_restored_records",
+            "Changelog records read back into state (start-up, and partitions gained in a "
+            "rebalance; a partition kept through a rebalance reads none), by table.",
+            ["table"],
+            registry=r,
+        )
         self.state_trimmed = Counter(
             "streamproc_state_trimmed",
             "State values over their changelog's record limit: trimmed (oldest events or "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from streamproc.brief import model
 from streamproc.brief.model import CaseBrief, json_schema
 from streamproc.config import Settings, Topics
@@ -84,3 +86,18 @@ def test_avro_brief_and_pydantic_brief_have_the_same_fields_and_enums() -> None:
 def test_json_schema_export_is_current() -> None:
     on_disk = json.loads((SCHEMA_DIR / "case_brief.schema.json").read_text())
     assert on_disk == json.loads(json.dumps(json_schema())), "run `make schemas`"
+
+
+def test_the_advice_on_recreating_internal_topics_does_not_lose_cases() -> None:
+    """Deleting the state topics alone keeps the committed offsets: pending cases would
+    never be briefed. The message must say to reset the offsets too."""
+    from streamproc.errors import TopologyError
+    from streamproc.kafka.admin import check_copartitioned
+
+    inputs = ["fraud.transactions.v1", "fraud.alerts.v1"]
+    counts = {"fraud.transactions.v1": 6, "fraud.alerts.v1": 6, "streamproc-settle": 3}
+    with pytest.raises(TopologyError) as info:
+        check_copartitioned(counts, inputs, internal=["streamproc-settle"])
+    message = str(info.value)
+    assert "streamproc-settle=3" in message
+    assert "reset" in message and "offsets" in message and "stop every worker" in message
