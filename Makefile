@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TOOLS  := .tools/.installed
 MODELS := .models/.installed
 
-.PHONY: venv tools models demo test test-unit lint typecheck schemas docs bench eval eval-local faults injection-report clean
+.PHONY: venv tools models demo test test-unit lint typecheck schemas docs bench eval eval-local faults chaos injection-report clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "streamproc needs Python 3.11+")'
@@ -78,6 +78,12 @@ eval: venv
 # The fault suite at full length (phases of a minute, larger runs); make test runs it short.
 faults: venv tools
 	STREAMPROC_FAULT_SCALE=full $(BIN)/python -m pytest -m faults -s $(ARGS)
+
+# The chaos suite at full length: twelve kills of one of three workers (at points inside
+# model calls, just after answers, inside batches), a SIGTERM, a worker added; recovery
+# times printed (make test runs a short smoke of it).
+chaos: venv
+	STREAMPROC_CHAOS_SCALE=full $(BIN)/python -m pytest -m chaos -s $(ARGS)
 
 # The prompt-injection corpus against a model that obeys, both API shapes:
 # tests/eval/results/injection.{md,json} (make test checks the committed report is current).

@@ -361,16 +361,29 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long in-flight model calls may finish before their cases "
         "are handed back (keep it well under the pod's terminationGracePeriodSeconds).",
     )
-    # Consumer-group timing. Kafka's defaults suit production; dev and tests set
-    # them low because the first join waits about half the rebalance timeout.
+    # Consumer-group timing. Dev and tests set them low: the embedded broker holds a
+    # JoinGroup until half the session timeout has passed.
     broker_rebalance_timeout_s: float = Field(
         60.0, gt=0, description="Consumer-group rebalance timeout (dev and tests: 2)."
     )
     broker_session_timeout_s: float = Field(
-        45.0, gt=0, description="Consumer-group session timeout."
+        10.0,
+        gt=0,
+        description="Consumer-group session timeout: how long a worker that died unseen "
+        "(kill -9, node lost) holds its partitions before the group moves them; the larger "
+        "part of failover. Kafka's default is 45; its brokers accept 6 and up "
+        "(group.min.session.timeout.ms).",
     )
     broker_heartbeat_interval_s: float = Field(
-        3.0, gt=0, description="Consumer-group heartbeat interval."
+        3.0, gt=0, description="Consumer-group heartbeat interval (a third of the session)."
+    )
+    group_instance_id: str | None = Field(
+        None,
+        description="Static group membership (KIP-345): a stable, unique id per worker, "
+        "such as a StatefulSet pod's name. A worker restarted within the session timeout "
+        "gets its partitions back without a rebalance. Leave unset where names change on "
+        "every start (a Deployment's pods) and on the embedded broker, whose static "
+        "membership rebalances in a loop.",
     )
     broker_fetch_max_wait_ms: int = Field(
         20, ge=1, le=30_000, description="Longest a fetch waits for data (faust fixes 1500)."

@@ -7,7 +7,7 @@
     ├── EventError                   permanent: one record is bad (goes to the DLQ)
     │   ├── EventDecodeError         bytes are not Avro we can read
     │   │   └── UnknownSchemaError   fingerprint or registry id not known
-    │   │       └── RegistryUnavailable  the registry did not answer for it
+    │   │       └── RegistryUnavailableError  the registry did not answer for it
     │   ├── EventValidationError     decoded, but breaks the contract
     │   └── EventKeyError            no key, or not on its key's partition
     ├── BriefValidationError         permanent: a brief breaks its own contract
@@ -65,7 +65,7 @@ class UnknownSchemaError(EventDecodeError):
     reason = "unknown_schema"
 
 
-class RegistryUnavailable(UnknownSchemaError):
+class RegistryUnavailableError(UnknownSchemaError):
     """The schema registry did not give the schema (it is away, or slow): the record is
     dead-lettered after a bounded wait, never decoded by guesswork."""
 

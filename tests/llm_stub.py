@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -65,9 +66,21 @@ def masked_briefer(client: LLMClient, max_prompt_tokens: int = 8000) -> LLMBrief
 
 
 class StubLLM:
-    def __init__(self, answer: dict[str, Any] | None = None, delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        answer: dict[str, Any] | None = None,
+        delay_s: float = 0.0,
+        delay_fn: Callable[[], float | None] | None = None,
+    ) -> None:
         self.answer = answer or GOOD_ANSWER
         self.delay_s = delay_s
+        # When set, each request's delay (None: it hangs), e.g. a slow model that
+        # sometimes never answers.
+        self.delay_fn = delay_fn
+        # Per caller (its Authorization header): requests in flight, and when the last
+        # answer went out: the chaos suite kills a worker during a call or just after.
+        self.in_flight_by: dict[str, int] = {}
+        self.answered_at: dict[str, float] = {}
         self.script: list[str] = []  # one mode per request; `default` once it is empty
         self.default = "ok"
         # When set, answers "ok" requests from the user message (a model that obeys).
@@ -131,15 +144,22 @@ class StubLLM:
             self.refused.append(error)
             return "refused", web.json_response(error, status=400)
         mode = self.script.pop(0) if self.script else self.default
+        delay = self.delay_fn() if self.delay_fn is not None else self.delay_s
+        if delay is None:
+            mode = "hang"
+        caller = request.headers.get("Authorization") or request.headers.get("x-api-key") or ""
         self.concurrent += 1
         self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        self.in_flight_by[caller] = self.in_flight_by.get(caller, 0) + 1
         try:
             if mode == "hang":
                 await asyncio.wait_for(self._release.wait(), 60)
             else:
-                await asyncio.sleep(self.delay_s)
+                await asyncio.sleep(delay or 0.0)
         finally:
             self.concurrent -= 1
+            self.in_flight_by[caller] -= 1
+            self.answered_at[caller] = time.monotonic()
         return mode, _fault(mode, shape)
 
     async def _openai(self, request: web.Request) -> web.Response:

@@ -24,7 +24,10 @@ MAX_FACT_REASONS = 3  # reason codes a fact is evidence for
 # Only for servers that enforce them by grammar (llama.cpp), where they stop a small
 # model rambling; OpenAI's strict mode refuses them. llama.cpp cannot build a grammar
 # for maxLength 2,000 ("failed to parse grammar"); these it builds.
-GRAMMAR_MAX_LENGTHS = {"summary": 1000, "text": 300}
+# A 135M model fills every bound it is given: at the old 1,000/300 characters and 8 facts
+# it wrote 1,000+ tokens a brief, 100+ s on a busy 2-core machine.
+GRAMMAR_MAX_LENGTHS = {"summary": 600, "text": 200}
+GRAMMAR_MAX_FACTS = 4
 
 
 class DraftFact(BaseModel):
@@ -80,4 +83,5 @@ def output_schema(refs: list[str] | None = None, *, grammar_bounds: bool = False
     if grammar_bounds:
         out["properties"]["summary"]["maxLength"] = GRAMMAR_MAX_LENGTHS["summary"]
         fact["properties"]["text"]["maxLength"] = GRAMMAR_MAX_LENGTHS["text"]
+        out["properties"]["key_facts"]["maxItems"] = GRAMMAR_MAX_FACTS
     return out

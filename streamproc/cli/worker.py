@@ -9,12 +9,14 @@ import faust
 
 from streamproc.cli.kafkaio import make_codec
 from streamproc.config import LLMProvider, LogFormat, Settings
-from streamproc.engine.app import CaseWorker, changelog_topics, http_service
+from streamproc.engine.app import CaseWorker
+from streamproc.engine.tables import changelog_topics
 from streamproc.errors import TopologyError
 from streamproc.kafka import security
 from streamproc.kafka.admin import admin_client, broker_count, check_copartitioned, partition_counts
 from streamproc.llm.prices import configured_price
 from streamproc.ops import logs
+from streamproc.ops.http import http_service
 from streamproc.ops.metrics import Metrics
 
 log = logging.getLogger("streamproc.worker")
@@ -68,7 +70,7 @@ def run_worker(settings: Settings) -> int:
     case_worker = CaseWorker(settings, codec, metrics, partitions, replication)
     worker = _Worker(
         case_worker.app,
-        http_service(case_worker.app, case_worker.health, metrics, settings.http_port),
+        http_service(case_worker.readiness, metrics, settings.http_port),
         loglevel=settings.log_level.value,
         log_format=settings.log_format,
         quiet=True,

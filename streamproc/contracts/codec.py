@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from fastavro import schemaless_reader, schemaless_writer
 
 from streamproc.contracts.schemas import EventSchema, SchemaSet, load_schema_text
-from streamproc.errors import EventDecodeError, RegistryUnavailable, UnknownSchemaError
+from streamproc.errors import EventDecodeError, RegistryUnavailableError, UnknownSchemaError
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
@@ -83,7 +83,7 @@ class AvroCodec:
         self.clock = clock
         self._ids: dict[str, int] = {}  # topic → registered id of its current schema
         self._by_id: dict[int, EventSchema] = {}
-        self._failed: dict[int, float] = {}  # schema id → when it may be asked for again
+        self._failed: dict[int, tuple[float, bool]] = {}  # id → (ask again after, unknown?)
 
     # -- the registry, off the event loop --------------------------------------------
 
@@ -97,24 +97,27 @@ class AvroCodec:
                     out.add(schema_id)
         return out
 
-    async def resolve_ids(self, ids: Iterable[int]) -> set[int]:
-        """Fetch the schemas of `ids` in a thread; returns the ids still unresolved (the
-        registry is away, or has no such id)."""
-        failed = set()
+    async def resolve_ids(self, ids: Iterable[int]) -> tuple[set[int], set[int]]:
+        """Fetch the schemas of `ids` in a thread; returns the ids still unresolved:
+        (those the registry does not know, those it did not answer for)."""
+        unknown: set[int] = set()
+        unanswered: set[int] = set()
         for schema_id in ids:
-            if self._failed.get(schema_id, 0.0) > self.clock() or self.registry is None:
-                failed.add(schema_id)
+            until, was_unknown = self._failed.get(schema_id, (0.0, False))
+            if until > self.clock() or self.registry is None:
+                (unknown if was_unknown or self.registry is None else unanswered).add(schema_id)
                 continue
             try:
                 text = await asyncio.to_thread(self.registry.schema_text, schema_id)
                 schema = load_schema_text(text, origin=f"registry id {schema_id}")
-            except Exception:  # the client raises its own (and httpx2's) error types
-                self._failed[schema_id] = self.clock() + REGISTRY_RETRY_S
-                failed.add(schema_id)
+            except Exception as exc:  # the client raises its own (and httpx2's) error types
+                not_there = getattr(exc, "http_status_code", None) == 404
+                self._failed[schema_id] = (self.clock() + REGISTRY_RETRY_S, not_there)
+                (unknown if not_there else unanswered).add(schema_id)
                 continue
             self._by_id[schema_id] = schema
             self._failed.pop(schema_id, None)
-        return failed
+        return unknown, unanswered
 
     async def register_outputs(self, topics: Iterable[str]) -> None:
         """Register the schemas of the topics this codec writes, in a thread; raises the
@@ -210,9 +213,11 @@ class AvroCodec:
                 "STREAMPROC_SCHEMA_REGISTRY_URL is set"
             )
         if not self.registry_inline:  # resolve_ids ran for this batch and could not
-            raise RegistryUnavailable(
-                f"schema id {schema_id} could not be fetched from the registry (unreachable, "
-                "or no such id)"
+            _, unknown = self._failed.get(schema_id, (0.0, False))
+            if unknown:
+                raise UnknownSchemaError(f"registry has no schema id {schema_id}")
+            raise RegistryUnavailableError(
+                f"schema id {schema_id} could not be fetched: the registry did not answer"
             )
         try:
             text = self.registry.schema_text(schema_id)
@@ -226,7 +231,7 @@ class AvroCodec:
         if topic not in self._ids:
             assert self.registry is not None
             if not self.registry_inline:
-                raise RegistryUnavailable(
+                raise RegistryUnavailableError(
                     f"the schema of {topic} is not registered yet (the registry has not "
                     "answered since start-up)"
                 )

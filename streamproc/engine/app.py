@@ -1,76 +1,46 @@
 """The worker: faust's group membership, tables and recovery around our batch path.
 
 Input records reach `CaseWorker.handle` in sub-batches straight from the consumer
-(internals.BatchConsumer), not through a faust agent. A record that fails goes to the
-DLQ with the reason; nothing escapes a batch. Table writes carry the partition of the
-record (or case) that caused them, so changelogs stay co-partitioned with the inputs;
-timers never write state, they send settle ticks to the case's own partition and the
-worker acts on the tick when it comes back (or sooner, when a batch finds it due).
+(internals.BatchConsumer), not through faust's per-message path. A record that fails
+goes to the DLQ with the reason; nothing escapes a sub-batch. Table writes carry the
+partition of the record (or case) that caused them, so changelogs stay co-partitioned
+with the inputs, whoever writes them: a sub-batch, a model task, or a timer. When its
+outputs and state are durable the sub-batch is acknowledged (engine/checkpoint.py).
+Nothing is briefed or written while the worker rebalances or restores (`serving`).
+Operations (health, lag, HTTP, the process) live in streamproc/ops.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
-import os
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
-import faust
 from faust.types import TP
-from mode import Service
 
 from streamproc.config import Settings
 from streamproc.contracts.codec import AvroCodec
-from streamproc.contracts.topics import changelog_limit, load_topics
-from streamproc.domain import bounds
 from streamproc.engine import internals
 from streamproc.engine import processor as processor_mod
 from streamproc.engine.checkpoint import Checkpoint
 from streamproc.engine.dlq import InMessage, Outgoing, as_in_message, dead_letter
+from streamproc.engine.gate import LogEndAsker
 from streamproc.engine.llm_stage import llm_stage
 from streamproc.engine.processor import BriefPlan, CaseProcessor
-from streamproc.engine.state import ConfluentChangelog, Shrink, WriteBackTable
-from streamproc.kafka import security
+from streamproc.engine.state import ConfluentChangelog
+from streamproc.engine.tables import faust_app, state_tables
 from streamproc.kafka.clients import producer_config
-from streamproc.ops.http import HttpServer, build_http_app
+from streamproc.ops.health import Health, Snapshot, broker_reachable, registry_answers
+from streamproc.ops.lag import consumer_lag
 from streamproc.ops.metrics import Metrics
+from streamproc.ops.process import GarbageCollection, die
 
 log = logging.getLogger(__name__)
-TABLES = ("windows", "cases", "pending", "llm_cache")
-# How a value over its changelog's record limit is trimmed (a table without: not kept).
-SHRINK: dict[str, Shrink] = {"windows": bounds.shrink_window, "cases": bounds.shrink_case}
 TIMER_INTERVAL_S = 0.1
 BROKER_PROBE_INTERVAL_S = 5.0
 LAG_INTERVAL_S = 2.0
 ASK_GRACE_S = 1.0  # at shutdown, for the inputs gate's ask out
-DLQ_MAX_BYTES = 4 * 1024 * 1024
-
-
-@dataclass
-class Health:
-    """What /readyz reports; updated by the worker as it runs."""
-
-    started: bool = False
-    broker_ok: bool = False
-    registry_ok: bool | None = None  # None: no registry configured
-
-    def check(self, app: faust.App) -> tuple[bool, dict[str, bool]]:
-        checks = {
-            "started": self.started,
-            "broker_reachable": self.broker_ok,
-            "not_rebalancing": not app.rebalancing,
-        }
-        if self.registry_ok is not None:
-            checks["registry_reachable"] = self.registry_ok
-        return all(checks.values()), checks
-
-
-def changelog_topics(settings: Settings) -> list[str]:
-    return [f"{settings.app_id}-{name}-changelog" for name in TABLES]
 
 
 class CaseWorker:
@@ -78,15 +48,16 @@ class CaseWorker:
 
     Read it in this order:
       `handle`           a sub-batch of input records, from internals.BatchConsumer;
-        `_apply`         one record: the processor applies it, a bad one is dead-lettered;
+        `_apply`         one record: the processor applies it, a bad one is dead-lettered
+                         (its delivery joined to the sub-batch's checkpoint);
         `brief_due_cases` cases due now are briefed in line (or offered to the model);
-        the changelog's durable future, after which the consumer acks the offsets.
+        `checkpoint.close_sub_batch` state written; its future acks the offsets.
       `publish`          a brief is delivered, then recorded as briefed.
-      the timers         settle ticks, log-end offsets for the case gate, lag, health.
-
-    faust keeps group membership, the co-partitioning assignor, changelog recovery and
-    the commit of acknowledged offsets; records of the input topics never go through its
-    per-message path (internals.py says why and what is guaranteed).
+      `serving`/`owns`   what the LLM stage asks before it writes.
+      the timers         settle ticks, the inputs gate's asks (engine/gate.py), lag,
+                         readiness, the broker and registry probes.
+      the rebalance      cases waiting for a model slot handed back; calls whose partitions
+                         moved abandoned; at shutdown, model calls drained.
     """
 
     def __init__(
@@ -107,51 +78,16 @@ class CaseWorker:
         # wait for its inputs.
         self.input_topics = (t.alerts, t.transactions, t.device_signals, t.feedback, t.settle)
         self.health = Health()
-        self.app = faust.App(
-            settings.app_id,
-            broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
-            broker_credentials=security.faust_credentials(security.resolve(settings)),
-            store=internals.TRACKED_STORE,
-            datadir=str(settings.data_dir),
-            web_enabled=False,
-            topic_partitions=partitions,
-            topic_replication_factor=replication,
-            table_standby_replicas=settings.table_standby_replicas,
-            broker_rebalance_timeout=settings.broker_rebalance_timeout_s,
-            broker_session_timeout=settings.broker_session_timeout_s,
-            broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
-            consumer_auto_offset_reset="earliest",
-            key_serializer="json",  # for the tables; the source topic says raw itself
-            value_serializer="json",
-            producer_acks=-1,
-            # A dead-lettered record keeps its value: the producer must take the largest
-            # input record plus headers (inputs allow 2 MiB, the DLQ topic 4 MiB).
-            producer_max_request_size=DLQ_MAX_BYTES,
-            broker_max_poll_records=10_000,
-            consumer_max_fetch_size=8 * 1024 * 1024,
-            # Seeks the inputs to their committed offsets before resuming them.
-            TableManager=internals.TableManager,
-        )
+        self.records_handled = 0  # input records handed to `handle` (readiness)
+        self._serving = False  # started; `serving` says when writes may happen
+        self.app = faust_app(settings, partitions, replication)
         self.changelog = ConfluentChangelog(producer_config(settings), on_offset=self._delivered)
         self.checkpoint = Checkpoint(self.changelog, self._write_tables, self.undeliverable)
         internals.install(self.app, settings.broker_fetch_max_wait_ms, sink=self)
-        self.tables = {}
-        self._stores: dict[str, internals.TrackedMemoryStore] = {}  # by changelog topic
-        topics = load_topics()
-        for name in TABLES:
-            table = self.app.Table(name, partitions=partitions)
-            store = internals.tracked_store(table)
-            self.tables[name] = WriteBackTable(
-                table,
-                self.changelog,
-                internals.store_dict(table),
-                tracker=store,
-                max_bytes=changelog_limit(name, topics),
-                shrink=SHRINK.get(name),
-                on_trim=self._trimmed(name),
-            )
-            self._stores[self.tables[name].topic] = store
-            store.on_restored = metrics.state_restored.labels(name).inc
+        self.tables, stores = state_tables(
+            self.app, self.changelog, metrics, partitions, on_trim=self._trimmed
+        )
+        self._stores = {self.tables[name].topic: store for name, store in stores.items()}
         self.processor = CaseProcessor(
             settings,
             codec,
@@ -178,9 +114,14 @@ class CaseWorker:
         )
         self._partition = -1  # the tables' changelog partition for the writes at hand
         self._publishing: set[str] = set()  # cases whose brief is being delivered
-        # The inputs gate's ask for log-end offsets: one out at a time, another wanted.
-        self._ask: asyncio.Task[None] | None = None
-        self._ask_again = False
+        self.asker = LogEndAsker(
+            self.app,
+            self.processor,
+            t.events,
+            self._active_partitions,
+            self.serving,
+            self._released,
+        )
         self.gc = GarbageCollection()
         self._register_timers()
 
@@ -190,9 +131,10 @@ class CaseWorker:
         """Apply a sub-batch of records, brief the cases now due, write the changelog;
         returns the future of its dead letters' and state's delivery (the offsets are
         acked after it: engine/checkpoint.py)."""
+        self.records_handled += len(records)
         if self.codec.registry is not None:  # ids the batch needs, fetched off the loop
             unresolved = self.codec.unresolved_ids(r.value for r in records)
-            if unresolved and await self.codec.resolve_ids(unresolved):
+            if unresolved and (await self.codec.resolve_ids(unresolved))[1]:
                 self.health.registry_ok = False  # those records go to the DLQ, with why
         moved: set[int] = set()
         for record in records:
@@ -251,7 +193,7 @@ class CaseWorker:
                 self.stage.offer(plan)  # the model writes it off the worker's path
         if self.processor.wants_end_offsets:  # a case is held by the inputs gate: ask now
             self.processor.wants_end_offsets = False
-            self._ask_end_offsets_now()
+            self.asker.ask_now()
         if plans:
             await self._publish_together(plans)
         if self.stage is not None:
@@ -279,16 +221,23 @@ class CaseWorker:
         if plan is None:
             return
         if self.stage is None:
-            await self.publish(plan)
+            await self.publish(plan, in_sub_batch=True)
         else:
             self.stage.offer(plan)  # the model writes it off the worker's path
 
-    async def publish(self, plan: BriefPlan) -> None:
+    async def publish(self, plan: BriefPlan, in_sub_batch: bool = False) -> None:
+        """Deliver a brief, then record it as briefed. Off a sub-batch (a model task's),
+        not if a rebalance began meanwhile and the case may be another worker's now: it
+        stays pending, and whoever owns it briefs it again (the same brief id). In one,
+        the partition is ours: a rebalance waits for the sub-batch in hand."""
         self._publishing.add(plan.case_id)
         try:
             await self.send(plan.output)  # delivered before the case is recorded as briefed
         finally:
             self._publishing.discard(plan.case_id)
+        if not in_sub_batch and not (self.serving() and self.owns(plan.partition)):
+            log.info("a brief went out during a rebalance; its case is left pending")
+            return
         self._use_partition(plan.partition)  # no await between this and the writes below
         self.processor.finalize_brief(plan)
 
@@ -348,8 +297,9 @@ class CaseWorker:
     # -- ownership: what the LLM stage asks before it writes ------------------------------
 
     def serving(self) -> bool:
-        """Started, not rebalancing, state restored: writes and briefs may happen."""
-        return self.health.started and not self.app.rebalancing and not self.app.should_stop
+        """Started, not rebalancing, state restored: writes and briefs may happen (at
+        shutdown too, until the worker leaves the group: drained calls publish)."""
+        return self._serving and not self.app.rebalancing
 
     def owns(self, partition: int) -> bool:
         return partition in self._active_partitions()
@@ -371,7 +321,7 @@ class CaseWorker:
         app = self.app
         app.timer(TIMER_INTERVAL_S, name="settle-ticks")(self._settle_ticks)
         app.timer(LAG_INTERVAL_S, name="consumer-lag")(self._observe_consumer)
-        app.timer(processor_mod.RECHECK_S, name="inputs-gate")(self._ask_end_offsets_fallback)
+        app.timer(processor_mod.RECHECK_S, name="inputs-gate")(self._ask_log_ends)
         app.timer(BROKER_PROBE_INTERVAL_S, name="broker-probe")(self._probe_broker)
         if self.codec.registry is not None:
             app.timer(BROKER_PROBE_INTERVAL_S, name="registry-probe")(self._probe_registry)
@@ -389,62 +339,35 @@ class CaseWorker:
         if self.stage is not None:
             self.stage.observe()
 
-    def _ask_end_offsets_now(self) -> None:
-        """Ask for the log-end offsets of the inputs of partitions with a case pending: a
-        case is briefed once its inputs are read up to the alert's time or to these
-        offsets. Asked as soon as a case is held by that gate (or as soon as the ask out
-        comes back: only an ask sent after the alert came counts), else every RECHECK_S.
-        Started here, not by waking a waiting task, which took a few turns of the event
-        loop, each one a sub-batch long."""
-        if self.app.should_stop:
-            return
-        if self._ask is not None:
-            self._ask_again = True
-            return
-        self._ask_again = False
-        self._ask = asyncio.ensure_future(self._ask_and_recheck())
+    async def _ask_log_ends(self) -> None:
+        self.asker.ask_now()
 
-    async def _ask_and_recheck(self) -> None:
-        try:
-            if not self.serving():  # a partly restored case must not be briefed
-                return
-            if await self._ask_end_offsets() and self.processor.recheck_gated(None):
-                await self.brief_due_cases()
-                self._write_tables()  # acked with the next sub-batch (cumulative)
-        except Exception:  # the cases stay gated; the next ask or RECHECK_S retries
-            log.exception("the inputs gate's ask failed")
-        finally:
-            self._ask = None
-        if self._ask_again:
-            self._ask_end_offsets_now()
-
-    async def _ask_end_offsets_fallback(self) -> None:
-        self._ask_end_offsets_now()
-
-    async def _ask_end_offsets(self) -> bool:
-        waiting = self.processor.partitions_waiting(self._active_partitions())
-        if not waiting:
-            return False
-        t = self.topics
-        tps = [TP(topic, p) for topic in t.events for p in waiting]
-        asked_at = time.time()
-        positions = {tp: self.processor.inputs.position(tp.topic, tp.partition) for tp in tps}
-        known = {tp: n for tp, n in positions.items() if n is not None}
-        try:
-            ends = await internals.log_ends_from(self.app, known)
-            if unanswered := [tp for tp in tps if tp not in ends]:  # never read; out of range
-                ends.update(await self.app.consumer.highwaters(*unanswered))
-        except Exception:  # broker away, rebalancing: cases wait, at most CASE_MAX_WAIT_S
-            log.debug("log-end offsets not available", exc_info=True)
-            return False
-        ends_by_key = {(tp.topic, tp.partition): n for tp, n in ends.items()}
-        self.processor.inputs.note_end_offsets(ends_by_key, asked_at)
-        return True
+    async def _released(self) -> None:
+        """Cases the inputs gate's answer released: briefed now, outside a sub-batch (their
+        state is acknowledged with the next one: the changelog is cumulative)."""
+        await self.brief_due_cases()
+        self._write_tables()
 
     async def _observe_consumer(self) -> None:
-        for topic, lag in consumer_lag(self.app, (*self.topics.inputs, self.topics.settle)).items():
+        lags = consumer_lag(self.app, (*self.topics.inputs, self.topics.settle))
+        for topic, lag in lags.items():
             self.metrics.consumer_lag.labels(topic).set(lag)
-        self.metrics.ready.set(1 if self.health.check(self.app)[0] else 0)
+        holding = bool(self._active_partitions())
+        self.health.observe_progress(
+            self.records_handled, sum(lags.values()), holding, self.app.rebalancing
+        )
+        self.metrics.ready.set(1 if self.readiness()[0] else 0)
+
+    def readiness(self) -> tuple[bool, dict[str, bool]]:
+        """/readyz: each check and whether all hold (ops/health.py)."""
+        return self.health.check(
+            Snapshot(
+                rebalancing=bool(self.app.rebalancing),
+                fetch_loop_age_s=internals.fetch_loop_age(self.app),
+                state_undelivered_s=self.changelog.oldest_undelivered_s(),
+                state_failed=self.changelog.failed,
+            )
+        )
 
     async def _freeze_survivors(self) -> None:
         self.gc.freeze_survivors()
@@ -457,24 +380,12 @@ class CaseWorker:
         self.health.broker_ok = await broker_reachable(self.s.kafka_bootstrap)
         if self.codec.registry is not None:
             await self._probe_registry()
-        self.health.started = True
+        self._serving = self.health.started = True
 
     async def _probe_registry(self) -> None:
-        """Register the output schemas until that succeeds, then check the registry
-        answers; in a thread, with the client's timeout (never on the event loop)."""
-        registry, outputs = self.codec.registry, (self.topics.briefs, self.topics.shadow_briefs)
-        assert registry is not None
-        try:
-            if not self.codec.registered(outputs):
-                await self.codec.register_outputs(outputs)
-            else:
-                await asyncio.to_thread(registry.ping)
-        except Exception as exc:
-            if self.health.registry_ok is not False:
-                log.warning("schema registry not reachable: %s", type(exc).__name__)
-            self.health.registry_ok = False
-            return
-        self.health.registry_ok = True
+        self.health.registry_ok = await registry_answers(
+            self.codec, (self.topics.briefs, self.topics.shadow_briefs), self.health.registry_ok
+        )
 
     async def _hand_back_revoked(
         self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any
@@ -500,11 +411,7 @@ class CaseWorker:
         """SIGTERM: the consumer has stopped and its last batch is done; let model calls
         finish within the grace period, hand the rest back, and flush state."""
         self.health.started = False  # /readyz: not ready while stopping
-        if (ask := self._ask) is not None:  # an answer being acted on; not a hung ask
-            self._ask_again = False
-            done, _ = await asyncio.wait({ask}, timeout=ASK_GRACE_S)
-            if not done:
-                ask.cancel()
+        await self.asker.settle(ASK_GRACE_S)  # an answer being acted on; not a hung ask
         if self.stage is not None:
             finished, handed_back = await self.stage.drain(self.s.shutdown_grace_s)
             log.info(
@@ -517,115 +424,3 @@ class CaseWorker:
             await self.persist()
         except Exception:
             log.exception("shutdown: state changes could not be flushed to the changelog")
-
-
-EXIT_UNDELIVERABLE = 75  # EX_TEMPFAIL: restart me; nothing was acknowledged
-
-
-def die(reason: str) -> NoReturn:
-    """Stop at once, without acknowledging the batch in hand.
-
-    The clients already retried until their delivery timeouts; exiting lets the
-    orchestrator restart the worker, which re-reads the unacknowledged records
-    (at-least-once). Raising instead would leave the consumer running past state it
-    could not write.
-    """
-    log.critical("%s; exiting with %d so the records are read again", reason, EXIT_UNDELIVERABLE)
-    logging.shutdown()
-    os._exit(EXIT_UNDELIVERABLE)
-
-
-class GarbageCollection:
-    """Keep CPython's full garbage collections short: they walk every tracked object with
-    the worker stopped, and the state (half a million dicts at 200,000 accounts) made
-    each one 300 ms or more, the largest part of alert-to-brief p99 at half load.
-
-    What exists once the worker has started is frozen (moved where the collector never
-    looks); after each full collection, what survived it is frozen too, so the next one
-    walks only what was created since (measured: 50-60 ms a full collection at half load
-    with the start-up heap alone, 4-6 ms frozen). Frozen objects are still freed by
-    reference counting when dropped, which is how state goes (windows and cases hold no
-    cycles); only a cycle that includes a frozen object is never collected, a small
-    leak bounded by what is alive at each freeze."""
-
-    CHECK_INTERVAL_S = 1.0
-
-    def __init__(self) -> None:
-        self._full_since_freeze = False
-
-    def start(self) -> None:
-        gc.collect()
-        gc.freeze()
-        gc.callbacks.append(self._on_collection)
-
-    def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "stop" and info.get("generation") == 2:
-            self._full_since_freeze = True  # frozen from the event loop, not in here
-
-    def freeze_survivors(self) -> None:
-        if self._full_since_freeze:
-            self._full_since_freeze = False
-            gc.freeze()
-
-
-def partition_lag(app: faust.App, topic: str, partition: int) -> int | None:
-    """Records left to read on one partition; None when not known (not fetched yet)."""
-    consumer = app.consumer
-    try:
-        tp = TP(topic, partition)
-        highwater = consumer.highwater(tp)
-    except Exception:
-        return None
-    if highwater is None:
-        return None
-    # faust keeps the last offset read and the committed offset (the next one to read).
-    last_read = internals.read_offset(app, topic, partition)
-    committed = internals.committed_offset(app, topic, partition)
-    position = last_read + 1 if last_read is not None else committed or 0
-    return max(0, int(highwater) - int(position))
-
-
-def consumer_lag(app: faust.App, topics: tuple[str, ...]) -> dict[str, int]:
-    """Per topic, records on our assigned partitions not read yet."""
-    lag = dict.fromkeys(topics, 0)
-    try:
-        assigned = app.consumer.assignment()
-    except Exception:  # not started, or stopping
-        return lag
-    for tp in assigned:
-        if tp.topic in lag:
-            lag[tp.topic] += partition_lag(app, tp.topic, tp.partition) or 0
-    return lag
-
-
-async def broker_reachable(bootstrap: str, timeout_s: float = 2.0) -> bool:
-    """True when at least one bootstrap address accepts a TCP connection."""
-    for hostport in bootstrap.split(","):
-        host, _, port = hostport.strip().rpartition(":")
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
-        except (OSError, TimeoutError, ValueError):
-            continue
-        writer.close()
-        return True
-    return False
-
-
-class HttpService(Service):
-    """/metrics, /healthz, /readyz on STREAMPROC_HTTP_PORT, living as long as the worker."""
-
-    def __init__(self, server: HttpServer, **kwargs: Any) -> None:
-        self.server = server
-        super().__init__(**kwargs)
-
-    async def on_start(self) -> None:
-        await self.server.start()
-        log.info("HTTP endpoints on port %d: /metrics /healthz /readyz", self.server.port)
-
-    async def on_stop(self) -> None:
-        await self.server.stop()
-
-
-def http_service(app: faust.App, health: Health, metrics: Metrics, port: int) -> HttpService:
-    web_app = build_http_app(metrics, lambda: health.check(app))
-    return HttpService(HttpServer(web_app, "0.0.0.0", port))

@@ -48,6 +48,7 @@ import asyncio
 import inspect
 import itertools
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, Protocol, cast
@@ -217,6 +218,7 @@ class BatchConsumer(driver.Consumer):
         self._epoch = 0  # moves on at each revocation: older sub-batches are not acked
         self._idle = asyncio.Event()
         self._idle.set()
+        self.loop_turned_at: float | None = None  # monotonic: the fetch loop runs (readiness)
 
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -242,6 +244,7 @@ class BatchConsumer(driver.Consumer):
         fetcher_stopped = fetcher._stopped.is_set
         try:
             while not (consumer_stopped() or fetcher_stopped()):
+                self.loop_turned_at = time.monotonic()
                 self.diag.set_flag(faust_consumer.CONSUMER_FETCHING)
                 records, active = await self._wait_next_records(1.0)
                 await asyncio.sleep(0)
@@ -260,6 +263,10 @@ class BatchConsumer(driver.Consumer):
                 inputs = []
                 for tp, recs in records.items():
                     if not (active is None or tp in active or tp in self._buffered_partitions):
+                        # Paused since it was fetched (faust's live set): aiokafka's
+                        # position is past these records, so read them again, or the
+                        # next fetch's jump would be taken for a gap and committed over.
+                        await self._read_again(tp, recs[0].offset)
                         continue
                     if tp.topic in self._order:
                         inputs.append((tp, recs))
@@ -319,6 +326,11 @@ class BatchConsumer(driver.Consumer):
                     if not records:
                         continue
                 if r_offset and records[0].offset - r_offset > 1:
+                    log.warning(
+                        "input offsets skipped by the fetch, marked done",
+                        extra={"topic": tp.topic, "partition": tp.partition,
+                               "after": r_offset, "first": records[0].offset},
+                    )  # fmt: skip
                     await self._add_gap(tp, r_offset + 1, records[0].offset - 1)
                 start = 0
                 while start < len(records):
@@ -328,12 +340,34 @@ class BatchConsumer(driver.Consumer):
                     spans.append((tp, chunk))
                     if len(batch) >= SUB_BATCH_MAX:
                         if not await self._sub_batch(batch, spans, generation, epoch):
+                            await self._read_rest_again(parts)
                             return
                         batch, spans = [], []
-            if batch:
-                await self._sub_batch(batch, spans, generation, epoch)
+            if batch and not await self._sub_batch(batch, spans, generation, epoch):
+                await self._read_rest_again(parts)
         finally:
             self._idle.set()
+
+    async def _read_rest_again(self, parts: list[tuple[TP, list[Any]]]) -> None:
+        """A rebalance stopped a fetch's records half-way: seek each partition back to its
+        first record not handled (the rebalance's own seek covers those it keeps; this
+        covers a flow stopped and resumed without one)."""
+        for tp, records in parts:
+            last = self._read_offset[tp]
+            first = records[0].offset if last is None or last < records[0].offset else last + 1
+            if first <= records[-1].offset:
+                await self._read_again(tp, first)
+
+    async def _read_again(self, tp: TP, offset: int) -> None:
+        """Seek `tp` back to `offset`: records fetched and not handled are read again."""
+        self.log.info(
+            "fetched records not handled (paused, or a rebalance): read again",
+            extra={"topic": tp.topic, "partition": tp.partition, "offset": offset},
+        )
+        try:
+            await self.seek(tp, offset)
+        except Exception as exc:  # no longer assigned: its next owner reads from the commit
+            self.log.debug("seek back of %r to %d not possible: %r", tp, offset, exc)
 
     async def _sub_batch(
         self, batch: list[Any], spans: list[tuple[TP, list[Any]]], generation: int, epoch: int
@@ -421,6 +455,12 @@ def tracked_store(table: Any) -> TrackedMemoryStore:
 async def log_ends_from(app: faust.App, positions: Mapping[TP, int]) -> dict[TP, int]:
     """`BatchConsumer.log_ends_from` of the app's consumer."""
     return await cast(BatchConsumer, app.consumer).log_ends_from(positions)
+
+
+def fetch_loop_age(app: faust.App) -> float | None:
+    """Seconds since the consumer's fetch loop last turned; None before its first turn."""
+    turned = getattr(app.consumer, "loop_turned_at", None)
+    return None if turned is None else time.monotonic() - turned
 
 
 def committed_offset(app: faust.App, topic: str, partition: int) -> int | None:

@@ -332,7 +332,7 @@ class LLMStage:
                 await self.persist()
             delivering = True
             await self.publish(published)
-            if key in self.cache:  # its case is briefed: the answer is not needed again
+            if key in self.cache and self.owner.owns(plan.partition):  # not needed again
                 self.cache.partition = plan.partition
                 del self.cache[key]
             await self.persist()

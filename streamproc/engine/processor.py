@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 Table = MutableMapping[str, Any]
 RECHECK_S = 1.0  # while waiting for transactions an alert names; the inputs gate's fallback
 MURMUR2_SEED = 0x9747B28C  # the Java client's (org.apache.kafka.common.utils.Utils.murmur2)
+KEYS_REMEMBERED = 200_000  # keys whose partition was checked (then forgotten at once)
 
 
 @dataclass(frozen=True)
@@ -60,22 +61,29 @@ class BriefPlan:
         return BriefPlan(self.case_id, brief, output, self.since, self.partition, self.case)
 
 
-def check_key(key: bytes | None, partition: int, partitions: int | None) -> None:
+def check_key(
+    key: bytes | None, partition: int, partitions: int | None, seen: dict[bytes, int] | None = None
+) -> None:
     """An input record is keyed, and sits where its key's murmur2 hash puts it (Kafka's
     default partitioner): another partitioner would split an account between workers,
-    each briefing half of its history."""
+    each briefing half of its history. `seen` remembers keys already checked."""
     if key is None:
         raise EventKeyError(
             "record has no key (inputs are keyed by account_id)", reason="missing_key"
         )
-    if partitions is not None:
-        expected = (murmurhash2(key, MURMUR2_SEED) & 0x7FFFFFFF) % partitions
-        if expected != partition:
-            raise EventKeyError(
-                f"record is on partition {partition}, its key's is {expected} (murmur2): "
-                "the producer does not use Kafka's default partitioner",
-                reason="wrong_partition",
-            )
+    if partitions is None or (seen is not None and seen.get(key) == partition):
+        return
+    expected = (murmurhash2(key, MURMUR2_SEED) & 0x7FFFFFFF) % partitions
+    if expected != partition:
+        raise EventKeyError(
+            f"record is on partition {partition}, its key's is {expected} (murmur2): "
+            "the producer does not use Kafka's default partitioner",
+            reason="wrong_partition",
+        )
+    if seen is not None:
+        if len(seen) >= KEYS_REMEMBERED:
+            seen.clear()
+        seen[key] = partition
 
 
 def _brief_headers(brief: CaseBrief) -> list[tuple[str, bytes]]:
@@ -100,6 +108,7 @@ class CaseProcessor:
     ) -> None:
         self.s = settings
         self.partitions = partitions  # the inputs' count: a record must sit on its key's
+        self._keys_checked: dict[bytes, int] = {}
         self.topics = settings.topics
         self.codec = codec
         self.metrics = metrics
@@ -160,7 +169,7 @@ class CaseProcessor:
         return None
 
     def _decode(self, msg: Record) -> dict[str, Any]:
-        check_key(msg.key, msg.partition, self.partitions)
+        check_key(msg.key, msg.partition, self.partitions, self._keys_checked)
         record = self.codec.decode_millis(msg.topic, msg.value)
         check(self._schemas[msg.topic], record)
         if msg.key is not None and msg.key != record["account_id"].encode():
@@ -203,6 +212,12 @@ class CaseProcessor:
             self.metrics.cases_opened.inc()
         if alert["event_id"] in case["alerts"]:
             self.metrics.events_duplicate.labels(self.topics.alerts).inc()
+            if case_id not in self.pending:
+                # Read again after a crash: its case's state may have reached the
+                # changelog without its pending entry (a sub-batch's records are not
+                # delivered atomically, and it was not acknowledged). Pending again, it
+                # is briefed, or found unchanged since its last brief and let go.
+                self._make_pending(case_id, case["account_id"], partition, self.s.case_settle_s)
             return
         if case["account_id"] != account:
             log.warning("alert joins a case opened on another account; kept on the first")

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -87,6 +88,9 @@ SETTINGS: dict[str, object] = {
     "llm_timeout_s": 180,
     "llm_case_deadline_s": 400,
     "llm_max_concurrency": 1,
+    # One slot on 2 cores: a case may wait for a few cases before it (a 30 s queue limit
+    # sent the second case of two out deterministic on a busy CI machine).
+    "llm_queue_max_wait_s": 1200,
     "llm_max_prompt_tokens": 3000,
     "llm_max_output_tokens": 2000,
     "llm_max_retries": 1,
@@ -281,12 +285,26 @@ class LocalServer:
     log: Path
 
 
+def default_threads() -> int:
+    """Half the cores: the worker, the broker and the tests keep the rest. llama.cpp's
+    OpenMP threads spin while they wait for each other, so more threads than free cores
+    collapses generation (measured on 2 cores with one kept busy by another process:
+    2 threads 5-13 tokens/s, 1 thread 35-40; idle, 2 threads 50)."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 @contextmanager
 def serving(
-    root: Path, log: Path, *, context: int = 8192, threads: int = 2, timeout_s: float = 120.0
+    root: Path,
+    log: Path,
+    *,
+    context: int = 8192,
+    threads: int | None = None,
+    timeout_s: float = 120.0,
 ) -> Iterator[LocalServer]:
     """llama.cpp's server on a free loopback port, one slot (one request at a time), in a
-    child process, until exit."""
+    child process, until exit. `threads`: default_threads() unless given."""
+    threads = default_threads() if threads is None else threads
     if not installed(root):
         raise ConfigError(f"no local model server in {root}: run make models (or install)")
     problem = cpu_problem()
@@ -369,7 +387,7 @@ def main(argv: Iterable[str]) -> int:
     p.add_argument("dir", type=Path)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--context", type=int, default=8192)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=default_threads())
     args = p.parse_args(list(argv))
     root: Path = args.dir
     if args.command == "host":

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
+from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streamproc.ops.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], tuple[bool, dict[str, bool]]]
 
@@ -45,3 +50,23 @@ class HttpServer:
 
     async def stop(self) -> None:
         await self._runner.cleanup()
+
+
+class HttpService(Service):
+    """/metrics, /healthz, /readyz on STREAMPROC_HTTP_PORT, living as long as the worker."""
+
+    def __init__(self, server: HttpServer, **kwargs: Any) -> None:
+        self.server = server
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        await self.server.start()
+        log.info("HTTP endpoints on port %d: /metrics /healthz /readyz", self.server.port)
+
+    async def on_stop(self) -> None:
+        await self.server.stop()
+
+
+def http_service(ready_check: ReadyCheck, metrics: Metrics, port: int) -> HttpService:
+    web_app = build_http_app(metrics, ready_check)
+    return HttpService(HttpServer(web_app, "0.0.0.0", port))

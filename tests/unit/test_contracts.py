@@ -12,7 +12,7 @@ from streamproc.brief.model import CaseBrief, json_schema
 from streamproc.config import Settings, Topics
 from streamproc.contracts.schemas import SCHEMA_DIR, SchemaSet, topic_schema_files
 from streamproc.contracts.topics import load_topics
-from streamproc.engine.app import changelog_topics
+from streamproc.engine.tables import changelog_topics
 
 SPEC_PII = {
     "fraud.transactions.v1": {"card_pan", "counterparty_name", "counterparty_iban", "ip_address"},

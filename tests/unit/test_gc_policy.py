@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from streamproc.engine.app import GarbageCollection
+from streamproc.ops.process import GarbageCollection
 
 
 def test_survivors_of_a_full_collection_are_frozen_and_nothing_else_is() -> None:

@@ -212,3 +212,38 @@ def test_cases_waiting_for_a_model_slot_fall_back_after_the_queue_wait() -> None
             await server.stop()
 
     asyncio.run(main())
+
+
+def test_a_stored_answer_goes_with_its_brief_and_leftovers_are_swept() -> None:
+    """llm_cache must not grow with uptime: an answer is deleted once its case's brief is
+    out, and one that outlived its case (handed back, never published here) is swept
+    after CASE_RETAIN_H on the partitions this worker owns."""
+
+    async def main() -> None:
+        server = StubLLM()
+        await server.start()
+        now = [1_000_000.0]
+
+        async def nothing(*_: Any) -> None:
+            return None
+
+        client = LLMClient(provider_for("openai"), f"{server.url}/v1", "m-1", timeout_s=5)
+        cache = Table()
+        settings = Settings(llm_provider="openai", llm_model="m-1", case_retain_h=1)
+        stage = LLMStage(
+            settings, AvroCodec(SchemaSet()), Metrics(CollectorRegistry()),
+            masked_briefer(client), cache, nothing, nothing, nothing, clock=lambda: now[0],
+        )  # fmt: skip
+        try:
+            for plan in _plans(3):
+                await stage._brief(plan)
+            assert len(server.requests) == 3 and dict(cache) == {}  # each went with its brief
+            cache["left-over"] = {"draft": {}, "at": now[0], "p": 0}  # a handed-back case's
+            cache["recent"] = {"draft": {}, "at": now[0] + 3000, "p": 0}
+            now[0] += 3600 + 1
+            assert stage.sweep_cache() == 1 and list(cache) == ["recent"]
+        finally:
+            await client.aclose()
+            await server.stop()
+
+    asyncio.run(main())

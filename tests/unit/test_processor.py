@@ -155,6 +155,27 @@ def test_replayed_alert_is_a_duplicate_not_a_new_brief(h: Harness, scenario: Sce
     assert first.brief_version == 1
 
 
+def test_a_replayed_alert_whose_pending_entry_was_lost_is_briefed(
+    h: Harness, scenario: Scenario
+) -> None:
+    """kill -9 while a sub-batch's changelog records are in flight: the cases record
+    (with the alert) was delivered, the pending record was not, so the sub-batch was not
+    acknowledged. The next owner restores the case, reads the alert again, and must not
+    take it for an already-handled duplicate: the case would never be briefed (the chaos
+    suite lost an alert this way)."""
+    txns, _sigs, alerts = _account(scenario, "acct-benign-001")
+    h.send(TXN_TOPIC, txns)
+    h.send(ALERT_TOPIC, alerts)
+    h.tables["pending"].clear()  # its changelog record never reached the broker
+    h.send(ALERT_TOPIC, alerts)  # the records of the unacknowledged sub-batch, again
+    h.clock.now += SETTLE
+    [brief] = h.settle()
+    assert brief.alert_ids == [a["alert_id"] for a in alerts]
+    h.send(ALERT_TOPIC, alerts)  # a later duplicate of a briefed alert: no new brief
+    h.clock.now += SETTLE
+    assert h.settle() == []
+
+
 def test_crash_between_publish_and_finalize_rebriefs_with_same_id(
     h: Harness, scenario: Scenario
 ) -> None:
