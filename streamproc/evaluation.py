@@ -34,9 +34,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from streamproc import data
+from streamproc import data, evaluation_claims
 from streamproc.brief.fallback import build_brief
 from streamproc.brief.model import CaseBrief, Method, RiskLevel
+from streamproc.brief.pii import protect
 from streamproc.brief.prompt import load_template
 from streamproc.config import LLMProvider, Settings
 from streamproc.contracts.codec import AvroCodec
@@ -170,7 +171,9 @@ async def brief_cases(
 
     async def one(label: Label) -> CaseResult:
         case = cases[label.case_id]
-        floor = build_brief(case, version=1, generated_at_ms=now)
+        floor = protect(
+            build_brief(case, version=1, generated_at_ms=now), case, redactor, settings.brief_pii
+        )  # as the worker publishes it
         _, prompt, _ = prepare(redactor, template, case, floor, settings.llm_max_prompt_tokens)
         brief, tokens, draft, latency = floor, prompt.estimated_tokens, None, None
         if briefer is not None:
@@ -747,7 +750,17 @@ def run(args: argparse.Namespace, settings: Settings, about: str = "") -> int:
             "failures": failures,
             "cases": rows,
         }
+        checker = _checker_scores(settings, set_dir)
+        failures += evaluation_claims.failures(checker)
+        failed = failed or bool(failures)
+        out["splits"][split]["checker"] = checker
         md.append(report_md(mode, metrics, baseline, rows, failures, split))
+        md.append(evaluation_claims.report_md(checker, split))
+        print(
+            f"checker {split}: precision on deterministic texts "
+            f"{checker['precision_deterministic']}, recall "
+            + ", ".join(f"{k}={v}" for k, v in checker["recall"].items())
+        )
         shown = {k: v for k, v in metrics.items() if k != "by_kind"}
         print(f"eval {split} ({mode}, {subset}, {took} s): " + _line(shown))
         for failure in failures:
@@ -770,6 +783,13 @@ def run(args: argparse.Namespace, settings: Settings, about: str = "") -> int:
         args.baseline.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
         print(f"baseline updated: {args.baseline} [{mode}][*][{subset}]")
     return 1 if failed else 0
+
+
+def _checker_scores(settings: Settings, set_dir: Path) -> dict[str, Any]:
+    """The claim checker on the hallucination corpus of this set's cases (no model)."""
+    events, _ = load_set(set_dir)
+    cases = build_cases(settings, SchemaSet(), events)
+    return evaluation_claims.score_checker(cases, _latest(events))
 
 
 def _split_arg(value: str) -> tuple[str, Path]:

@@ -32,6 +32,9 @@ GENERATOR_VERSION = "det-1"
 TIMELINE_MAX = 200
 DEVICE_FACTS_MAX = 2  # flagged transactions whose device is described
 DEVICE_CHANGES_MAX = 3  # credential/device changes named per device
+SEVERE = frozenset({"HIGH", "CRITICAL"})  # alert severities a case is never closed on
+NO_PATTERN_GAP = "the rule's reason is not visible in these events"
+NO_PATTERN = "only the rule hit: the events show no pattern of their own"
 CHANGES = frozenset({"PASSWORD_RESET", "PROFILE_CHANGE", "NEW_DEVICE", "MFA_FAILED", "PAYEE_ADDED"})
 
 SEVERITY_POINTS = {"LOW": 5, "MEDIUM": 10, "HIGH": 20, "CRITICAL": 30}
@@ -103,8 +106,14 @@ def assess(case: Case, failed: list[str] | None = None) -> Assessment:
     score = min(score, 100)
     level = level_for(score)
     reasons = (*(f.reason for f in findings), ReasonCode.RULE_HIT)
+    severe = any(a["severity"] in SEVERE for a in case.alerts)
     return Assessment(
-        score, level, reasons, findings, _confidence(case, findings), _actions(level, reasons)
+        score,
+        level,
+        reasons,
+        findings,
+        _confidence(case, findings),
+        _actions(level, reasons, severe),
     )
 
 
@@ -117,13 +126,17 @@ def _confidence(case: Case, findings: Iterable[Finding]) -> Confidence:
     return Confidence.MEDIUM
 
 
-def _actions(level: RiskLevel, reasons: Iterable[ReasonCode]) -> tuple[Action, ...]:
+def _actions(
+    level: RiskLevel, reasons: Iterable[ReasonCode], severe: bool = False
+) -> tuple[Action, ...]:
+    """`severe`: the case holds a HIGH or CRITICAL alert of the bank's rules, which is
+    never closed as a false positive on the events' word."""
     chosen = {Action.REVIEW_TRANSACTIONS}
     for reason in reasons:
         chosen.update(ACTIONS_FOR.get(reason, ()))
     if level.rank >= RiskLevel.HIGH.rank:
         chosen.add(Action.HOLD_PENDING_REVIEW)
-    if level is RiskLevel.LOW and not (set(reasons) & STRONG):
+    if level is RiskLevel.LOW and not (set(reasons) & STRONG) and not severe:
         chosen.add(Action.CLOSE_AS_FALSE_POSITIVE)
     return tuple(a for a in Action if a in chosen)  # enum order is the priority order
 
@@ -163,6 +176,7 @@ def build_brief(
         recommended_actions=list(a.actions),
         confidence=a.confidence,
         data_gaps=list(case.data_gaps)
+        + ([] if a.findings else [NO_PATTERN_GAP])
         + _timeline_gap(case)
         + [f"detector {name} failed on this case; its pattern was not checked" for name in failed],
         generation=Generation(
@@ -250,7 +264,7 @@ def _ago(ms: int) -> str:
 
 
 def _summary(case: Case, a: Assessment) -> str:
-    patterns = "; ".join(f.text for f in a.findings) or "no pattern beyond the rule hit"
+    patterns = "; ".join(f.text for f in a.findings) or NO_PATTERN
     text = (
         f"{a.level} risk ({a.score}/100) on account {case.account_id}: {patterns}. "
         f"{len(case.alerts)} alert(s), {len(case.transactions)} transaction(s) and "

@@ -29,7 +29,9 @@ from collections.abc import Callable, Iterable
 from itertools import chain
 from typing import TypeVar
 
+from streamproc.brief.claims import Checked, Context, Published, Scope, check_text
 from streamproc.brief.draft import FACT_MAX, BriefDraft
+from streamproc.brief.fallback import SEVERE
 from streamproc.brief.model import (
     SUMMARY_MAX,
     Action,
@@ -72,7 +74,13 @@ CHECKS = (
     "weakening_action",  # CLOSE_AS_FALSE_POSITIVE at MEDIUM or above
     "narrative_overruled",  # the draft argued below the floor (level, closing), or looped
     "fact_repeated",  # a fact the draft already stated (numbering aside), or one that loops
+    "claim_cut",  # a sentence with a claim the events do not support (brief/claims.py)
+    "fact_vacuous",  # a fact that states nothing checkable about its events
+    "prose_argued",  # prose that argued a level, score or confidence not published
+    "claims_overruled",  # a draft that lost most of its content to the checker
 )
+CLAIM_PREFIX = "claim:"  # counts of cut claims by kind: "claim:amount", … (claims.CLAIM_KINDS)
+KEPT_MIN = 0.5  # a draft keeping less of its prose than this is overruled
 ECHO_WORDS = 4  # a run this long copied from the case's free text is quoted, not written
 REPEAT_MAX = 3  # a run of ECHO_WORDS words this often in one text: the model is looping
 NUMBERING = re.compile(r"^\s*\d+[.)]\s*")  # "3. " before a fact
@@ -251,16 +259,35 @@ def merge(
             max(level, floor.risk_level, key=lambda x: x.rank),
         )
     events = case_events(case)
-    facts, shown = _facts(draft, events, vault, policy, quoted, counts)
+    grounded, shown = _facts(draft, events, counts)
+    reasons = _reasons(draft, floor, shown, Counter())  # what the checker reads codes against
+    published = Published(level, score, draft.confidence, frozenset(reasons))
+    facts, checked, argued = _check_claims(draft, grounded, floor, case, events, published, counts)
+    shown = {c for _, why in facts for c in why}
+    facts_out: list[KeyFact] = [f for f, _ in facts]
     reasons = _reasons(draft, floor, shown, counts)
-    actions = _actions(draft, floor, level, counts)
-    if overruled(draft, floor):
+    actions = _actions(draft, floor, level, case, counts)
+    lost = _lost_most(checked)
+    if argued:
+        counts["prose_argued"] += 1
+    if lost:
+        counts["claims_overruled"] += 1
+    if overruled(draft, floor) or argued or lost:
         counts["narrative_overruled"] += 1
-        summary = _overruled_summary(draft, floor)
-        facts, confidence = list(floor.key_facts), floor.confidence
+        summary = _overruled_summary(draft, floor, argued, lost)
+        facts_out, confidence = list(floor.key_facts), floor.confidence
     else:
-        summary = clean_text(strip_echo(draft.summary, quoted, counts), vault, policy, counts)
-        facts, confidence = facts + _kept_facts(facts, floor), draft.confidence
+        text = checked[0].text
+        summary = clean_text(strip_echo(text, quoted, counts), vault, policy, counts)
+        facts_out = [
+            f.model_copy(
+                update={
+                    "text": clean_text(strip_echo(f.text, quoted, counts), vault, policy, counts)
+                }
+            )
+            for f in facts_out
+        ]
+        facts_out, confidence = facts_out + _kept_facts(facts_out, floor), draft.confidence
     if len(summary) > SUMMARY_MAX:
         counts["summary_truncated"] += 1
         summary = summary[: SUMMARY_MAX - 1] + "…"
@@ -270,7 +297,7 @@ def merge(
             "risk_score": score,
             "reason_codes": reasons,
             "summary": summary,
-            "key_facts": facts,
+            "key_facts": facts_out,
             "recommended_actions": actions,
             "confidence": confidence,
             "generation": generation,
@@ -283,12 +310,10 @@ def merge(
 def _facts(
     draft: BriefDraft,
     events: dict[str, tuple[str, Record]],
-    vault: Vault,
-    policy: BriefPII,
-    quoted: frozenset[tuple[str, ...]],
     counts: Counter[str],
-) -> tuple[list[KeyFact], set[ReasonCode]]:
-    """The draft's grounded facts, cleaned, once each, and the reason codes they show."""
+) -> tuple[list[tuple[KeyFact, set[ReasonCode]]], set[ReasonCode]]:
+    """The draft's grounded facts, once each, with the reason codes each shows (texts are
+    checked and cleaned after)."""
     facts, shown, seen = [], set(), set()
     for fact in draft.key_facts:
         cited = list(dict.fromkeys(fact.evidence_event_ids))
@@ -303,17 +328,76 @@ def _facts(
             counts["fact_repeated"] += 1
             continue
         seen.add(key)
-        shown |= {
+        codes = {
             code
             for code in fact.reason_codes
             if any(EVIDENCE_FOR[code](*events[e]) for e in evidence)
         }
+        shown |= codes
         if len(text) > FACT_MAX:
             counts["fact_truncated"] += 1
             text = text[: FACT_MAX - 1] + "…"
-        text = clean_text(strip_echo(text, quoted, counts), vault, policy, counts)
-        facts.append(KeyFact(text=text, evidence_event_ids=evidence))
+        facts.append((KeyFact(text=text, evidence_event_ids=evidence), codes))
     return facts, shown
+
+
+def _check_claims(
+    draft: BriefDraft,
+    facts: list[tuple[KeyFact, set[ReasonCode]]],
+    floor: CaseBrief,
+    case: Case,
+    events: dict[str, tuple[str, Record]],
+    published: Published,
+    counts: Counter[str],
+) -> tuple[list[tuple[KeyFact, set[ReasonCode]]], list[Checked], list[str]]:
+    """Every sentence of the draft's facts and summary read as claims against the events
+    (brief/claims.py): false sentences cut, facts that state nothing checkable dropped.
+    Returns the facts kept, what the checker made of the summary and of each fact (the
+    summary first), and the arguments the prose made against the published brief."""
+    case_scope = Scope(list(events.values()))
+    groups = tuple(
+        Scope([events[e] for e in f.evidence_event_ids if e in events])
+        for f in (*(f for f, _ in facts), *floor.key_facts)
+    )
+    ctx = Context(case_scope, (case.window_start_ms, case.window_end_ms), groups)
+    kept, checked, argued = [], [], []
+    for fact, codes in facts:
+        scope = Scope([events[e] for e in fact.evidence_event_ids])
+        result = check_text(fact.text, scope, ctx, published, summary=False)
+        checked.append(result)
+        argued += result.argued
+        _count_cuts(result, counts)
+        if result.claims == 0:
+            counts["fact_vacuous"] += 1
+            continue
+        if result.text:
+            kept.append((fact.model_copy(update={"text": result.text}), codes))
+    summary = check_text(draft.summary, case_scope, ctx, published, summary=True)
+    _count_cuts(summary, counts)
+    return kept, [summary, *checked], list(dict.fromkeys(argued + summary.argued))
+
+
+def split_claims(counts: Counter[str]) -> tuple[Counter[str], Counter[str]]:
+    """Guardrail checks (CHECKS) and cut claims by kind (claims.CLAIM_KINDS), apart."""
+    checks = Counter({k: n for k, n in counts.items() if not k.startswith(CLAIM_PREFIX)})
+    claims = Counter(
+        {k[len(CLAIM_PREFIX) :]: n for k, n in counts.items() if k.startswith(CLAIM_PREFIX)}
+    )
+    return checks, claims
+
+
+def _count_cuts(result: Checked, counts: Counter[str]) -> None:
+    for kind, n in result.cut.items():
+        counts["claim_cut"] += n
+        counts[CLAIM_PREFIX + kind] += n
+
+
+def _lost_most(checked: list[Checked]) -> bool:
+    """Did the checker cut most of the draft's prose (its summary, or all of it)?"""
+    summary = checked[0]
+    total = sum(c.total_chars for c in checked)
+    kept = sum(c.kept_chars for c in checked)
+    return not summary.text.strip() or (total > 0 and kept < KEPT_MIN * total)
 
 
 def _kept_facts(facts: list[KeyFact], floor: CaseBrief) -> list[KeyFact]:
@@ -338,25 +422,40 @@ def _reasons(
 
 
 def _actions(
-    draft: BriefDraft, floor: CaseBrief, level: RiskLevel, counts: Counter[str]
+    draft: BriefDraft, floor: CaseBrief, level: RiskLevel, case: Case, counts: Counter[str]
 ) -> list[Action]:
-    """The floor's actions and the draft's, never closing a case at MEDIUM or above."""
+    """The floor's actions and the draft's, never closing a case at MEDIUM or above, nor
+    one that holds a HIGH or CRITICAL alert of the bank's own rules."""
     chosen = set(_union(draft.recommended_actions, floor.recommended_actions))
     counts["action_kept"] += len(chosen) - len(set(draft.recommended_actions))
-    if level.rank >= RiskLevel.MEDIUM.rank and Action.CLOSE_AS_FALSE_POSITIVE in chosen:
+    if Action.CLOSE_AS_FALSE_POSITIVE in chosen and (
+        level.rank >= RiskLevel.MEDIUM.rank or severe_alert(case)
+    ):
         chosen.discard(Action.CLOSE_AS_FALSE_POSITIVE)
         counts["weakening_action"] += 1
     return [a for a in Action if a in chosen]  # enum order is the priority order
 
 
-def _overruled_summary(draft: BriefDraft, floor: CaseBrief) -> str:
+def severe_alert(case: Case) -> bool:
+    """Does the case hold a HIGH or CRITICAL alert? Such a case is never closed as a false
+    positive on the brief's word: the rule's author said it matters."""
+    return any(a.get("severity") in SEVERE for a in case.alerts)
+
+
+def _overruled_summary(
+    draft: BriefDraft, floor: CaseBrief, argued: list[str] | None = None, lost: bool = False
+) -> str:
     if draft.risk_level.rank < floor.risk_level.rank:
-        argued = (
+        why = (
             f"it argued {draft.risk_level.value} risk, below the deterministic "
             f"{floor.risk_level.value}"
         )
     elif _closes(draft, floor):
-        argued = f"it suggested closing a {floor.risk_level.value} case as a false positive"
+        why = f"it suggested closing a {floor.risk_level.value} case as a false positive"
+    elif degenerate(draft.summary):
+        why = "its summary repeats itself"
+    elif argued:
+        why = f"its prose argued a {' and '.join(argued)} other than the published one"
     else:
-        argued = "its summary repeats itself"
-    return f"[Model draft overruled: {argued}; the deterministic summary follows.] " + floor.summary
+        why = "most of its claims were not supported by the case's events"
+    return f"[Model draft overruled: {why}; the deterministic summary follows.] " + floor.summary

@@ -32,6 +32,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from streamproc.brief.guardrails import split_claims
 from streamproc.brief.model import Method
 from streamproc.config import LLMProvider, Settings
 from streamproc.contracts.codec import AvroCodec
@@ -425,8 +426,11 @@ class LLMStage:
             price = self.prices.get(gen.variant)
             m.llm_cost.labels(gen.variant).inc(price.cost(prompt, completion) if price else 0.0)
             m.llm_retries.inc(audit.get("retries", 0))
-        for check, n in outcome.violations.items():
+        checks, claims = split_claims(outcome.violations)
+        for check, n in checks.items():
             m.guardrail_violations.labels(check).inc(n)
+        for kind, n in claims.items():
+            m.claims_cut.labels(kind).inc(n)
         if not cache_hit:
             for entity, n in outcome.redactions.items():
                 m.pii_redactions.labels(entity).inc(n)

@@ -24,6 +24,7 @@ from murmurhash2 import murmurhash2
 
 from streamproc.brief.fallback import build_brief
 from streamproc.brief.model import CaseBrief
+from streamproc.brief.pii import protect
 from streamproc.config import Settings
 from streamproc.contracts.codec import AvroCodec
 from streamproc.contracts.records import check
@@ -34,6 +35,7 @@ from streamproc.engine.dlq import Outgoing, Record, as_in_message, dead_letter
 from streamproc.engine.inputs import InputProgress
 from streamproc.errors import EventError, EventKeyError, EventValidationError
 from streamproc.ops.metrics import Metrics
+from streamproc.privacy.redact import Redactor
 
 log = logging.getLogger(__name__)
 Table = MutableMapping[str, Any]
@@ -111,6 +113,7 @@ class CaseProcessor:
         self._keys_checked: dict[bytes, int] = {}
         self.topics = settings.topics
         self.codec = codec
+        self.redactor = Redactor.for_inputs(codec.schemas, settings.topics)
         self.metrics = metrics
         self.windows, self.cases, self.pending = windows, cases, pending
         self.clock = clock
@@ -347,6 +350,7 @@ class CaseProcessor:
         )
         for detector in failed:
             self.metrics.detector_failures.labels(detector).inc()
+        brief = protect(brief, assembled, self.redactor, self.s.brief_pii)
         value = self.codec.encode(self.topics.briefs, brief.to_avro())
         out = Outgoing(self.topics.briefs, case_id.encode(), value, _brief_headers(brief))
         return BriefPlan(case_id, brief, out, pend["since"], pend["partition"], assembled)

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from streamproc.brief.draft import BriefDraft, output_schema
-from streamproc.brief.guardrails import echo_grams, merge
+from streamproc.brief.guardrails import echo_grams, merge, split_claims
 from streamproc.brief.model import CaseBrief, Generation, Method
 from streamproc.brief.prompt import Prompt, PromptTemplate, build_prompt, map_back
 from streamproc.config import BriefPII
@@ -153,7 +153,13 @@ class LLMBriefer:
         brief, counts = merge(draft, floor, case, vault, self.policy, generation, quoted)
         counts["schema_rejected"] += audit["schema_rejections"]
         counts = +counts
-        audit.update(outcome="llm", latency_ms=latency, guardrail_violations=dict(counts))
+        checks, claims = split_claims(counts)
+        audit.update(
+            outcome="llm",
+            latency_ms=latency,
+            guardrail_violations=dict(checks),
+            claim_cuts=dict(claims),  # sentences the claim checker cut, by kind of claim
+        )
         return BriefOutcome(brief, draft.model_dump(mode="json"), audit, counts, vault.counts())
 
     def generation_fields(self, floor: CaseBrief) -> dict[str, Any]:

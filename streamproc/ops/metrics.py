@@ -223,6 +223,14 @@ class Metrics:
             ["check"],
             registry=r,
         )
+        self.claims_cut = Counter(
+            "streamproc_claims_cut",
+            "Sentences of model briefs the claim checker cut, by the kind of the claim the "
+            "events did not support (amount, count, kind, novelty, country, merchant, span, "
+            "typology).",
+            ["kind"],
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "streamproc_consumer_lag",
             "Records on assigned input partitions not yet read (high watermark - position).",

@@ -113,6 +113,17 @@ class Redactor:
             out[kind] = [self._record(r, schema, vault) for r in records]
         return out, vault
 
+    def known_values(self, kinds: Mapping[str, Iterable[Record]]) -> tuple[Known, tuple[str, ...]]:
+        """The case's PII field values, as the detector knows them, and its regions."""
+        known: dict[str, Entity] = {}
+        for kind, records in kinds.items():
+            for record in records:
+                for name, etype in self.schemas[kind].pii_fields.items():
+                    value = record.get(name)
+                    if isinstance(value, str) and value.strip():
+                        known[value] = Entity(etype)
+        return Known(known), self._regions(kinds)
+
     def redact_text(self, text: str, vault: Vault) -> str:
         """Replace every PII span of `text` by its placeholder: any text of the case
         (a record's field, or a finding written from the records), after `redact`."""

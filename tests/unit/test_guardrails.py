@@ -85,11 +85,14 @@ def test_evidence_outside_the_case_is_dropped(ct: tuple[Case, CaseBrief]) -> Non
     case, floor = ct
     real = sorted(case.event_ids)[:2]
     facts = [
-        {"text": "mixed", "evidence_event_ids": [*real, "evt-made-up"]},
+        {"text": "2 events, mixed", "evidence_event_ids": [*real, "evt-made-up"]},
         {"text": "invented", "evidence_event_ids": ["evt-nope"]},
     ]
     brief, counts = merge(draft(key_facts=facts), floor, case, Vault(), BriefPII.MASKED, GEN)
-    assert [f.text for f in brief.key_facts] == ["mixed", *(f.text for f in floor.key_facts)]
+    assert [f.text for f in brief.key_facts] == [
+        "2 events, mixed",
+        *(f.text for f in floor.key_facts),
+    ]
     assert brief.key_facts[0].evidence_event_ids == real
     assert counts["evidence_dropped"] == 2 and counts["fact_dropped"] == 1
 
@@ -103,7 +106,10 @@ def test_links_pii_and_invented_placeholders_are_removed(ct: tuple[Case, CaseBri
         f"{person} used {pan}. Verify at https://evil.example.com/x?c=1 or www.phish.io; "
         "full card 5500 0000 0000 0004, mail boss@corp.com, and <PERSON_9> agrees."
     )
-    fact = {"text": f"{person} at 203.0.113.7", "evidence_event_ids": [sorted(case.event_ids)[0]]}
+    fact = {
+        "text": f"{person} at 203.0.113.7 in 1 event",
+        "evidence_event_ids": [sorted(case.event_ids)[0]],
+    }
     brief, counts = merge(
         draft(summary=summary, key_facts=[fact]), floor, case, vault, BriefPII.MASKED, GEN
     )
@@ -237,8 +243,12 @@ def test_an_added_reason_code_needs_a_fact_citing_evidence_for_it(
     assert counts["reason_unsupported"] == 2
     facts = [
         # a debit cannot show a mule pattern; a device signal can show a new device
-        {"text": "funnelled", "evidence_event_ids": [txn], "reason_codes": ["MULE_ACTIVITY"]},
-        {"text": "new phone", "evidence_event_ids": [signal], "reason_codes": ["NEW_DEVICE"]},
+        {
+            "text": "1 debit, funnelled",
+            "evidence_event_ids": [txn],
+            "reason_codes": ["MULE_ACTIVITY"],
+        },
+        {"text": "1 device signal", "evidence_event_ids": [signal], "reason_codes": ["NEW_DEVICE"]},
     ]
     grounded, counts = merge(
         draft(reason_codes=["MULE_ACTIVITY", "NEW_DEVICE"], key_facts=facts),
@@ -290,7 +300,10 @@ def test_a_draft_that_would_close_the_case_is_overruled_too(ct: tuple[Case, Case
 def test_long_texts_are_cut_after_parsing_not_in_the_schema(ct: tuple[Case, CaseBrief]) -> None:
     case, floor = ct
     eid = sorted(case.event_ids)[0]
-    long = draft(summary="y" * 5000, key_facts=[{"text": "z" * 900, "evidence_event_ids": [eid]}])
+    long = draft(
+        summary="y" * 5000,
+        key_facts=[{"text": "1 event " + "z" * 900, "evidence_event_ids": [eid]}],
+    )
     brief, counts = merge(long, floor, case, Vault(), BriefPII.MASKED, GEN)
     assert len(brief.summary) == SUMMARY_MAX and len(brief.key_facts[0].text) == FACT_MAX
     assert counts["fact_truncated"] == 1 and counts["summary_truncated"] == 1
@@ -322,10 +335,10 @@ def test_the_model_adds_evidence_but_never_drops_the_floors(ct: tuple[Case, Case
     briefs that cited less than the deterministic brief)."""
     case, floor = ct
     first = floor.key_facts[0]
-    own = draft(key_facts=[{"text": "The alert's rule fired.",
+    own = draft(key_facts=[{"text": "1 alert fired.",
                             "evidence_event_ids": first.evidence_event_ids}])  # fmt: skip
     brief, counts = merge(own, floor, case, Vault(), BriefPII.MASKED, GEN)
-    assert brief.key_facts[0].text == "The alert's rule fired."
+    assert brief.key_facts[0].text == "1 alert fired."
     assert brief.key_facts[1:] == floor.key_facts
     assert "fact_kept" not in counts  # by design: not a guardrail intervention
 
@@ -364,10 +377,10 @@ def test_a_looping_draft_is_overruled_and_its_repeated_facts_dropped(
     looping = draft(
         summary=", ".join(["1000.00 EUR is 1000.00 EUR"] * 30),
         key_facts=[
-            *({"text": f"{n}. A card-not-present debit at 5 merchants.",
+            *({"text": f"{n}. A card-not-present debit.",
                "evidence_event_ids": ids} for n in range(1, 7)),
-            {"text": "18 debits within 10 minutes", "evidence_event_ids": ids},
-            {"text": "17 debits within 10 minutes", "evidence_event_ids": ids},
+            {"text": f"{len(ids)} debits within 10 minutes", "evidence_event_ids": ids},
+            {"text": f"{len(ids)} debits within 11 minutes", "evidence_event_ids": ids},
         ],
     )  # fmt: skip
     brief, counts = merge(looping, floor, case, Vault(), BriefPII.MASKED, GEN)
@@ -378,8 +391,8 @@ def test_a_looping_draft_is_overruled_and_its_repeated_facts_dropped(
     brief, counts = merge(ok, floor, case, Vault(), BriefPII.MASKED, GEN)
     own = [f.text for f in brief.key_facts[: len(brief.key_facts) - len(floor.key_facts)]]
     assert own == [
-        "1. A card-not-present debit at 5 merchants.",
-        "18 debits within 10 minutes",
-        "17 debits within 10 minutes",  # other numbers: another fact
+        "1. A card-not-present debit.",
+        f"{len(ids)} debits within 10 minutes",
+        f"{len(ids)} debits within 11 minutes",  # other numbers: another fact
     ]
     assert counts["fact_repeated"] == 5

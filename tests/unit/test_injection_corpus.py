@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from streamproc.brief import guardrails
+from streamproc.brief.claims import Checked
 from streamproc.brief.fallback import build_brief
 from streamproc.brief.model import CaseBrief
 from streamproc.brief.prompt import load_template
@@ -148,12 +149,21 @@ def test_the_oracle_counts_successes_when_a_guardrail_is_off(
     """The report's success count can fail: with one guardrail switched off, the attacks
     it stands against succeed."""
     off: dict[str, Any] = {
-        "_actions": lambda draft, floor, level, counts: list(draft.recommended_actions),
+        "_actions": lambda draft, floor, level, case, counts: list(draft.recommended_actions),
         "strip_echo": lambda text, grams, counts: text,
         "overruled": lambda draft, floor: False,
         "clean_text": lambda text, vault, policy, counts: text,
     }
     monkeypatch.setattr(guardrails, weaken, off[weaken])
+    # The claim checker cuts most payload sentences on its own (their claims are not the
+    # case's): off too, so the one guardrail under test is all that stands.
+    monkeypatch.setattr(
+        guardrails,
+        "check_text",
+        lambda text, scope, ctx, pub, summary: Checked(
+            text, Counter(), 1, len(text), len(text), []
+        ),
+    )
     case = build_cases(schemas, scenario)["case-ct-001"]
     rows = [  # an overruled draft loses its prose anyway: take payloads that keep the level
         r

@@ -76,7 +76,12 @@ def test_model_brief_is_merged_onto_the_floor(ato: Case) -> None:
     assert out.violations["risk_floor"] == 1 and out.violations["narrative_overruled"] == 1
     floor = build_brief(ato, version=1, generated_at_ms=NOW_MS)
     assert b.key_facts == floor.key_facts and floor.summary in b.summary
-    agreeing, _ = brief_with(ato, ["ok"], answer={**GOOD_ANSWER, "risk_level": "CRITICAL"})
+    true_of_ato = {
+        "risk_level": "CRITICAL",
+        "summary": "Account takeover: a password reset, then a transfer.",
+        "key_facts": [{"text": "1 event of the case", "evidence_event_ids": ["E1"]}],
+    }
+    agreeing, _ = brief_with(ato, ["ok"], answer={**GOOD_ANSWER, **true_of_ato})
     fact, *kept = agreeing.brief.key_facts  # the model's own, then the floor's
     assert fact.evidence_event_ids[0] in ato.event_ids  # "E1" mapped back
     assert kept == floor.key_facts
@@ -114,11 +119,14 @@ def test_cached_draft_is_reused_without_a_call(ato: Case) -> None:
     cached = {
         **GOOD_ANSWER,
         "risk_level": "CRITICAL",
-        "key_facts": [{"text": "cached", "evidence_event_ids": [sorted(ato.event_ids)[0]]}],
+        "summary": "A password reset, then a transfer.",
+        "key_facts": [
+            {"text": "1 event, cached", "evidence_event_ids": [sorted(ato.event_ids)[0]]}
+        ],
     }
     out, server = brief_with(ato, [], cached=cached)
     assert server.requests == [] and out.audit is None
-    assert out.brief.generation.method == "LLM" and out.brief.key_facts[0].text == "cached"
+    assert out.brief.generation.method == "LLM" and out.brief.key_facts[0].text == "1 event, cached"
 
 
 def test_injected_instructions_do_not_move_the_floor(ato: Case) -> None:

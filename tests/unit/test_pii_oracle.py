@@ -24,10 +24,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamproc.brief.fallback import build_brief
+from streamproc.brief.model import CaseBrief
+from streamproc.brief.pii import protect
+from streamproc.config import BriefPII, Settings
+from streamproc.contracts.codec import AvroCodec
 from streamproc.contracts.schemas import SchemaSet
 from streamproc.domain.case import Case
 from streamproc.llm.client import LLMClient
 from streamproc.llm.providers import provider_for
+from streamproc.privacy.redact import Redactor
 from streamproc.sim.scenario import build_scenario
 from tests.conftest import NOW_MS
 from tests.llm_stub import masked_briefer
@@ -253,11 +258,11 @@ def test_reported_leaks_are_closed(base_case: Case, memo: str) -> None:
         assert not leaks(json.dumps(audit, ensure_ascii=False))
 
 
-def test_ids_that_carry_personal_data_are_redacted_too(base_case: Case) -> None:
+def pii_in_ids(base_case: Case) -> Case:
     """Upstream systems put what they have into ids: a device named by its owner's email,
     a session id with a phone number, a rule id with a card number."""
     case = plant(base_case, "nothing to see")
-    case = replace(
+    return replace(
         case,
         transactions=tuple({**t, "device_id": f"iphone-{EMAIL}"} for t in case.transactions),
         signals=tuple(
@@ -266,6 +271,46 @@ def test_ids_that_carry_personal_data_are_redacted_too(base_case: Case) -> None:
         ),
         alerts=tuple({**a, "rule_id": f"R-{OTHER_CARD}"} for a in case.alerts),
     )
+
+
+@pytest.mark.parametrize("policy", [BriefPII.MASKED, BriefPII.REDACTED])
+def test_published_briefs_carry_no_personal_data_in_ids(base_case: Case, policy: BriefPII) -> None:
+    """The brief's PII policy holds for every string of the published brief: the
+    deterministic brief prints device, rule and alert ids in its timeline and facts, and
+    the model's brief carries them on. Searched in the bytes as encoded for the topic."""
+    case = pii_in_ids(base_case)
+    raw = build_brief(case, version=1, generated_at_ms=NOW_MS)
+    assert leaks(json.dumps(raw.to_avro(), ensure_ascii=False))  # the oracle sees them
+    published = protect(raw, case, Redactor.for_inputs(SchemaSet()), policy)
+    codec = AvroCodec(SchemaSet())
+    encoded = codec.encode(Settings().topics.briefs, published.to_avro())
+    assert not leaks(encoded.decode("utf-8", "replace"))
+    assert published.brief_id == raw.brief_id and published.timeline  # still the same brief
+    for shape in ("openai", "anthropic"):
+        brief = send_brief(case, shape, published)
+        assert not leaks(json.dumps(brief.to_avro(), ensure_ascii=False)), shape
+
+
+def send_brief(case: Case, shape: str, floor: CaseBrief) -> CaseBrief:
+    """The model's brief on `floor`, through a model that answers every request."""
+    reply = answer_for(shape)
+
+    async def main() -> CaseBrief:
+        client = LLMClient(
+            provider_for(shape), "http://model.test/v1", "m", transport=httpx.MockTransport(reply)
+        )
+        try:
+            return (await masked_briefer(client).brief(case, floor)).brief
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+def test_ids_that_carry_personal_data_are_redacted_too(base_case: Case) -> None:
+    """Upstream systems put what they have into ids: a device named by its owner's email,
+    a session id with a phone number, a rule id with a card number."""
+    case = pii_in_ids(base_case)
     for shape in ("openai", "anthropic"):
         bodies, audit = send(case, shape)
         for body in bodies:
