@@ -1,27 +1,45 @@
-"""LLM stage figures: briefs/s against a stand-in answering after 800 ms, and prompt size.
+"""LLM stage figures: briefs/s against a stand-in answering after 800 ms, the CPU work
+one brief costs, by step, and prompt size.
 
 Runs the worker's own briefer and client (redaction, prompt, HTTP, validation,
-guardrails) against the loopback stand-in provider, many cases at once.
+guardrails, claim checker) against the loopback stand-in provider, many cases at once.
+The stand-in runs in a process of its own, as a provider does: its HTTP server and its
+checks of the request are not the worker's work. Its answer is a true brief of the
+case (the deterministic brief's summary and facts, as a model would write them), so
+the claim checker reads real claims and keeps them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import multiprocessing
 import time
+from collections import Counter
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
-from streamproc.brief.prompt import build_prompt, load_template
+from streamproc.brief.claims import Published
+from streamproc.brief.draft import MAX_EVIDENCE, MAX_FACTS, BriefDraft, output_schema
+from streamproc.brief.guardrails import case_events, check_claims, merge
+from streamproc.brief.model import CaseBrief, Generation, Method, ReasonCode
+from streamproc.brief.prompt import build_prompt, load_template, map_back
 from streamproc.config import BriefPII
 from streamproc.contracts.schemas import SchemaSet
-from streamproc.llm.briefer import LLMBriefer
+from streamproc.domain.case import Case
+from streamproc.llm.briefer import BriefOutcome, LLMBriefer, prepare
 from streamproc.llm.client import LLMClient
-from streamproc.llm.providers import provider_for
+from streamproc.llm.providers import LLMRequest, provider_for
 from streamproc.privacy.redact import Redactor
 from streamproc.sim.cases import long_history_case
 from tests.llm_stub import StubLLM
 
 LATENCY_S = 0.8
 BUDGET_TOKENS = 6000
+CASE_EVENTS = 20  # transactions of the case each brief is for (plus its alert)
+WARM_UP = 8  # briefs before the clock starts (at least one per slot): imports, connections
+CASES_PER_SLOT = 8  # cases timed per slot: 8 rounds of the provider's latency
 NOW_MS = int(time.time() * 1000)
 
 
@@ -30,11 +48,54 @@ def _redactor() -> Redactor:
     return Redactor.for_inputs(s)
 
 
+def true_answer(case: Case, floor: CaseBrief) -> dict[str, Any]:
+    """What a good model answers for the case: the floor's verdict and prose, with each
+    fact citing its events by the references the prompt gives them."""
+    _, prompt, _ = prepare(_redactor(), load_template(), case, floor, BUDGET_TOKENS)
+    ref_of = {event_id: ref for ref, event_id in prompt.refs.items()}
+    return {
+        "risk_level": floor.risk_level.value,
+        "risk_score": floor.risk_score,
+        "reason_codes": [c.value for c in floor.reason_codes],
+        "summary": floor.summary,
+        "key_facts": [
+            {
+                "text": f.text,
+                "evidence_event_ids": [ref_of[e] for e in f.evidence_event_ids if e in ref_of],
+                "reason_codes": [],
+            }
+            for f in floor.key_facts
+            if len(f.evidence_event_ids) <= MAX_EVIDENCE  # more than a draft can cite
+        ][:MAX_FACTS],
+        "recommended_actions": [a.value for a in floor.recommended_actions],
+        "confidence": floor.confidence.value,
+    }
+
+
+def _serve(conn: Connection, answer: dict[str, Any], delay_s: float) -> None:
+    """The stand-in provider's process: its URL out, then, when told to stop, the most
+    requests it had in flight at once."""
+
+    async def main() -> None:
+        stub = StubLLM(answer=answer, delay_s=delay_s)
+        conn.send(await stub.start())
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+        conn.send((stub.max_concurrent, time.process_time()))
+        await stub.stop()
+
+    asyncio.run(main())
+
+
 async def _throughput(concurrency: int, cases: int) -> dict[str, Any]:
-    stub = StubLLM(delay_s=LATENCY_S)
-    await stub.start()
+    case, floor = long_history_case(CASE_EVENTS)
+    ours, theirs = multiprocessing.get_context("spawn").Pipe()
+    server = multiprocessing.get_context("spawn").Process(
+        target=_serve, args=(theirs, true_answer(case, floor), LATENCY_S), daemon=True
+    )
+    server.start()
+    url = await asyncio.to_thread(ours.recv)
     client = LLMClient(
-        provider_for("openai"), f"{stub.url}/v1", "stub", timeout_s=30, max_concurrency=concurrency
+        provider_for("openai"), f"{url}/v1", "stub", timeout_s=30, max_concurrency=concurrency
     )
     briefer = LLMBriefer(
         client,
@@ -43,33 +104,112 @@ async def _throughput(concurrency: int, cases: int) -> dict[str, Any]:
         policy=BriefPII.MASKED,
         max_prompt_tokens=BUDGET_TOKENS,
     )
-    case, floor = long_history_case(20)
+    slots = asyncio.Semaphore(concurrency)
+
+    async def brief() -> BriefOutcome:
+        # As the worker's LLM stage runs them: a case holds a slot from redaction to the
+        # checked brief, and the next case starts when a slot frees.
+        async with slots:
+            return await briefer.brief(case, floor)
+
     try:
+        await asyncio.gather(*(brief() for _ in range(max(WARM_UP, concurrency))))
         started = time.monotonic()
-        outcomes = await asyncio.gather(*(briefer.brief(case, floor) for _ in range(cases)))
+        cpu = time.process_time()
+        outcomes = await asyncio.gather(*(brief() for _ in range(cases)))
         elapsed = time.monotonic() - started
+        cpu = time.process_time() - cpu
     finally:
         await client.aclose()
-        await stub.stop()
+        ours.send("stop")
+        max_in_flight, provider_cpu_s = await asyncio.to_thread(ours.recv)
+        server.join(10)
     ideal = concurrency / LATENCY_S
     rate = cases / elapsed
     llm = sum(1 for o in outcomes if o.brief.generation.method == "LLM")
+    cut = sum(o.violations.get("claim_cut", 0) for o in outcomes)
     return {
         "concurrency": concurrency,
         "cases": cases,
         "llm_briefs": llm,
+        "sentences_cut": cut,
         "seconds": round(elapsed, 2),
+        "worker_cpu_ms_per_brief": round(1000 * cpu / cases, 2),
+        "provider_cpu_s": round(provider_cpu_s, 2),
         "briefs_per_s": round(rate, 1),
         "ideal_per_s": round(ideal, 1),
         "share_of_ideal": round(rate / ideal, 3),
-        "max_in_flight_at_provider": stub.max_concurrent,
+        "max_in_flight_at_provider": max_in_flight,
     }
+
+
+def _per_brief_ms(fn: Callable[[], object], n: int) -> float:
+    fn()
+    started = time.process_time()
+    for _ in range(n):
+        fn()
+    return round(1000 * (time.process_time() - started) / n, 3)
+
+
+def brief_work(events: int, n: int = 100) -> dict[str, Any]:
+    """CPU milliseconds one brief costs the worker, by step, for a case of `events`
+    transactions and a true answer (the HTTP exchange is in the throughput figures)."""
+    case, floor = long_history_case(events)
+    redactor, template = _redactor(), load_template()
+    kinds = {"alert": case.alerts, "transaction": case.transactions, "signal": case.signals}
+    redacted, vault = redactor.redact(kinds)
+    _, prompt, quoted = prepare(redactor, template, case, floor, BUDGET_TOKENS)
+    answer = true_answer(case, floor)
+    raw = json.dumps(answer)
+    draft = BriefDraft.model_validate(map_back(answer, prompt.refs))
+    gen = Generation(
+        method=Method.LLM,
+        provider="openai",
+        model="stub",
+        prompt_version=template.version,
+        generator_version=floor.generation.generator_version,
+    )
+    events_of = case_events(case)
+    published = Published(
+        floor.risk_level, floor.risk_score, floor.confidence, frozenset(floor.reason_codes)
+    )
+    facts = [
+        (f, set[ReasonCode]()) for f in floor.key_facts if len(f.evidence_event_ids) <= MAX_EVIDENCE
+    ]
+
+    def checker() -> object:
+        return check_claims(draft, facts, floor, case, events_of, published, Counter())
+
+    steps = {
+        "redaction": lambda: redactor.redact(kinds),
+        "prompt": lambda: build_prompt(
+            template,
+            redacted,
+            floor,
+            max_tokens=BUDGET_TOKENS,
+            scrub=lambda text: redactor.redact_text(text, vault),
+        ),
+        "request": lambda: LLMRequest(
+            prompt.system,
+            prompt.user,
+            output_schema(prompt.shown_refs),
+            2000,
+            output_schema(prompt.shown_refs, grammar_bounds=True),
+        ),
+        "validation": lambda: BriefDraft.model_validate(map_back(json.loads(raw), prompt.refs)),
+        "claim checker": checker,
+        "guardrails with the checker": lambda: merge(
+            draft, floor, case, vault, BriefPII.MASKED, gen, quoted
+        ),
+    }
+    return {"events": events + 1, **{k: _per_brief_ms(f, n) for k, f in steps.items()}}
 
 
 def run(smoke: bool = False) -> dict[str, Any]:
     """`smoke`: concurrency 1 and 8, cases up to 1,000 events (seconds, not a minute)."""
     levels, sizes = ((1, 8), (10, 1_000)) if smoke else ((1, 8, 64), (10, 1_000, 10_000))
-    throughput = [asyncio.run(_throughput(c, max(4 * c, 8))) for c in levels]
+    throughput = [asyncio.run(_throughput(c, CASES_PER_SLOT * c)) for c in levels]
+    work = [brief_work(CASE_EVENTS, 20 if smoke else 200), brief_work(200, 5 if smoke else 50)]
     tokens = []
     for n in sizes:
         case, floor = long_history_case(n)
@@ -88,5 +228,6 @@ def run(smoke: bool = False) -> dict[str, Any]:
         "latency_s": LATENCY_S,
         "budget_tokens": BUDGET_TOKENS,
         "throughput": throughput,
+        "brief_work_ms": work,
         "prompt_tokens": tokens,
     }

@@ -88,6 +88,7 @@ class StubLLM:
         self.refused: list[dict[str, Any]] = []  # the provider errors answered
         self.requests: list[dict[str, Any]] = []
         self.concurrent = self.max_concurrent = 0
+        self.connections: set[object] = set()  # each caller's (host, port): TCP connections
         self._runner: web.AppRunner | None = None
         self._release = asyncio.Event()  # ends "hang" handlers when the stub stops
         self.url = ""
@@ -130,6 +131,8 @@ class StubLLM:
 
     async def _enter(self, request: web.Request, shape: str) -> tuple[str, web.Response | None]:
         raw = await request.read()
+        if request.transport is not None:
+            self.connections.add(request.transport.get_extra_info("peername"))
         body = json.loads(raw)
         self.requests.append(
             {"shape": shape, "headers": dict(request.headers), "body": body, "raw": raw}

@@ -190,7 +190,7 @@ KIND_PHRASES: tuple[tuple[Rx, Callable[[str, Record], bool]], ...] = (
      _signal_type("PAYEE_ADDED")),
     (_rx(r"\bemulat(?:or|ors|ed)\b", "emulat"), _flag("is_emulator")),
     (_rx(r"\bVPNs?\b", "vpn"), _flag("is_vpn")),
-    (_rx(r"\bdevices?\b", "device"), _device),
+    (_rx(r"\bdevices?\b(?![- ]signals?\b)", "device"), _device),
     (_rx(r"\bdevice signals?\b", "signal"), _signal),
     (_rx(r"\balerts?\b", "alert"), _alert),
 )  # fmt: skip
@@ -668,6 +668,7 @@ def _claims(sentence: str, groups: tuple[Scope, ...], ctx: Context, pub: Publish
         add(("merchant", codes <= seen_mccs))
         blank(m)
     counted: list[tuple[int, Callable[[str, Record], bool]]] = []
+    none_of: list[range] = []  # "0 device signal(s)": a claim of absence, like "no"
     for m in COUNT.finditer(masked):
         verdict = _count_ok(m, groups, ctx.case)
         if verdict is None:
@@ -675,6 +676,8 @@ def _claims(sentence: str, groups: tuple[Scope, ...], ctx: Context, pub: Publish
         ok, n, pred = verdict
         add(("count", ok))
         counted.append((n, pred))
+        if n == 0:
+            none_of.append(range(m.start("noun"), m.end("noun")))
     for m in GATED["span"].finditer(masked, low):
         add(("span", _span_ok(m, groups, counted)))
         blank(m)
@@ -685,7 +688,7 @@ def _claims(sentence: str, groups: tuple[Scope, ...], ctx: Context, pub: Publish
         for m in pattern.finditer(masked, low):
             if pred is _alert:
                 found.mentions += 1
-            if _negated(masked, m.start()):
+            if _negated(masked, m.start()) or any(m.start() in r for r in none_of):
                 add(("kind", not ctx.case.matching(pred)))
             else:
                 add(("kind", bool(scope.matching(pred))))

@@ -11,8 +11,10 @@ out of tokens.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from streamproc.brief.model import Action, Confidence, ReasonCode, RiskLevel
@@ -58,7 +60,24 @@ def output_schema(refs: list[str] | None = None, *, grammar_bounds: bool = False
     """JSON Schema for providers' strict structured output: every property required,
     no additional properties, definitions inlined; with `refs`, evidence may only cite
     those event references (an enum the provider enforces while it writes). With
-    `grammar_bounds`, strings get GRAMMAR_MAX_LENGTHS (llama.cpp only)."""
+    `grammar_bounds`, strings get GRAMMAR_MAX_LENGTHS (llama.cpp only).
+
+    A fresh copy each call (callers may change it); the inlining runs once per process,
+    since pydantic's schema generation costs milliseconds and every request needs it."""
+    out: dict[str, Any] = orjson.loads(_inlined_schema())
+    fact = out["properties"]["key_facts"]["items"]
+    if refs:
+        evidence = fact["properties"]["evidence_event_ids"]
+        evidence["items"] = {"type": "string", "enum": list(refs)}
+    if grammar_bounds:
+        out["properties"]["summary"]["maxLength"] = GRAMMAR_MAX_LENGTHS["summary"]
+        fact["properties"]["text"]["maxLength"] = GRAMMAR_MAX_LENGTHS["text"]
+        out["properties"]["key_facts"]["maxItems"] = GRAMMAR_MAX_FACTS
+    return out
+
+
+@functools.cache
+def _inlined_schema() -> bytes:
     schema = BriefDraft.model_json_schema()
     defs = schema.pop("$defs", {})
 
@@ -75,13 +94,4 @@ def output_schema(refs: list[str] | None = None, *, grammar_bounds: bool = False
             return [inline(v) for v in node]
         return node
 
-    out = dict(inline(schema))
-    fact = out["properties"]["key_facts"]["items"]
-    if refs:
-        evidence = fact["properties"]["evidence_event_ids"]
-        evidence["items"] = {"type": "string", "enum": refs}
-    if grammar_bounds:
-        out["properties"]["summary"]["maxLength"] = GRAMMAR_MAX_LENGTHS["summary"]
-        fact["properties"]["text"]["maxLength"] = GRAMMAR_MAX_LENGTHS["text"]
-        out["properties"]["key_facts"]["maxItems"] = GRAMMAR_MAX_FACTS
-    return out
+    return orjson.dumps(inline(schema))

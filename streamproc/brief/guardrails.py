@@ -262,7 +262,7 @@ def merge(
     grounded, shown = _facts(draft, events, counts)
     reasons = _reasons(draft, floor, shown, Counter())  # what the checker reads codes against
     published = Published(level, score, draft.confidence, frozenset(reasons))
-    facts, checked, argued = _check_claims(draft, grounded, floor, case, events, published, counts)
+    facts, checked, argued = check_claims(draft, grounded, floor, case, events, published, counts)
     shown = {c for _, why in facts for c in why}
     facts_out: list[KeyFact] = [f for f, _ in facts]
     reasons = _reasons(draft, floor, shown, counts)
@@ -341,7 +341,7 @@ def _facts(
     return facts, shown
 
 
-def _check_claims(
+def check_claims(
     draft: BriefDraft,
     facts: list[tuple[KeyFact, set[ReasonCode]]],
     floor: CaseBrief,

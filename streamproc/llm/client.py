@@ -166,6 +166,9 @@ class CallResult:
     latency_ms: int
 
 
+POOL_SIZE = 8  # connections per httpx pool (see LLMClient.__init__)
+
+
 class LLMClient:
     def __init__(
         self,
@@ -192,11 +195,27 @@ class LLMClient:
         self._limit = asyncio.Semaphore(max_concurrency)
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._http = httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout_s)
+        # Connections in pools of at most POOL_SIZE, a call taking the least busy pool:
+        # httpcore's pool walks all its connections, polling each idle socket, on every
+        # request and release (encode/httpcore#1035, open), so one pool of 64 cost the
+        # worker 4 times the CPU per call of one of 8. Each pool keeps its connections
+        # alive (httpx keeps 20 by default: above that, every call would open, and to a
+        # provider TLS-handshake, a connection of its own).
+        n = max(1, -(-max_concurrency // POOL_SIZE))
+        per_pool = -(-max_concurrency // n)
+        limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
+        self._pools = [
+            httpx.AsyncClient(
+                base_url=base_url, transport=transport, timeout=timeout_s, limits=limits
+            )
+            for _ in range(n)
+        ]
+        self._pool_load = [0] * n
         self.in_flight = 0
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for pool in self._pools:
+            await pool.aclose()
 
     async def complete(self, req: LLMRequest, deadline: float | None = None) -> CallResult:
         """One structured answer, or an LLMError saying why not (after the retries), by
@@ -281,12 +300,16 @@ class LLMClient:
 
     async def _post(self, req: LLMRequest, timeout_s: float) -> LLMResponse:
         path, headers, body = self.provider.build(req, self.model, self._api_key)
+        i = min(range(len(self._pools)), key=self._pool_load.__getitem__)
+        self._pool_load[i] += 1
         try:
-            r = await self._http.post(path, json=body, headers=headers, timeout=timeout_s)
+            r = await self._pools[i].post(path, json=body, headers=headers, timeout=timeout_s)
         except httpx.TimeoutException as exc:
             raise LLMTimeout(f"no answer within {timeout_s:.3g}s") from exc
         except httpx.TransportError as exc:
             raise LLMTransportError(f"connection failed ({type(exc).__name__})") from exc
+        finally:
+            self._pool_load[i] -= 1
         if r.status_code == 200:
             return self.provider.parse(r.text)
         error = _refusal(r)

@@ -18,7 +18,7 @@ import ipaddress
 import itertools
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -57,6 +57,15 @@ _SEP = "[\\s\\-._/" + DASHES + "]"
 _DIGIT_RUN = re.compile(f"[0-9](?:{_SEP}{{0,{MAX_GAP}}}[0-9])*")
 # Phone numbers: a leading + and parentheses are part of the number's spelling.
 _PHONE_RUN = re.compile(f"\\+?\\(?[0-9](?:(?:{_SEP}|[()]){{0,{MAX_GAP}}}[0-9])*")
+# Where phonenumbers' matcher can find a number: digits with gaps of up to 4 characters
+# of its separator set (punctuation, spaces, brackets, `x`, `ー`); a superset of it.
+_PHONE_CANDIDATE = re.compile(r"[0-9](?:(?:[^\w]|[x_ー]){0,4}[0-9])*")
+# An ISO-8601 instant in UTC, as our own texts write times. The matcher's candidates stop
+# at its letters (T, Z), and at its leniency a number touching a letter is refused, so no
+# number it finds lies in one: the pre-filter reads the text with instants blanked.
+_ISO_INSTANT = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?Z"
+)
 _WORD = re.compile(r"[^\W_]+")
 _IBAN_START = re.compile(r"(?=([A-Za-z]{2}[0-9]{2}))")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
@@ -89,11 +98,23 @@ def fold(text: str) -> str:
     return _Folded(text).text
 
 
+_ASCII_ALNUM = re.compile(r"[a-z0-9]")
+
+
 class _Folded:
     """`text` case folded with accents stripped, and for each folded character the index
     of the original character it came from (folding can change lengths: ß → ss)."""
 
     def __init__(self, original: str, keep: str = "all") -> None:
+        self.where: Sequence[int]
+        if original.isascii():  # most text: folding is lower-casing, one char for one
+            low = original.lower()
+            if keep == "all":
+                self.text, self.where = low, range(len(low))
+            else:
+                self.where = [m.start() for m in _ASCII_ALNUM.finditer(low)]
+                self.text = "".join(low[i] for i in self.where)
+            return
         chars: list[str] = []
         where: list[int] = []
         for i, ch in enumerate(original):
@@ -207,8 +228,8 @@ def find_phones(text: str, regions: Iterable[str]) -> Iterator[Span]:
     """Numbers valid for a region of the case, in international or national format:
     `phonenumbers`' matcher for numbers in prose, and each digit run parsed on its own
     for numbers glued to letters or punctuation, which the matcher passes over."""
-    if sum("0" <= ch <= "9" for ch in text) < MIN_PHONE_DIGITS:
-        return  # the matcher is costly per region; most free text has no number at all
+    if not _may_hold_phone(text):
+        return  # the matcher is costly per region; most text holds no number that long
     regions = tuple(regions)
     seen: set[tuple[int, int]] = set()
     for region in regions:
@@ -231,6 +252,17 @@ def find_phones(text: str, regions: Iterable[str]) -> Iterator[Span]:
         if _valid_phone(raw, regions):
             seen.add((start, end))
             yield Span(start, end, Entity.PHONE, raw)
+
+
+def _may_hold_phone(text: str) -> bool:
+    if sum("0" <= ch <= "9" for ch in text) < MIN_PHONE_DIGITS:
+        return False
+    if "T" in text:
+        text = _ISO_INSTANT.sub(lambda m: "T" * len(m.group()), text)
+    return any(
+        sum("0" <= ch <= "9" for ch in m.group()) >= MIN_PHONE_DIGITS
+        for m in _PHONE_CANDIDATE.finditer(text)
+    )
 
 
 def _valid_phone(raw: str, regions: Iterable[str]) -> bool:

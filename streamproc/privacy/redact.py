@@ -57,6 +57,9 @@ class Vault:
     entities: dict[str, Entity] = field(default_factory=dict)
     known: Known | None = None  # the case's PII field values, to find them in other text
     regions: tuple[str, ...] = ()  # the case's countries, for phone numbers
+    # Texts already redacted with this vault's known values and regions: a case repeats
+    # its merchants, currencies and device ids on every record.
+    redacted: dict[str, str] = field(default_factory=dict, repr=False)
 
     def placeholder(self, entity: Entity, value: str) -> str:
         key = (entity, normal_form(entity, value))
@@ -107,6 +110,7 @@ class Redactor:
                         known[value] = Entity(etype)
                         vault.placeholder(Entity(etype), value)
         vault.regions, vault.known = self._regions(kinds), Known(known)
+        vault.redacted.clear()
         out: dict[str, list[Record]] = {}
         for kind, records in kinds.items():
             schema = self.schemas[kind]
@@ -127,9 +131,14 @@ class Redactor:
     def redact_text(self, text: str, vault: Vault) -> str:
         """Replace every PII span of `text` by its placeholder: any text of the case
         (a record's field, or a finding written from the records), after `redact`."""
+        done = vault.redacted.get(text)
+        if done is not None:
+            return done
+        original = text
         spans = find_all(text, vault.known, vault.regions or self.regions)
         for span in reversed(spans):
             text = text[: span.start] + vault.placeholder(span.entity, span.text) + text[span.end :]
+        vault.redacted[original] = text
         return text
 
     def _record(self, record: Record, schema: EventSchema, vault: Vault) -> Record:

@@ -225,6 +225,22 @@ def test_concurrency_is_capped() -> None:
     run(scenario, delay_s=0.1)
 
 
+def test_connections_are_kept_for_every_call_in_flight() -> None:
+    """Three rounds of 40 calls at once open 40 connections, not one per call: httpx
+    keeps 20 by default, so above that every call opened (to a provider, with a TLS
+    handshake) and closed a connection of its own."""
+
+    async def scenario(server: StubLLM) -> None:
+        c, _ = client(server, max_concurrency=40)
+        for _ in range(3):
+            await asyncio.gather(*(c.complete(REQ) for _ in range(40)))
+        await c.aclose()
+        assert server.max_concurrent == 40
+        assert len(server.connections) == 40, len(server.connections)
+
+    run(scenario, delay_s=0.2)
+
+
 def test_daily_token_budget_stops_calls_until_the_next_day() -> None:
     day = ["2026-11-23"]
 

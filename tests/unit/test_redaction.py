@@ -254,3 +254,43 @@ def test_policies_and_invented_placeholders() -> None:
     redacted, invented = apply_policy(text, vault, BriefPII.REDACTED)
     assert redacted.startswith(p) and invented == 2
     assert not PLACEHOLDER.search(apply_policy(text, vault, BriefPII.MASKED)[0])
+
+
+INSTANTS = st.builds(
+    lambda ms, frac: (
+        (
+            __import__("datetime").datetime.fromtimestamp(ms / 1000, __import__("datetime").UTC)
+        ).strftime("%Y-%m-%dT%H:%M:%S")
+        + (f".{ms % 1000:03d}" if frac else "")
+        + "Z"
+    ),
+    st.integers(0, 4_102_444_799_999),
+    st.booleans(),
+)
+PIECES = st.one_of(
+    INSTANTS,
+    INSTANTS.map(lambda t: t[:10]),  # a date alone
+    phones().map(lambda p: p[0]),
+    st.tuples(INSTANTS, phones()).map(lambda t: f"{t[0][:10]}, {t[1][0]}"),
+    st.from_regex(r"[0-9]{1,4}([.,][0-9]{2})? (EUR|GBP)", fullmatch=True),
+    st.from_regex(r"[0-9]{2,12}", fullmatch=True),
+    st.sampled_from([" ", ", ", " and ", " between ", " (", ") ", "T", "Z", "/", "-", "."]),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(PIECES, min_size=1, max_size=8).map("".join))
+def test_the_phone_pre_filter_skips_no_number_the_matcher_finds(text: str) -> None:
+    """The oracle is phonenumbers' own matcher, run on every text: each number it finds
+    is found by `find_phones`, whose pre-filter skips the matcher on texts it reads as
+    holding none (ISO instants blanked, digit runs too short). Numbers shorter than
+    MIN_PHONE_DIGITS are not phones by policy (German service numbers: "1640")."""
+    from streamproc.privacy.detect import MIN_PHONE_DIGITS, find_phones
+
+    ours = {(s.start, s.end) for s in find_phones(text, PHONE_REGIONS)}
+    for region in PHONE_REGIONS:
+        for m in phonenumbers.PhoneNumberMatcher(
+            text, region, leniency=phonenumbers.Leniency.VALID
+        ):
+            if len(digits(m.raw_string)) >= MIN_PHONE_DIGITS:
+                assert (m.start, m.end) in ours, (text, region, m.raw_string)
