@@ -4,8 +4,9 @@ Events of the labelled set plus history-only accounts are published in event-tim
 in chunks, from a background thread, so the stream is still arriving when the worker is
 killed (after about half the events were consumed) and while no worker runs. A second
 worker takes over. Every alert must get a brief; no brief content (brief_id) may be
-published twice; and each brief must count exactly the events the case has (none lost),
-as built in-process from the same events.
+published twice; and each case's last brief must count exactly the events the case has
+(none lost), as the contract defines a case (tests/oracle_cases.py, which shares no code
+with the worker's windows or case assembly).
 
 Defects this test found, all fixed: the case gate asked for log-end offsets before the
 alert (processor.py); the embedded broker's ListOffsets answers short of the log end, so
@@ -37,8 +38,6 @@ from confluent_kafka import Producer
 from streamproc.cli.kafkaio import make_codec, read_records
 from streamproc.config import Settings
 from streamproc.contracts.records import iso
-from streamproc.contracts.schemas import SchemaSet
-from streamproc.evaluation import build_cases
 from streamproc.kafka.broker import stop_child
 from streamproc.kafka.clients import producer_config
 from streamproc.sim.labelled import build_eval_set
@@ -48,6 +47,12 @@ from tests.integration.conftest import (
     produce_events,
     published_briefs,
     start_worker,
+)
+from tests.oracle_cases import (
+    CASE_AFTER_S,
+    LOOKBACK_H,
+    MAX_EVENTS_PER_ACCOUNT,
+    expected_cases,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -100,7 +105,15 @@ def test_kill_9_mid_run_loses_nothing_and_duplicates_nothing(
     env: dict[str, str], settings: Settings, topics: None, tmp_path: Path
 ) -> None:
     # MAX_WAIT: disputes name purchases older than LOOKBACK_H; they wait for them in vain.
-    env = {**env, "STREAMPROC_CASE_SETTLE_S": "5", "STREAMPROC_CASE_MAX_WAIT_S": "20"}
+    env = {
+        **env,
+        "STREAMPROC_CASE_SETTLE_S": "5",
+        "STREAMPROC_CASE_MAX_WAIT_S": "20",
+        # The oracle's bounds, stated to the worker so both read the same numbers.
+        "STREAMPROC_LOOKBACK_H": str(LOOKBACK_H),
+        "STREAMPROC_CASE_AFTER_S": str(CASE_AFTER_S),
+        "STREAMPROC_MAX_EVENTS_PER_ACCOUNT": str(MAX_EVENTS_PER_ACCOUNT),
+    }
     s = build_eval_set(
         seed=11,
         per_kind=3,
@@ -136,11 +149,8 @@ def test_kill_9_mid_run_loses_nothing_and_duplicates_nothing(
 
     _assert_no_brief_published_twice(briefs)
     # None lost: every case's last brief counts the events the case really has.
-    truth = build_cases(
-        Settings(),
-        SchemaSet(),
-        {"transactions": s.transactions, "device_signals": s.signals, "alerts": s.alerts},
-    )
+    truth = expected_cases(s.transactions, s.signals, s.alerts)
+    assert set(truth) == {label.case_id for label in s.labels}
     held = [
         line
         for name in ("worker1.log", "worker2.log")
@@ -150,18 +160,14 @@ def test_kill_9_mid_run_loses_nothing_and_duplicates_nothing(
     last = {}
     for b in sorted(briefs, key=lambda b: b["brief_version"]):
         last[b["case_id"]] = b
+    assert set(last) == set(truth)
     for case_id, brief in last.items():
         case = truth[case_id]
         seen = {t["event_id"] for t in brief["timeline"]}
-        real = {r["event_id"]: iso(r["occurred_at"]) for r in (*case.transactions, *case.signals)}
-        assert brief["counts"] == {
-            "transactions": len(case.transactions),
-            "device_signals": len(case.signals),
-            "alerts": len(case.alerts),
-        }, (
+        assert brief["counts"] == case.counts(), (
             case_id,
             brief["generated_at"],
-            sorted((t, e) for e, t in real.items() if e not in seen),
+            sorted((iso(at), e) for e, at in case.at_ms.items() if e not in seen),
             held,
         )
     print(

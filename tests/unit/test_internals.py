@@ -49,3 +49,37 @@ def test_packages_whose_internals_are_overridden_are_pinned_to_a_minor_release(
     assert tuple(int(x) for x in low.split(".")[:2]) <= installed
     assert installed < tuple(int(x) for x in high.split("."))
     assert len(high.split(".")) == 2 and high.split(".")[0] == low.split(".")[0]
+
+
+def test_the_worker_consumer_reads_committed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the integration test of an open upstream transaction cannot show on the
+    embedded broker (it does not filter aborted records; Apache Kafka does, for a
+    consumer that asks): the worker's consumer asks, and aiokafka's fetcher, built from
+    it as in start(), sends isolation level 1 (read committed) in its Fetch requests."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.consumer.fetcher import READ_COMMITTED, Fetcher
+    from aiokafka.consumer.subscription_state import SubscriptionState
+    from faust.transport.drivers import aiokafka as driver
+
+    async def main() -> None:
+        plain = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9")
+        assert plain._isolation_level == "read_uncommitted"  # aiokafka's default
+        monkeypatch.setattr(
+            driver.AIOKafkaConsumerThread, "_create_worker_consumer", lambda self, t: plain
+        )
+        thread = object.__new__(internals._ConsumerThread)
+        consumer = thread._create_worker_consumer(SimpleNamespace(fetch_max_wait_ms=20))
+        assert consumer is plain and consumer._isolation_level == "read_committed"
+        fetcher = Fetcher(
+            consumer._client, SubscriptionState(), isolation_level=consumer._isolation_level
+        )
+        try:
+            assert fetcher._isolation_level == READ_COMMITTED == internals.READ_COMMITTED
+        finally:
+            await fetcher.close()
+            await consumer.stop()
+
+    asyncio.run(main())
