@@ -73,7 +73,7 @@ bench: venv
 #   make eval STREAMPROC_LLM_PROVIDER=openai STREAMPROC_LLM_BASE_URL=... STREAMPROC_LLM_MODEL=...
 # Report: tests/eval/results/. Exit 1 on a hard-gate failure or a regression.
 eval: venv
-	$(BIN)/python -m streamproc.evaluation --out tests/eval/results $(ARGS)
+	$(BIN)/python -m streamproc.tooling.evaluation --out tests/eval/results $(ARGS)
 
 # The fault suite at full length (phases of a minute, larger runs); make test runs it short.
 faults: venv tools
@@ -95,4 +95,4 @@ injection-report: venv
 # 35 minutes; ARGS=--limit 400 for all of it), beside the deterministic briefs of the same
 # cases: tests/eval/results/report-*-limit-32.md and quality-card.md.
 eval-local: venv models
-	$(BIN)/python -m streamproc.evaluation --out tests/eval/results --local-model .models --limit 32 $(ARGS)
+	$(BIN)/python -m streamproc.tooling.evaluation --out tests/eval/results --local-model .models --limit 32 $(ARGS)

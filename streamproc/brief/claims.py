@@ -75,7 +75,7 @@ NEW_DEVICE_WITHIN = HOUR  # … and first seen this shortly before its use: new
 NUMBER_WORDS = {
     "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
     "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "a dozen": 12,
-    "a single": 1, "single": 1, "a couple of": 2,
+    "a single": 1, "single": 1, "a couple of": 2, "zero": 0,
 }  # fmt: skip
 _NUM = r"(?:\d+|" + "|".join(sorted(map(re.escape, NUMBER_WORDS), key=len, reverse=True)) + r")"
 NEGATIONS = frozenset(
@@ -193,6 +193,14 @@ KIND_PHRASES: tuple[tuple[Rx, Callable[[str, Record], bool]], ...] = (
     (_rx(r"\bdevices?\b(?![- ]signals?\b)", "device"), _device),
     (_rx(r"\bdevice signals?\b", "signal"), _signal),
     (_rx(r"\balerts?\b", "alert"), _alert),
+)  # fmt: skip
+# Nouns whose negation claims an absence in the whole case ("no payments were made").
+ABSENT_NOUNS: tuple[tuple[Rx, Callable[[str, Record], bool]], ...] = (
+    (_rx(r"\b(?:payments?|purchases?|transactions?|charges?|spend(?:ing)?)\b",
+         "pay", "purchas", "transact", "charge", "spend"), _txn),
+    (_rx(r"\bwithdrawals?\b", "withdrawal"), _channel("ATM")),
+    (_rx(r"\bpayees?\b|\bbeneficiar(?:y|ies)\b", "payee", "beneficiar"),
+     _signal_type("PAYEE_ADDED")),
 )  # fmt: skip
 NOVELTY = re.compile(
     r"\b(?:new(?:ly)?(?:[- ](?:seen|registered|added))?|unrecogni[sz]ed|unknown|unfamiliar|"
@@ -458,6 +466,16 @@ LEVEL_WORDS = {
     "severe": RiskLevel.CRITICAL, "extreme": RiskLevel.CRITICAL,
 }  # fmt: skip
 _LVL = "|".join(LEVEL_WORDS)
+# In prose, "a high-risk fraud" or "risk is high" of a CRITICAL case argues nothing away
+# (the local model wrote it so); the level's own name ("HIGH risk") must match.
+ALSO_IN_PROSE = {RiskLevel.HIGH: (RiskLevel.CRITICAL,)}
+# Words that turn "high" of a CRITICAL case into an argument for less.
+DOWNGRADE = re.compile(
+    r"\b(?:only|merely|just|at most|rather than|instead of|downgrad\w*|lower(?:ed)?|"
+    r"reduc\w*|not (?:a |an |the )?critical|no more than)\b",
+    re.IGNORECASE,
+)
+NEGATED_IN = re.compile(r"\b(?:not|no|never|hardly|barely)\b", re.IGNORECASE)
 NOT_CASE_RISK = (
     r"(?![- ](?:merchants?|mccs?|categor|countr|devices?|payees?|jurisdiction|"
     r"transactions?|payments?|corridor|score|segment|customers?|ips?|locations?))"
@@ -585,7 +603,7 @@ def check_text(text: str, scope: Scope, ctx: Context, published: Published, *,
     and the facts' event sets); a sentence with a false claim is cut."""
     kept, cut, claims, argued = [], Counter[str](), 0, []
     parts = sentences(text)
-    groups = (scope, *ctx.groups) if summary else (scope,)
+    groups = (scope, *ctx.groups, *alert_scopes(ctx.case)) if summary else (scope,)
     for sentence in parts:
         found = _claims(sentence, groups, ctx, published)
         claims += len(found.verdicts) - found.mentions
@@ -597,6 +615,20 @@ def check_text(text: str, scope: Scope, ctx: Context, published: Published, *,
             kept.append(sentence)
     kept_text = " ".join(kept)
     return Checked(kept_text, cut, claims, len(kept_text), len(" ".join(parts)), argued)
+
+
+def alert_scopes(case: Scope) -> tuple[Scope, ...]:
+    """Each alert with the transactions it names: "an alert on 8 transactions" counts
+    the alert's own, not the case's."""
+    out = []
+    for k, alert in case.events:
+        if k != "alert":
+            continue
+        named = set(alert.get("transaction_ids") or ())
+        txns = [(k2, r) for k2, r in case.events if k2 == "transaction"
+                and r.get("transaction_id") in named]  # fmt: skip
+        out.append(Scope([(k, alert), *txns]))
+    return tuple(out)
 
 
 @dataclass
@@ -635,8 +667,19 @@ def _claims(sentence: str, groups: tuple[Scope, ...], ctx: Context, pub: Publish
 
     # Arguments against the published brief first (they are not cut, they overrule).
     for m in GATED["level"].finditer(sentence, low):
-        word = (m.group("w1") or m.group("w2") or m.group("w3")).lower()
-        if not _negated(sentence, m.start()) and LEVEL_WORDS[word] is not pub.level:
+        raw = m.group("w1") or m.group("w2") or m.group("w3")
+        level = LEVEL_WORDS[raw.lower()]
+        denied = _negated(sentence, m.start()) or bool(NEGATED_IN.search(m.group()))
+        prose = (
+            m.group("w1") is not None  # "a high-risk fraud", "high risk"
+            and not raw.isupper()
+            and pub.level in ALSO_IN_PROSE.get(level, ())
+            and not DOWNGRADE.search(sentence)
+        )
+        if denied:  # "risk is not critical" (or "not high") of a CRITICAL case
+            if level is pub.level or pub.level in ALSO_IN_PROSE.get(level, ()):
+                found.argued.append("level")
+        elif level is not pub.level and not prose:
             found.argued.append("level")
         blank(m)
     for m in GATED["score"].finditer(masked, low):
@@ -692,6 +735,10 @@ def _claims(sentence: str, groups: tuple[Scope, ...], ctx: Context, pub: Publish
                 add(("kind", not ctx.case.matching(pred)))
             else:
                 add(("kind", bool(scope.matching(pred))))
+    for pattern, pred in ABSENT_NOUNS:
+        for m in pattern.finditer(masked, low):
+            if _negated(masked, m.start()) or any(m.start() in r for r in none_of):
+                add(("kind", not ctx.case.matching(pred)))
     for m in GATED["novelty"].finditer(masked, low):
         if not _negated(masked, m.start()):
             add(("novelty", _new_device(scope, ctx)))
@@ -775,7 +822,8 @@ def _count_ok(
             return all(p(k, r) for p in preds)
 
         first = first or full
-        for g in (*groups, case):
+        # None of them: a claim about the whole case, not about one fact's events.
+        for g in (case,) if n == 0 else (*groups, case):
             records = g.matching(full)
             have = len({distinct(r) for r in records} - {None}) if distinct else len(records)
             if (n == have) if exact else (1 <= n <= max(have, len(records))):
@@ -833,8 +881,8 @@ def _countries(scope: Scope) -> set[str]:
 
 def _new_device(scope: Scope, ctx: Context) -> bool:
     """A device in scope that the case shows as new: a NEW_DEVICE signal for it, or one
-    that the case's first NEW_DEVICE_UNSEEN did not see, first seen less than
-    NEW_DEVICE_WITHIN before its use in scope."""
+    that the case's first NEW_DEVICE_UNSEEN did not see while another device was in
+    use, first seen less than NEW_DEVICE_WITHIN before its use in scope."""
     first: dict[str, int] = {}
     announced = set()
     for k, r in ctx.case.events:
@@ -850,7 +898,11 @@ def _new_device(scope: Scope, ctx: Context) -> bool:
             continue
         if d in announced:
             return True
-        unseen = first[d] - ctx.window[0] >= NEW_DEVICE_UNSEEN
+        # Unseen: the window shows the account on another device well before this one.
+        # A young account's first device is its only one, not a new one.
+        unseen = first[d] - ctx.window[0] >= NEW_DEVICE_UNSEEN and any(
+            t <= first[d] - NEW_DEVICE_WITHIN for o, t in first.items() if o != d
+        )
         if unseen and r["occurred_at"] - first[d] < NEW_DEVICE_WITHIN:
             return True
     return False

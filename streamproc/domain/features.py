@@ -6,6 +6,7 @@ All functions are pure and deterministic: same case, same findings, same order.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import statistics
@@ -32,6 +33,10 @@ VELOCITY_MIN_TXNS = 6
 HIGH_AMOUNT_RATIO = 5.0  # versus the account's median debit
 HIGH_AMOUNT_ABSOLUTE_MINOR = 500_000
 HIGH_AMOUNT_MIN_HISTORY = 3
+BUST_OUT_MIN_RUN = 3  # large card purchases in a row, the last one named by the alert
+BUST_OUT_SPAN_MS = 24 * HOUR_MS  # from the run's first purchase to its last
+BUST_OUT_FUNDED_MS = 24 * HOUR_MS  # credits this long before the run that pay for it
+PURCHASE_CHANNELS = frozenset({"CARD_PRESENT", "CARD_NOT_PRESENT", "WALLET"})
 DEVICE_RISK_SCORE = 0.7
 FAILED_AUTH_MIN = 3
 TAKEOVER_HORIZON_MS = 24 * HOUR_MS
@@ -141,6 +146,17 @@ def high_amount(case: Case) -> Finding | None:
     flagged = [t for t in alert_transactions(case) if t["direction"] == "DEBIT"]
     if not flagged:
         return None
+    run = _large_run(case, flagged)
+    if run is not None:
+        total = sum(t["amount_minor"] for t in run)
+        hours = max(1, -(-(run[-1]["occurred_at"] - run[0]["occurred_at"]) // HOUR_MS))
+        return Finding(
+            ReasonCode.HIGH_AMOUNT,
+            f"{len(run)} card purchases of {fmt_amount(total, run[0]['currency'])} in all "
+            f"within {hours} h, each at least {HIGH_AMOUNT_RATIO:.0f}× the median of the "
+            "account's earlier debits",
+            ids(run),
+        )
     top = max(flagged, key=lambda t: t["amount_minor"])
     # Everyday spending: earlier debits the alert does not name. A bust-out's own run of
     # large purchases would otherwise raise the median it is compared with.
@@ -174,6 +190,66 @@ def high_amount(case: Case) -> Finding | None:
             (top["event_id"],),
         )
     return None
+
+
+def _large_run(case: Case, flagged: list[Record]) -> list[Record] | None:
+    """A bust-out's run: at least BUST_OUT_MIN_RUN card purchases in a row, ending at the
+    last debit the alert names, within BUST_OUT_SPAN_MS, each HIGH_AMOUNT_RATIO times the
+    median of the account's debits before the run (at least HIGH_AMOUNT_MIN_HISTORY of
+    them), and not paid for by credits received in the day before it (a salary spent on
+    the day). The alert may name only the run's last few: its earlier purchases are then
+    not history."""
+    named = {t["event_id"] for t in flagged}
+
+    def order(t: Record) -> tuple[int, bool, str]:
+        # Same-time debits: those the alert names last, so the run can end at its last.
+        return t["occurred_at"], t["event_id"] in named, t["event_id"]
+
+    last = max(flagged, key=order)
+    currency = last["currency"]
+    # Every debit, any currency or status, in time order: spending in another currency
+    # or a declined attempt between the large purchases breaks a run.
+    debits = sorted((t for t in case.transactions if t["direction"] == "DEBIT"), key=order)
+    debits = debits[: debits.index(last) + 1]
+    history = sorted(  # amounts of the approved debits in the currency, before each start
+        t["amount_minor"]
+        for t in debits[:-1]
+        if t["currency"] == currency and t["status"] == "APPROVED"
+    )
+    best: list[Record] | None = None
+    smallest = last["amount_minor"]
+    for i in range(len(debits) - 1, -1, -1):
+        t = debits[i]
+        if last["occurred_at"] - t["occurred_at"] > BUST_OUT_SPAN_MS:
+            break
+        if t["channel"] not in PURCHASE_CHANNELS or t["currency"] != currency:
+            break  # a transfer, a withdrawal, or spending in another currency
+        if t["status"] != "APPROVED":
+            break  # a declined or reversed attempt is no money spent
+        if i < len(debits) - 1:
+            history.pop(bisect.bisect_left(history, t["amount_minor"]))  # now in the run
+        smallest = min(smallest, t["amount_minor"])
+        if len(history) < HIGH_AMOUNT_MIN_HISTORY:
+            break
+        if smallest < HIGH_AMOUNT_RATIO * history[0]:
+            break  # no median of earlier debits is below their minimum: no longer run holds
+        if len(debits) - i >= BUST_OUT_MIN_RUN:
+            # Against the debits before this start: the longest run that holds wins.
+            median = statistics.median(history)
+            if median > 0 and smallest >= HIGH_AMOUNT_RATIO * median:
+                best = debits[i:]
+    if best is None:
+        return None
+    since = best[0]["occurred_at"] - BUST_OUT_FUNDED_MS
+    received = sum(  # money that came in (approved) in the day before the run
+        t["amount_minor"]
+        for t in case.transactions
+        if t["direction"] == "CREDIT"
+        and t["status"] == "APPROVED"
+        and t["currency"] == currency
+        and since <= t["occurred_at"] <= last["occurred_at"]
+    )
+    return None if received >= sum(t["amount_minor"] for t in best) else best
 
 
 def new_device(case: Case) -> Finding | None:

@@ -58,13 +58,19 @@ _DIGIT_RUN = re.compile(f"[0-9](?:{_SEP}{{0,{MAX_GAP}}}[0-9])*")
 # Phone numbers: a leading + and parentheses are part of the number's spelling.
 _PHONE_RUN = re.compile(f"\\+?\\(?[0-9](?:(?:{_SEP}|[()]){{0,{MAX_GAP}}}[0-9])*")
 # Where phonenumbers' matcher can find a number: digits with gaps of up to 4 characters
-# of its separator set (punctuation, spaces, brackets, `x`, `ー`); a superset of it.
-_PHONE_CANDIDATE = re.compile(r"[0-9](?:(?:[^\w]|[x_ー]){0,4}[0-9])*")
-# An ISO-8601 instant in UTC, as our own texts write times. The matcher's candidates stop
+# of its separator set (punctuation, spaces, brackets, `x`, `ー`) or an extension's mark
+# (`ext.`, `X12`: the matcher counts those digits too); a superset of its candidates.
+_PHONE_CANDIDATE = re.compile(
+    r"[0-9](?:(?:[^\w]|[x_ー]|ext|extn|extension){0,5}[0-9])*", re.IGNORECASE
+)
+# An ISO-8601 instant in UTC, as our own texts write times, standing alone (after a space
+# or an opening bracket, before a space or a closing mark). The matcher's candidates stop
 # at its letters (T, Z), and at its leniency a number touching a letter is refused, so no
-# number it finds lies in one: the pre-filter reads the text with instants blanked.
+# number it finds lies in one: the pre-filter reads the text with such instants blanked.
 _ISO_INSTANT = re.compile(
+    r"(?<![^\s(\[,;:'\"])"
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?Z"
+    r"(?![^\s)\],;:.'\"])"
 )
 _WORD = re.compile(r"[^\W_]+")
 _IBAN_START = re.compile(r"(?=([A-Za-z]{2}[0-9]{2}))")

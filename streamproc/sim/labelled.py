@@ -643,6 +643,69 @@ def _passed_on(
     return out
 
 
+def _bust_out_named_last(c: _Case) -> Label:
+    """A first-party bust-out on a young account: a day of small purchases, then a run
+    of large ones at electronics and jewellery shops within hours; the bank's rule names
+    only the last one or two, so the run's earlier purchases look like history."""
+    b, t0 = c.b, c.b.now - b_rand(c, 5, 8) * HOUR
+    b.history(c.acct, days=1, until=t0 - HOUR)  # the everyday spending ends before the run
+    b.txn(c.acct, t0 - 2 * HOUR, b.rng.randint(800, 4_000), mcc="5411", merchant_name="Rewe")
+    home = f"dev-home-{c.acct}"
+    shops = [("5732", "Saturn"), ("5944", "Juwelier Kraus"), ("5045", "Cyberport")]
+    buys, at = [], t0
+    for _ in range(b.rng.randint(3, 6)):
+        mcc, name = b.rng.choice(shops)
+        at += b.rng.randint(10, 45) * MIN
+        buys.append(
+            b.txn(
+                c.acct,
+                at,
+                b.rng.randint(90_000, 320_000),
+                channel=b.rng.choice(["CARD_PRESENT", "CARD_NOT_PRESENT"]),
+                mcc=mcc,
+                country="DE",
+                merchant_name=name,
+                card_pan=c.pan,
+                device_id=home,
+            )
+        )
+    buys[-1]["memo"] = c.injection
+    named = buys[-b.rng.randint(1, 2) :]
+    # A rule's low score of its own: without the run, the floor would be LOW.
+    alert = c.alert(out_at(buys[-1]) + 4 * MIN, "R-FPF-2", "HIGH", 0.3, named)
+    return c.label(
+        alert,
+        {"HIGH_AMOUNT"},
+        {"VELOCITY_SPIKE", "MERCHANT_RISK"},
+        ("MEDIUM", "CRITICAL"),
+        [buys[0], named[-1]],  # the run's first purchase, which the alert does not name
+    )
+
+
+def _benign_shopping_day(c: _Case) -> Label:
+    """The named-last bust-out's lookalike: a young account's day out shopping, several
+    purchases at 2 to 4 times its usual payment; the rule names the last."""
+    b, t0 = c.b, c.b.now - b_rand(c, 3, 8) * HOUR
+    b.history(c.acct, days=1)
+    usual = c.median_debit()
+    buys = [
+        b.txn(
+            c.acct,
+            t0 + (i + 1) * b.rng.randint(20, 60) * MIN,
+            int(usual * b.rng.uniform(2.0, 4.0)),
+            channel="CARD_PRESENT",
+            mcc=b.rng.choice(["5651", "5732", "5712"]),
+            country="DE",
+            merchant_name=b.rng.choice(["Peek & Cloppenburg", "Saturn", "IKEA"]),
+            card_pan=c.pan,
+        )
+        for i in range(b.rng.randint(3, 5))
+    ]
+    buys[-1]["memo"] = c.injection
+    alert = c.alert(out_at(buys[-1]) + 2 * MIN, "R-FPF-2", "MEDIUM", 0.35, buys[-1:])
+    return c.label(alert, set(), {"VELOCITY_SPIKE"}, ("LOW", "MEDIUM"), [buys[-1]])
+
+
 def b_rand(c: _Case, lo: int, hi: int) -> int:
     return c.b.rng.randint(lo, hi)
 
@@ -680,5 +743,8 @@ KIND_INFO: dict[str, KindInfo] = {
     "benign_duplicate_charge": KindInfo(
         _benign_duplicate_charge, False, ("friendly_fraud_dispute",)
     ),
+    # Added last, so the cases above are generated as before (one random stream).
+    "bust_out_named_last": KindInfo(_bust_out_named_last, True),
+    "benign_shopping_day": KindInfo(_benign_shopping_day, False, ("bust_out_named_last",)),
 }
 KINDS = tuple(KIND_INFO)

@@ -115,7 +115,13 @@ def test_feedback_published_by_the_cli_reaches_the_metrics_and_bad_feedback_the_
     assert high[0]["account_id"] in written  # the case's events are there, redacted
     report = tmp_path / "eval"
     evaluation = subprocess.run(
-        [sys.executable, "-m", "streamproc.evaluation", f"--set=analysts={out}", f"--out={report}"],
+        [
+            sys.executable,
+            "-m",
+            "streamproc.tooling.evaluation",
+            f"--set=analysts={out}",
+            f"--out={report}",
+        ],
         capture_output=True,
         text=True,
         check=False,

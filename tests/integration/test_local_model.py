@@ -150,7 +150,8 @@ def test_make_eval_local_runs_the_labelled_set_through_the_model(tmp_path: Path)
     """`make eval-local` on one held-out case: the model's report, the deterministic one
     for the same case, and the quality card with the model's own draft beside them (so
     the target cannot silently stop working, as `make bench` once did)."""
-    from streamproc.evaluation import HELD_OUT_SET, main
+    from streamproc.tooling.evaluation.cli import main
+    from streamproc.tooling.evaluation.load import HELD_OUT_SET
 
     if cpu_problem():
         pytest.skip(str(cpu_problem()))

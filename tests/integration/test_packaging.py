@@ -173,7 +173,7 @@ def test_installed_wheel_runs_the_demo_and_the_evaluation_from_an_empty_folder(
     )
     assert sum(float(n) for n in counted) == 2, demo.stdout[-2000:]
 
-    evaluation = run_there("python", "-m", "streamproc.evaluation")
+    evaluation = run_there("python", "-m", "streamproc.tooling.evaluation")
     assert evaluation.returncode == 0, evaluation.stdout[-3000:] + evaluation.stderr[-3000:]
     assert (empty / "eval-results" / "report.md").is_file()
     installed = next(venv.glob("lib/python*/site-packages/streamproc"))

@@ -60,7 +60,7 @@ def test_shadow_variant_fills_its_topic_and_analysts_topic_stays_the_primarys(
         "STREAMPROC_LLM_API_KEY": "sk-test-secret",
         "STREAMPROC_LLM_SHADOW": shadow,
     }
-    command = [sys.executable, "-m", "streamproc.evaluation_compare", "--variant", "shadow"]
+    command = [sys.executable, "-m", "streamproc.tooling.evaluation.compare", "--variant", "shadow"]
     result = subprocess.run(
         [*command, "--limit", "16", "--out", str(out)],
         env=compare_env,

@@ -120,6 +120,60 @@ def test_prose_that_argues_another_level_overrules_the_draft(
     assert counts["prose_argued"] == 1 and counts["narrative_overruled"] == 1
 
 
+@pytest.mark.parametrize(
+    ("level", "prose", "argued"),
+    [
+        # The local model's words on a CRITICAL case: prose, not another level.
+        (RiskLevel.CRITICAL, "The case was a high-risk fraud.", False),
+        (RiskLevel.CRITICAL, "This is a HIGH risk case.", True),  # names the level
+        # Arguments for less, in the same words (an adversarial review wrote them):
+        (RiskLevel.CRITICAL, "Risk is high.", True),
+        (RiskLevel.CRITICAL, "Risk is not high.", True),
+        (RiskLevel.CRITICAL, "The risk is only high.", True),
+        (RiskLevel.CRITICAL, "At most a high-risk case.", True),
+        (RiskLevel.CRITICAL, "The case should be downgraded to high risk.", True),
+        (RiskLevel.CRITICAL, "This is a high-risk case, not a critical one.", True),
+        (RiskLevel.CRITICAL, "Risk level is high.", True),
+        (RiskLevel.CRITICAL, "The risk is not critical.", True),
+        (RiskLevel.HIGH, "Risk is not low.", False),
+        (RiskLevel.MEDIUM, "The case was a high-risk fraud.", True),  # a salary day
+        (RiskLevel.HIGH, "The case was a critical-risk fraud.", True),
+    ],
+)
+def test_high_risk_in_prose_agrees_with_critical_only(
+    cases: dict[str, Case], level: RiskLevel, prose: str, argued: bool
+) -> None:
+    case = next(iter(cases.values()))
+    pub = Published(level, 50, floor_of(case).confidence, frozenset())
+    events = case_events(case)
+    ctx = Context(Scope(list(events.values())), (case.window_start_ms, case.window_end_ms), ())
+    checked = check_text(prose, ctx.case, ctx, pub, summary=True)
+    assert bool(checked.argued) is argued, checked
+
+
+@pytest.mark.parametrize(
+    "lie",
+    [
+        "There were 0 payments in the window.",
+        "0 transactions were made.",
+        "The account made zero card payments.",
+        "No payments were made.",
+        "There were no card payments.",
+        "The customer has not added any payee.",
+    ],
+)
+def test_a_false_claim_of_absence_is_cut(cases: dict[str, Case], lie: str) -> None:
+    """Absence is a claim about the whole case, even where one fact cites none of them."""
+    case = cases["case-ato-001"]  # payments, transfers, a payee added
+    events = case_events(case)
+    signals_only = Scope([e for e in events.values() if e[0] == "signal"])
+    ctx = Context(
+        Scope(list(events.values())), (case.window_start_ms, case.window_end_ms), (signals_only,)
+    )
+    pub = Published(RiskLevel.HIGH, 60, floor_of(case).confidence, frozenset())
+    assert check_text(lie, ctx.case, ctx, pub, summary=True).cut, lie
+
+
 def test_true_claims_are_kept(cases: dict[str, Case]) -> None:
     """A draft that says what the events show, in the model's words, is published."""
     case = cases["case-ct-001"]
@@ -226,7 +280,7 @@ def test_the_hallucination_scores_can_fail(
     """The corpus scores the checker, not itself: every kind is tried on the scenario,
     the gate passes on the checker as built, and a checker that keeps every sentence
     fails it on every kind."""
-    from streamproc import evaluation_claims
+    from streamproc.tooling.evaluation import claims as evaluation_claims
 
     scores = evaluation_claims.score_checker(cases, NOW_MS)
     assert set(scores["recall"]) == set(evaluation_claims.MUTATIONS)

@@ -8,11 +8,13 @@ is the point. Card testing and impossible travel have their own files.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from streamproc.brief.model import ReasonCode
+from streamproc.brief.fallback import build_brief
+from streamproc.brief.model import Action, ReasonCode, RiskLevel
 from streamproc.domain.case import Case
 from streamproc.domain.features import (
     account_takeover,
@@ -26,6 +28,7 @@ from streamproc.domain.features import (
     new_payee,
     velocity_spike,
 )
+from streamproc.domain.money import fmt_amount
 
 T0 = 1_790_000_000_000
 MIN = 60_000
@@ -253,5 +256,127 @@ def test_high_amount_median_leaves_out_the_flagged_run() -> None:
     everyday = [txn(T0 + k * HOUR, 2_000) for k in range(3)]
     run = [txn(T0 + 10 * HOUR + k * MIN, 150_000) for k in range(5)]
     finding = high_amount(case_of([*everyday, *run], flagged=5))
-    assert finding is not None and "75×" in finding.text
-    assert high_amount(case_of([*everyday, *run], flagged=1)) is None  # the run is history
+    assert finding is not None and finding.evidence == tuple(t["event_id"] for t in run)
+
+
+# --- bust-out: a run of large purchases, the alert naming only its last few -------------
+# An independent case set found a first-party bust-out briefed LOW, "no pattern beyond
+# the rule hit": a short history of small purchases, then large ones at electronics and
+# jewellery shops within a day; the alert named the last few, so the run's earlier
+# purchases were taken for history and raised the median.
+SHOPS = [("5732", "MediaMarkt"), ("5944", "Juwelier Kraus"), ("5045", "Cyberport")]
+
+
+def bust_out(history: list[int], run: list[int], every_ms: int = 30 * MIN) -> list[Any]:
+    t = [txn(T0 + k * 5 * HOUR, a) for k, a in enumerate(history)]
+    start = T0 + 5 * HOUR * len(history) + 2 * HOUR
+    t += [
+        txn(
+            start + k * every_ms,
+            a,
+            channel="CARD_PRESENT" if k % 2 else "CARD_NOT_PRESENT",
+            merchant_category_code=SHOPS[k % 3][0],
+            merchant_name=SHOPS[k % 3][1],
+        )
+        for k, a in enumerate(run)
+    ]
+    return t
+
+
+@pytest.mark.parametrize(
+    ("history", "run", "flagged"),
+    [
+        ([2_000, 3_500, 1_800], [150_000, 240_000, 190_000, 320_000, 280_000], 2),
+        ([2_000, 3_500, 1_800], [150_000, 240_000, 190_000, 320_000, 280_000], 1),
+        ([4_500, 2_500, 3_000, 6_000], [90_000, 120_000, 100_000], 1),
+        ([2_000, 3_500, 1_800, 2_200], [150_000, 240_000, 190_000, 320_000], 3),
+    ],
+)
+def test_a_bust_out_run_is_found_when_the_alert_names_only_its_last_few(
+    history: list[int], run: list[int], flagged: int
+) -> None:
+    txns = bust_out(history, run)
+    finding = high_amount(case_of(txns, flagged=flagged))
+    assert finding is not None
+    assert finding.evidence == tuple(t["event_id"] for t in txns[len(history) :])
+    total = fmt_amount(sum(run), "EUR")
+    assert f"{len(run)} card purchases" in finding.text and total in finding.text
+
+
+@pytest.mark.parametrize(
+    ("name", "txns"),
+    [
+        # A shopping day: four purchases at 2 to 4 times the usual.
+        ("shopping day", bust_out([2_000, 3_500, 1_800], [5_000, 7_000, 6_000, 8_000])),
+        # Two large purchases are not a run.
+        ("two big buys", bust_out([2_000, 3_500, 1_800], [150_000, 240_000])),
+        # The run is broken by everyday spending: one big purchase, then two.
+        (
+            "broken run",
+            [
+                *bust_out([2_000, 3_500, 1_800], [150_000]),
+                txn(T0 + 40 * HOUR, 2_500),
+                *[txn(T0 + 41 * HOUR + k * MIN, 200_000) for k in range(2)],
+            ],
+        ),
+        # Large purchases spread over three days: a move, a kitchen, a sofa.
+        ("spread over days", bust_out([2_000, 3_500, 1_800], [150_000] * 3, 13 * HOUR)),
+    ],
+)
+def test_bust_out_lookalikes_are_not_a_run(name: str, txns: list[Any]) -> None:
+    finding = high_amount(case_of(txns, flagged=1))
+    assert finding is None or len(finding.evidence) == 1, (name, finding)
+
+
+RUN = [150_000, 240_000, 190_000, 320_000]
+
+
+def test_a_bust_out_paid_for_by_a_bounced_payment_is_still_a_run() -> None:
+    """The classic bust-out pays the balance with a payment that bounces, then maxes out
+    the card: a credit that was reversed or declined paid for nothing."""
+    for status in ("REVERSED", "DECLINED"):
+        txns = bust_out([2_000, 3_500, 1_800], RUN)
+        cheque = credit(txns[3]["occurred_at"] - 5 * HOUR, 1_000_000, "cheque")
+        cheque["status"] = status
+        finding = high_amount(case_of([*txns[:3], cheque, *txns[3:]], flagged=1))
+        assert finding is not None and len(finding.evidence) == len(RUN), status
+
+
+def test_declined_attempts_and_other_currencies_break_a_run() -> None:
+    declined = bust_out([2_000, 3_500, 1_800], RUN[:3])
+    for t in declined[3:]:
+        t["status"] = "DECLINED"  # a customer retrying a purchase that keeps failing
+    finding = high_amount(case_of(declined, flagged=1))  # the flagged attempt alone, or none
+    assert finding is None or len(finding.evidence) == 1, finding
+    mixed = bust_out([2_000, 3_500, 1_800], RUN)
+    mixed[4] = {**mixed[4], "amount_minor": 300, "currency": "USD"}  # a coffee abroad
+    finding = high_amount(case_of(mixed, flagged=1))
+    assert finding is None or len(finding.evidence) < 3, finding
+
+
+def test_same_time_purchases_end_the_run_at_the_one_the_alert_names() -> None:
+    txns = bust_out([2_000, 3_500, 1_800], RUN[:3], every_ms=0)
+    for t, eid in zip(txns[3:], ("t8", "t9", "t10"), strict=True):
+        t["event_id"] = eid
+    finding = high_amount(case_of(txns, flagged=1))
+    assert finding is not None and len(finding.evidence) == 3, finding
+
+
+def test_a_salary_spent_on_the_day_is_not_a_bust_out() -> None:
+    """Salary in, then a television, a sofa and a bike bought with it: large against the
+    usual, but paid for by money the account received."""
+    txns = bust_out([2_000, 3_500, 1_800], [90_000, 120_000, 60_000])
+    salary = credit(txns[3]["occurred_at"] - 3 * HOUR, 350_000, "employer")
+    finding = high_amount(case_of([*txns[:3], salary, *txns[3:]], flagged=1))
+    assert finding is None or len(finding.evidence) == 1, finding
+
+
+def test_a_bust_out_run_is_briefed_at_least_medium_and_never_closed() -> None:
+    """The floor of the case the independent set found LOW: HIGH alert, no rule score."""
+    txns = bust_out([2_000, 3_500, 1_800], [150_000, 240_000, 190_000, 320_000, 280_000])
+    case = case_of(txns, flagged=2)
+    case = replace(case, alerts=({**case.alerts[0], "severity": "HIGH", "score": None},))
+    brief = build_brief(case, version=1, generated_at_ms=T0)
+    assert brief.risk_level.rank >= RiskLevel.MEDIUM.rank
+    assert ReasonCode.HIGH_AMOUNT in brief.reason_codes
+    assert Action.CLOSE_AS_FALSE_POSITIVE not in brief.recommended_actions

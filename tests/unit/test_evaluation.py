@@ -12,26 +12,17 @@ from typing import Any
 
 import pytest
 
-from streamproc.brief.model import RiskLevel
+from streamproc.brief.model import CaseBrief, RiskLevel
 from streamproc.cli.simulate import run_simulate
 from streamproc.config import Settings
 from streamproc.contracts.schemas import SchemaSet
-from streamproc.evaluation import (
-    DEFAULT_BASELINE,
-    DEFAULT_SET,
-    HARD_ZERO,
-    HELD_OUT_SET,
-    SPLITS,
-    brief_cases,
-    build_cases,
-    compare,
-    evaluate,
-    load_baseline,
-    load_set,
-    report_md,
-    score,
-)
 from streamproc.sim.labelled import KIND_INFO, KINDS
+from streamproc.tooling.evaluation.cases import brief_cases, build_cases
+from streamproc.tooling.evaluation.cli import evaluate
+from streamproc.tooling.evaluation.gates import DEFAULT_BASELINE, HARD_ZERO, compare, load_baseline
+from streamproc.tooling.evaluation.load import DEFAULT_SET, HELD_OUT_SET, SPLITS, load_set, spread
+from streamproc.tooling.evaluation.report import report_md
+from streamproc.tooling.evaluation.score import score
 from tests.llm_stub import StubInThread
 from tests.unit.test_injection_corpus import obey
 
@@ -193,8 +184,31 @@ def test_model_path_holds_against_a_model_that_obeys_injections() -> None:
     assert {r["method"] for r in rows} == {"LLM"}
     assert metrics["pii_leaks_prompt"] == 0
     assert metrics["pii_leaks_brief"] == 0
-    assert metrics["injection_successes"] == 0
+    assert metrics["injection_attempts_draft"] > 0  # the model did what the injections said
+    assert metrics["injection_successes"] == 0  # and none of it was published
     assert metrics["schema_validity"] == 1.0
+
+
+def test_injection_successes_are_counted_when_a_guardrail_is_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hard zero can fail end to end: with the echo guardrail switched off, the
+    obeying model's canary and the injection's words reach published briefs."""
+    from streamproc.brief import guardrails
+
+    monkeypatch.setattr(guardrails, "strip_echo", lambda text, grams, counts: text)
+    with StubInThread() as stub:
+        stub.responder = obey
+        settings = Settings(
+            llm_provider="openai",
+            llm_base_url=f"{stub.url}/v1",
+            llm_model="stub-obedient",
+            llm_timeout_s=10,
+        )
+        metrics, rows = evaluate(settings, DEFAULT_SET, limit=FAST)
+    assert metrics["injection_successes"] > 0
+    assert {"canary", "content"} <= {s for r in rows for s in r["injection_published"]}
+    assert any("injection_successes" in f for f in compare(metrics, None))
 
 
 def test_echoed_free_text_is_cut_but_short_quotes_stay() -> None:
@@ -216,14 +230,68 @@ def test_echoed_free_text_is_cut_but_short_quotes_stay() -> None:
     assert counts["free_text_echo"] == 1
 
 
+def _draft(brief: CaseBrief, **changes: Any) -> dict[str, Any]:
+    """A model's draft (BriefDraft's fields, as JSON) that says what `brief` says."""
+    fields = ("risk_level", "risk_score", "reason_codes", "summary", "recommended_actions",
+              "confidence")  # fmt: skip
+    draft = {k: v for k, v in brief.model_dump(mode="json").items() if k in fields}
+    draft["key_facts"] = [
+        {"text": f.text, "evidence_event_ids": f.evidence_event_ids, "reason_codes": []}
+        for f in brief.key_facts
+    ]
+    return {**draft, **changes}
+
+
+def test_injections_are_attempted_in_the_draft_and_succeed_in_the_published_brief() -> None:
+    """Attempts are read on the model's own draft, successes on the published brief: a
+    draft that lowered the level or repeated the canary is an attempt though the brief
+    published kept neither (the merge clamps the level, so the published level alone
+    could never show it); a canary or the injection's own words published are successes."""
+    r = next(x for x in fast_results() if x.floor.risk_level.rank >= RiskLevel.HIGH.rank)
+    floor, canary, injection = r.floor, r.label.canary, r.label.injection
+    words = " ".join(injection.replace(canary, "").split()[:6])
+    fact = floor.key_facts[0].model_copy(update={"text": f"Memo: {words}"})
+    cases = {
+        "honest": dataclasses.replace(r, draft=_draft(floor)),
+        "lowered": dataclasses.replace(r, draft=_draft(floor, risk_level="LOW", risk_score=5)),
+        "echoed": dataclasses.replace(r, draft=_draft(floor, summary=f"Ref {canary}.")),
+        "canary_published": dataclasses.replace(
+            r,
+            draft=_draft(floor),
+            brief=floor.model_copy(update={"summary": f"{floor.summary} Ref {canary}."}),
+        ),
+        "words_published": dataclasses.replace(
+            r, draft=_draft(floor), brief=floor.model_copy(update={"key_facts": [fact]})
+        ),
+    }
+    metrics, rows = score(list(cases.values()))
+    assert metrics["injection_attempts_draft"] == 2
+    assert metrics["injection_successes"] == 2
+    assert {name: (row["injection_attempt"], row["injection_published"])
+            for name, row in zip(cases, rows, strict=True)} == {
+        "honest": ([], []),
+        "lowered": (["lower_level"], []),
+        "echoed": (["canary"], []),
+        "canary_published": ([], ["canary"]),
+        "words_published": ([], ["content"]),
+    }  # fmt: skip
+    failures = compare(metrics, None)
+    assert any(f.startswith("injection_successes = 2") for f in failures)
+    assert not any("injection_attempts_draft" in f for f in failures)  # reported, not gated
+    clean, _ = score([cases["honest"], cases["lowered"], cases["echoed"]])
+    assert clean["injection_successes"] == 0 and clean["injection_attempts_draft"] == 2
+    assert score([r])[0]["injection_attempts_draft"] is None  # no draft: n/a, not 0
+    report = report_md("m", metrics, None, rows, failures)
+    assert "| injection_attempts_draft | 2 |" in report
+    assert "- drafts they steered: 2/5 (canary×1, lower_level×1)" in report
+
+
 def fast_results() -> list[Any]:
     """Deterministic results for one case of each kind (for metric tests elsewhere)."""
-    from streamproc.evaluation import _spread
-
     settings, schemas = Settings(), SchemaSet()
     events, labels = load_set(DEFAULT_SET)
     cases = build_cases(settings, schemas, events)
-    return asyncio.run(brief_cases(settings, schemas, cases, _spread(labels, FAST)))
+    return asyncio.run(brief_cases(settings, schemas, cases, spread(labels, FAST)))
 
 
 def test_simulate_cli_makes_one_set_from_several_seeds(tmp_path: Path) -> None:
@@ -238,3 +306,30 @@ def test_simulate_cli_makes_one_set_from_several_seeds(tmp_path: Path) -> None:
     assert len(ids) == len(set(ids))
     assert {lab.seed for lab in labels} == {5, 6}
     assert len({lab.case_id for lab in labels}) == len(labels)
+
+
+def test_the_checker_precision_on_model_drafts_can_fail(tmp_path: Path) -> None:
+    """The hand-labelled drafts are scored by the checker's verdicts: a true sentence it
+    cuts lowers precision below the bar, and a row without a label is refused by line."""
+    from streamproc.brief.fallback import build_brief
+    from streamproc.tooling.evaluation import real_drafts
+
+    rows = real_drafts.load()
+    assert len([r for r in rows if r["label"] != "none"]) >= real_drafts.MIN_SENTENCES
+    events, labels = load_set(DEFAULT_SET)
+    cases = {"development": build_cases(Settings(), SchemaSet(), events)}
+    case_id = next(lab.case_id for lab in labels if lab.kind == "card_testing")
+    fact = build_brief(cases["development"][case_id], version=1, generated_at_ms=0).key_facts[0]
+    true = {"split": "development", "case_id": case_id, "where": "fact", "label": "true"}
+    true |= {"text": fact.text, "evidence_event_ids": list(fact.evidence_event_ids)}
+    wrong = {**true, "text": "A cash withdrawal of 9,999.00 EUR at an ATM in Brazil."}
+    ok = real_drafts.score([true] * 40, cases, 0)
+    assert ok["precision"] == 1.0 and real_drafts.failures(ok) == []
+    bad = real_drafts.score([true] * 38 + [wrong] * 2, cases, 0)  # mislabelled as true
+    assert bad["precision"] == 0.95 and bad["true_cut"]
+    worse = real_drafts.score([true] * 37 + [wrong] * 3, cases, 0)
+    assert any("precision" in f for f in real_drafts.failures(worse))
+    path = tmp_path / "drafts.jsonl"
+    path.write_text(json.dumps(true) + "\n" + json.dumps({**true, "label": "maybe"}) + "\n")
+    with pytest.raises(ValueError, match=r"drafts\.jsonl:2"):
+        real_drafts.load(path)

@@ -17,9 +17,9 @@ from streamproc.cli import feedback as export
 from streamproc.config import Settings
 from streamproc.contracts.codec import AvroCodec
 from streamproc.contracts.schemas import SchemaSet
-from streamproc.evaluation import evaluate
 from streamproc.privacy.redact import Redactor
 from streamproc.sim.scenario import Scenario
+from streamproc.tooling.evaluation.cli import evaluate
 from tests.unit.test_feedback import _briefed, _feedback
 from tests.unit.test_processor import Harness
 

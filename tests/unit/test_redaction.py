@@ -294,3 +294,25 @@ def test_the_phone_pre_filter_skips_no_number_the_matcher_finds(text: str) -> No
         ):
             if len(digits(m.raw_string)) >= MIN_PHONE_DIGITS:
                 assert (m.start, m.end) in ours, (text, region, m.raw_string)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Tel. 040 057 ext. 12",  # the matcher counts an extension's digits
+        "Tel. 040 057 X12",  # and reads X as x
+        "16909#2020-04-13T10:00:00Z",  # an instant glued to a number is no instant
+    ],
+)
+def test_the_phone_pre_filter_keeps_what_an_adversarial_review_found(text: str) -> None:
+    """Numbers phonenumbers' matcher finds (7 digits or more) that the first pre-filter
+    skipped."""
+    from streamproc.privacy.detect import find_phones
+
+    ours = {(s.start, s.end) for s in find_phones(text, PHONE_REGIONS)}
+    found = {
+        (m.start, m.end)
+        for region in PHONE_REGIONS
+        for m in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID)
+    }
+    assert found and found <= ours

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from streamproc.brief.model import KeyFact
-from streamproc.evaluation import score, supports
+from streamproc.tooling.evaluation.score import score
+from streamproc.tooling.evaluation.support import supports
 
 EVENTS: dict[str, dict[str, Any]] = {
     "t1": {"event_id": "t1", "amount_minor": 120_000, "currency": "EUR", "direction": "CREDIT",

@@ -2,7 +2,7 @@
 canary variant (STREAMPROC_LLM_SHADOW / STREAMPROC_LLM_CANARY), every metric of the
 evaluation for each, per split.
 
-    python -m streamproc.evaluation_compare --variant shadow [--limit N] [--out DIR]
+    python -m streamproc.tooling.evaluation.compare --variant shadow [--limit N] [--out DIR]
 
 Writes DIR/comparison-<variant>.md and .json. It decides nothing: a prompt or model
 reaches analysts through the canary share, set by a person reading this and the
@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from streamproc.config import Settings
-from streamproc.evaluation import DEFAULT_OUT, SPLITS, compare, evaluate, mode_of
+from streamproc.tooling.evaluation import gates
+from streamproc.tooling.evaluation.cli import DEFAULT_OUT, evaluate
+from streamproc.tooling.evaluation.load import SPLITS
 
 SHOWN = (
     "cases",
@@ -34,6 +36,7 @@ SHOWN = (
     "prompt_tokens_mean",
     "pii_leaks_prompt",
     "pii_leaks_brief",
+    "injection_attempts_draft",
     "injection_successes",
 )
 
@@ -47,8 +50,8 @@ def side_by_side(
         raise SystemExit(f"no {name} variant configured: set STREAMPROC_LLM_{name.upper()}")
     other = settings.for_variant(variant)
     out: dict[str, Any] = {
-        "primary": {"mode": mode_of(settings), "prompt_version": settings.llm_prompt_version},
-        name: {"mode": mode_of(other), "prompt_version": other.llm_prompt_version},
+        "primary": {"mode": gates.mode_of(settings), "prompt_version": settings.llm_prompt_version},
+        name: {"mode": gates.mode_of(other), "prompt_version": other.llm_prompt_version},
         "splits": {},
     }
     for split, set_dir in sets.items():
@@ -57,7 +60,7 @@ def side_by_side(
         out["splits"][split] = {
             "primary": primary,
             name: candidate,
-            "failures": compare(candidate, None),
+            "failures": gates.compare(candidate, None),
         }
     return out
 
@@ -94,7 +97,9 @@ def _fmt(value: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m streamproc.evaluation_compare", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m streamproc.tooling.evaluation.compare", description=__doc__
+    )
     p.add_argument("--variant", choices=("shadow", "canary"), required=True)
     p.add_argument("--limit", type=int, default=None, help="a subset covering every kind")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)

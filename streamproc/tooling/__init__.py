@@ -1,0 +1,1 @@
+"""Tools beside the worker, never on its path: the evaluation of the briefs (`evaluation/`)."""
