@@ -466,8 +466,9 @@ LEVEL_WORDS = {
     "severe": RiskLevel.CRITICAL, "extreme": RiskLevel.CRITICAL,
 }  # fmt: skip
 _LVL = "|".join(LEVEL_WORDS)
-# In prose, "a high-risk fraud" or "risk is high" of a CRITICAL case argues nothing away
-# (the local model wrote it so); the level's own name ("HIGH risk") must match.
+# In prose, "a high-risk fraud" of a CRITICAL case argues nothing away (the local model
+# wrote it so); "risk is high", the level's own name ("HIGH risk") and a sentence that
+# argues for less (DOWNGRADE) must match the published level.
 ALSO_IN_PROSE = {RiskLevel.HIGH: (RiskLevel.CRITICAL,)}
 # Words that turn "high" of a CRITICAL case into an argument for less.
 DOWNGRADE = re.compile(
