@@ -13,6 +13,7 @@ COPY topics ./topics
 COPY prompts ./prompts
 COPY tests/eval/scenarios ./tests/eval/scenarios
 COPY tests/eval/heldout ./tests/eval/heldout
+COPY tests/eval/claims ./tests/eval/claims
 COPY tests/eval/baseline.json ./tests/eval/baseline.json
 COPY streamproc ./streamproc
 RUN pip wheel --no-deps --wheel-dir /wheels .

@@ -33,6 +33,7 @@ SOURCES = {
     "prompts": "streamproc/data/prompts",
     "tests/eval/scenarios": "streamproc/data/eval/scenarios",
     "tests/eval/heldout": "streamproc/data/eval/heldout",
+    "tests/eval/claims": "streamproc/data/eval/claims",
 }
 
 
