@@ -41,6 +41,7 @@ PRIORITY = (Entity.PAN, Entity.IBAN, Entity.EMAIL, Entity.IP, Entity.PHONE, Enti
 DEFAULT_REGIONS = ("US", "GB", "DE", "FR", "ES", "IT", "NL", "PL", "RO")
 MIN_PHONE_DIGITS = 7
 MAX_PHONE_DIGITS = 15  # E.164
+SHORT_PHONE_DIGITS = 5  # the shortest number the matcher is asked about (see below)
 PHONE_RUN_MIN_DIGITS = 10  # a bare digit run without +, 0 or ( counts from this length
 PAN_LENGTHS = range(19, 12, -1)  # longest first
 IBAN_MIN, IBAN_MAX = 15, 34
@@ -72,6 +73,9 @@ _ISO_INSTANT = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?Z"
     r"(?![^\s)\],;:.'\"])"
 )
+# Short runs that are no phone number as our texts write them: an amount (1,234.56 or
+# 1234.56; its currency is outside the run) and a risk score (40/100).
+_AMOUNT = re.compile(r"[0-9]{1,3}(?:,[0-9]{3})*\.[0-9]{2}|[0-9]+\.[0-9]{2}|[0-9]{1,3}/100")
 _WORD = re.compile(r"[^\W_]+")
 _IBAN_START = re.compile(r"(?=([A-Za-z]{2}[0-9]{2}))")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
@@ -261,14 +265,23 @@ def find_phones(text: str, regions: Iterable[str]) -> Iterator[Span]:
 
 
 def _may_hold_phone(text: str) -> bool:
+    """Whether phonenumbers' matcher may find a number in `text`. It runs on a text of at
+    least MIN_PHONE_DIGITS digits (the rule before this filter), unless every place it
+    could find one is too short: a run of under MIN_PHONE_DIGITS digits, or of under
+    that and SHORT_PHONE_DIGITS and more written as an amount or a score. The
+    matcher yields numbers shorter than MIN_PHONE_DIGITS too ("069 734", a Frankfurt
+    number), so runs of SHORT_PHONE_DIGITS are kept for it."""
     if sum("0" <= ch <= "9" for ch in text) < MIN_PHONE_DIGITS:
         return False
     if "T" in text:
         text = _ISO_INSTANT.sub(lambda m: "T" * len(m.group()), text)
-    return any(
-        sum("0" <= ch <= "9" for ch in m.group()) >= MIN_PHONE_DIGITS
-        for m in _PHONE_CANDIDATE.finditer(text)
-    )
+    for m in _PHONE_CANDIDATE.finditer(text):
+        n = sum("0" <= ch <= "9" for ch in m.group())
+        if n >= MIN_PHONE_DIGITS:
+            return True
+        if n >= SHORT_PHONE_DIGITS and not _AMOUNT.fullmatch(m.group().strip()):
+            return True
+    return False
 
 
 def _valid_phone(raw: str, regions: Iterable[str]) -> bool:
