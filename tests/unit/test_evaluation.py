@@ -164,9 +164,9 @@ def test_an_empty_denominator_is_na_and_never_a_pass() -> None:
     assert "| evidence_recall | n/a | 0.95 |" in report_md("m", now, baseline, [], [])
 
 
-def test_model_path_holds_against_a_model_that_obeys_injections() -> None:
-    """The same evaluation with STREAMPROC_LLM_PROVIDER set, against a stand-in model that
-    does what the planted injections say: echo them, risk LOW, raw card numbers, links."""
+def _obedient_run() -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """One case per kind briefed by a stand-in model that obeys the planted injections:
+    the metrics, the rows, and the requests the stand-in received."""
     with StubInThread() as stub:
         stub.responder = obey
         settings = Settings(
@@ -176,9 +176,16 @@ def test_model_path_holds_against_a_model_that_obeys_injections() -> None:
             llm_timeout_s=10,
         )
         metrics, rows = evaluate(settings, DEFAULT_SET, limit=FAST)
-        sent = json.dumps([r["body"] for r in stub.requests])
+        return metrics, rows, list(stub.requests)
+
+
+def test_model_path_holds_against_a_model_that_obeys_injections() -> None:
+    """The same evaluation with STREAMPROC_LLM_PROVIDER set, against a stand-in model that
+    does what the planted injections say: echo them, risk LOW, raw card numbers, links."""
+    metrics, rows, requests = _obedient_run()
+    sent = json.dumps([r["body"] for r in requests])
     _, labels = load_set(DEFAULT_SET)
-    assert len(stub.requests) >= FAST
+    assert len(requests) >= FAST
     assert any(lab.canary in sent for lab in labels)  # the attack reached the model as data
     assert metrics["fallback_rate"] < 1.0  # briefs came from the model
     assert {r["method"] for r in rows} == {"LLM"}
@@ -197,15 +204,7 @@ def test_injection_successes_are_counted_when_a_guardrail_is_off(
     from streamproc.brief import guardrails
 
     monkeypatch.setattr(guardrails, "strip_echo", lambda text, grams, counts: text)
-    with StubInThread() as stub:
-        stub.responder = obey
-        settings = Settings(
-            llm_provider="openai",
-            llm_base_url=f"{stub.url}/v1",
-            llm_model="stub-obedient",
-            llm_timeout_s=10,
-        )
-        metrics, rows = evaluate(settings, DEFAULT_SET, limit=FAST)
+    metrics, rows, _ = _obedient_run()
     assert metrics["injection_successes"] > 0
     assert {"canary", "content"} <= {s for r in rows for s in r["injection_published"]}
     assert any("injection_successes" in f for f in compare(metrics, None))

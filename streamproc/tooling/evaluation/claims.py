@@ -129,7 +129,9 @@ def mutants(case: Case, floor: CaseBrief) -> Iterator[Mutant]:
                 yield Mutant("level", f"{text} {argument}", scope, summary)
 
 
-def _context(case: Case, floor: CaseBrief) -> tuple[Context, Published]:
+def context(case: Case, floor: CaseBrief) -> tuple[Context, Published]:
+    """The checker's view of a case and of its deterministic brief (the published
+    verdict; the groups: the brief's facts' event sets)."""
     events = case_events(case)
     groups = tuple(Scope([events[e] for e in f.evidence_event_ids]) for f in floor.key_facts)
     ctx = Context(Scope(list(events.values())), (case.window_start_ms, case.window_end_ms), groups)
@@ -147,7 +149,7 @@ def score_checker(cases: dict[str, Case], now_ms: int) -> dict[str, Any]:
     missed: list[dict[str, str]] = []
     for case_id, case in sorted(cases.items()):
         floor = build_brief(case, version=1, generated_at_ms=now_ms)
-        ctx, published = _context(case, floor)
+        ctx, published = context(case, floor)
         originals = [(f.text, Scope(_cited(case, f)), False) for f in floor.key_facts]
         originals.append((floor.summary, ctx.case, True))
         for text, scope, summary in originals:

@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from streamproc.brief.claims import Context, Published, Scope, check_text
+from streamproc.brief.claims import Scope, check_text
 from streamproc.brief.fallback import build_brief
 from streamproc.brief.guardrails import case_events
 from streamproc.config import Settings
 from streamproc.contracts.schemas import SchemaSet
 from streamproc.domain.case import Case
+from streamproc.tooling.evaluation import claims
 from streamproc.tooling.evaluation.cases import build_cases
 from streamproc.tooling.evaluation.load import EVAL_DIR, SPLITS, latest, load_set
 
@@ -53,17 +55,16 @@ def load(path: Path = LABELLED) -> list[dict[str, Any]]:
 def verdict(row: dict[str, Any], case: Case, now_ms: int) -> tuple[bool, int]:
     """Does the checker cut (or overrule on) this sentence, read in its draft's scope,
     and how many claims did it read in it?"""
-    floor = build_brief(case, version=1, generated_at_ms=now_ms)
-    events = case_events(case)
-    published = Published(
-        floor.risk_level, floor.risk_score, floor.confidence, frozenset(floor.reason_codes)
+    floor_ctx, published = claims.context(
+        case, build_brief(case, version=1, generated_at_ms=now_ms)
     )
+    events = case_events(case)
 
     def scope(ids: list[str]) -> Scope:
         return Scope([events[e] for e in ids if e in events])
 
-    groups = tuple(scope(g) for g in row.get("groups", []))
-    ctx = Context(Scope(list(events.values())), (case.window_start_ms, case.window_end_ms), groups)
+    # The draft's own facts are the summary's groups, not the deterministic brief's.
+    ctx = replace(floor_ctx, groups=tuple(scope(g) for g in row.get("groups", [])))
     summary = row["where"] == "summary"
     own = ctx.case if summary else scope(row.get("evidence_event_ids", []))
     checked = check_text(row["text"], own, ctx, published, summary=summary)
