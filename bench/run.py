@@ -115,22 +115,28 @@ def _only(args: argparse.Namespace) -> int:
 
 
 def _llm_lines(r: dict[str, Any]) -> list[str]:
-    at64 = next((t for t in r["throughput"] if t["concurrency"] == 64), None)
+    at64 = next(
+        (t for t in r["throughput"] if t["concurrency"] == 64 and not t.get("extra_cpu_ms")),
+        None,
+    )
+    slow64 = next((t for t in r["throughput"] if t.get("extra_cpu_ms")), None)
     flat = r["prompt_tokens"][-1]["estimated_prompt_tokens"] <= r["budget_tokens"]
     lines = [
         "",
         f"LLM stage (the worker's briefer and client, claim checker on; stand-in provider "
-        f"in a process of its own answering a true brief after {r['latency_s']} s; a case "
-        f"holds a slot from redaction to its checked brief, as in the worker; prompt budget "
+        f"in a process of its own answering a true brief after {r['latency_s']} s; as in "
+        f"the worker, two cases under way per model slot, a call holding its slot only while "
+        f"it is with the provider, the CPU steps on the brief CPU thread; prompt budget "
         f"{r['budget_tokens']} tokens):",
         "",
-        "| concurrency | cases | briefs/s | ideal (concurrency ÷ latency) | share "
-        "| worker CPU ms per brief | sentences cut |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| concurrency | CPU added per brief | cases | briefs/s | ideal (concurrency ÷ latency) "
+        "| share | worker CPU ms per brief | sentences cut |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     lines += [
-        f"| {t['concurrency']} | {t['cases']} | {t['briefs_per_s']} | {t['ideal_per_s']} | "
-        f"{t['share_of_ideal']:.0%} | {t['worker_cpu_ms_per_brief']} | {t['sentences_cut']} |"
+        f"| {t['concurrency']} | {t.get('extra_cpu_ms', 0):g} ms | {t['cases']} | "
+        f"{t['briefs_per_s']} | {t['ideal_per_s']} | {t['share_of_ideal']:.0%} | "
+        f"{t['worker_cpu_ms_per_brief']} | {t['sentences_cut']} |"
         for t in r["throughput"]
     ]
     if at64 is not None:
@@ -138,6 +144,14 @@ def _llm_lines(r: dict[str, Any]) -> list[str]:
             "",
             f"At 64: {at64['share_of_ideal']:.0%} of ideal, target ≥ 80%: "
             f"{_verdict(at64['share_of_ideal'], 0.80, True)}.",
+        ]
+    if slow64 is not None:
+        lines += [
+            "",
+            f"At 64 with {slow64['extra_cpu_ms']:g} ms of CPU added to each brief's guardrails "
+            f"(a CPU half as fast: {slow64['worker_cpu_ms_per_brief']} ms a brief): "
+            f"{slow64['share_of_ideal']:.0%} of ideal, target ≥ 80%: "
+            f"{_verdict(slow64['share_of_ideal'], 0.80, True)}.",
         ]
     steps = [k for k in r["brief_work_ms"][0] if k != "events"]
     lines += [

@@ -231,7 +231,13 @@ class Settings(BaseSettings):
         2000, ge=200, le=32_000, description="Completion limit of one call."
     )
     llm_timeout_s: float = Field(20.0, gt=0, description="Timeout of one HTTP call.")
-    llm_max_concurrency: int = Field(8, ge=1, description="Model calls in flight per worker.")
+    llm_max_concurrency: int = Field(
+        8,
+        ge=1,
+        description="Model calls in flight per worker (model slots). A call holds its slot "
+        "only while it is with the provider; twice as many cases are under way, the next "
+        "one's prompt ready and the last one's guardrails being checked.",
+    )
     llm_max_prompt_tokens: int = Field(
         6000, ge=1000, description="The case is compacted to fit this estimate."
     )
@@ -245,7 +251,7 @@ class Settings(BaseSettings):
         60.0,
         gt=0,
         description="Longest a case waits for the model, retries included, before the "
-        "deterministic brief goes out.",
+        "deterministic brief goes out; counted from the call's taking a model slot.",
     )
     llm_queue_max_wait_s: float = Field(
         30.0,

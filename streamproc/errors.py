@@ -94,9 +94,11 @@ class BriefValidationError(StreamprocError):
 
 class LLMError(StreamprocError):
     """The language model failed as a dependency. `provider_message`: what the provider
-    said of it, bounded and scrubbed of PII by the client (None when it said nothing)."""
+    said of it, bounded and scrubbed of PII by the client (None when it said nothing).
+    `slot_wait_ms`: how long the call waited for a free model slot before it was sent."""
 
     provider_message: str | None = None
+    slot_wait_ms: int = 0
 
 
 class LLMTransportError(LLMError):
@@ -121,6 +123,11 @@ class LLMQuotaExhausted(LLMError):
 
 class LLMRequestError(LLMError):
     """A 4xx other than 408/409/429: the request or the credentials are wrong."""
+
+
+class LLMNoSlot(LLMError):
+    """Every model slot (LLM_MAX_CONCURRENCY calls in flight) stayed busy for as long as
+    a case may wait for one (LLM_QUEUE_MAX_WAIT_S); no request was sent."""
 
 
 class LLMCircuitOpen(LLMError):

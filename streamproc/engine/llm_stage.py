@@ -1,10 +1,14 @@
 """The LLM stage: due cases briefed by the model without ever holding up ingestion.
 
-The worker hands a due case's plan (with its deterministic brief) to `offer`. When a
-slot is free a task briefs it; otherwise the plan waits in the stage's queue, in the
-order it came, and starts when a slot frees. A plan that has waited LLM_QUEUE_MAX_WAIT_S
+The worker hands a due case's plan (with its deterministic brief) to `offer`. A task
+briefs it when fewer than CASES_PER_MODEL_SLOT x LLM_MAX_CONCURRENCY cases are under way;
+otherwise the plan waits in the stage's queue, in the order it came. A model slot (one
+of LLM_MAX_CONCURRENCY calls in flight, the client's) is held only while the call is
+with the provider: the case's redaction and prompt are ready before its slot comes
+free, and its guardrails and writes run after the slot has gone to the next case. A case
+that has waited LLM_QUEUE_MAX_WAIT_S since it was offered, in the queue or for a slot,
 goes out as its deterministic brief (fallback_reason queue_timeout): a slow model never
-holds a case for ever, and a case in the queue is not planned again on every sub-batch
+holds a case for ever, and a waiting case is not planned again on every sub-batch
 (`busy`). The queue's depth is streamproc_llm_queue_depth.
 
 What a model call produces is written in this order: its audit record (a call that was
@@ -53,7 +57,12 @@ CIRCUIT_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState
 # A failure to deliver (the broker is away) is not the model's: the case waits for it.
 MAX_STAGE_FAILURES = 3
 SHADOW_MAX_IN_FLIGHT = 64  # shadow briefs under way; past it a case gets none (counted)
-BACKSTOP_S = 2.0  # past the case deadline, a brief that has not come back is cut off
+# Past the case deadline, a brief that has not come back is cut off: room for its
+# redaction and guardrails behind the other cases' on the one brief CPU thread.
+BACKSTOP_S = 10.0
+# Cases under way per model slot: while one case is with the provider, the next has its
+# prompt ready and the last has its guardrails checked and its brief written.
+CASES_PER_MODEL_SLOT = 2
 SERVING_POLL_S = 0.05  # how often a finished call looks whether the rebalance is over
 
 
@@ -110,8 +119,13 @@ class LLMStage:
         metrics.llm_cost_estimated.set(0 if None in self.prices.values() else 1)
         self.shadow_tasks: set[asyncio.Task[None]] = set()
         self.cache, self.publish, self.send, self.persist = cache, publish, send, persist
-        self.in_flight: dict[str, asyncio.Task[None]] = {}  # each holds a model slot
+        self.in_flight: dict[str, asyncio.Task[None]] = {}  # cases under way
+        self.max_cases = CASES_PER_MODEL_SLOT * settings.llm_max_concurrency
         self.partition_of: dict[str, int] = {}
+        self.offered_at: dict[str, float] = {}  # when each case under way was offered
+        # Cases under way that have not reached their model call (preparing, waiting for a
+        # slot): a revocation hands them back like queued ones, nothing paid for.
+        self.before_call: set[str] = set()
         self.queued: dict[str, tuple[BriefPlan, float]] = {}  # waiting for a slot, in order
         self.fallbacks: dict[str, asyncio.Task[None]] = {}  # waited too long: no slot used
         self.failures: dict[str, int] = {}  # failed rounds of a case, until it is published
@@ -128,29 +142,33 @@ class LLMStage:
         """Start briefing `plan` if a slot is free; otherwise it waits in the queue."""
         if self.busy(plan.case_id):
             return
-        if len(self.in_flight) >= self.s.llm_max_concurrency:
+        if len(self.in_flight) >= self.max_cases:
             self.queued[plan.case_id] = (plan, self.clock())
             return
-        self._start(plan)
+        self._start(plan, self.clock())
 
-    def _start(self, plan: BriefPlan) -> None:
+    def _start(self, plan: BriefPlan, offered_at: float) -> None:
         task = asyncio.create_task(self._brief(plan), name=f"llm-brief-{plan.case_id}")
         self.in_flight[plan.case_id] = task
         self.partition_of[plan.case_id] = plan.partition
+        self.offered_at[plan.case_id] = offered_at
+        self.before_call.add(plan.case_id)
         task.add_done_callback(lambda _t: self._done(plan.case_id))
 
     def _done(self, case_id: str) -> None:
         self.in_flight.pop(case_id, None)
         self.partition_of.pop(case_id, None)
+        self.offered_at.pop(case_id, None)
+        self.before_call.discard(case_id)
         self._start_queued()
 
     def _start_queued(self) -> None:
         """Fill free slots from the queue, oldest first; too old: deterministic brief."""
         self.expire_queued()
-        while self.queued and len(self.in_flight) < self.s.llm_max_concurrency:
+        while self.queued and len(self.in_flight) < self.max_cases:
             case_id = next(iter(self.queued))
-            plan, _ = self.queued.pop(case_id)
-            self._start(plan)
+            plan, since = self.queued.pop(case_id)
+            self._start(plan, since)
 
     def expire_queued(self) -> int:
         """Publish the deterministic brief of cases that waited LLM_QUEUE_MAX_WAIT_S."""
@@ -179,19 +197,30 @@ class LLMStage:
     # -- rebalances and shutdown ----------------------------------------------------------
 
     def hand_back(self, partitions: set[int]) -> int:
-        """Partitions revoked: their queued cases go (still pending: whoever owns them
-        after the rebalance plans them again). Calls in flight go on; `keep_only`
-        cancels those the new assignment does not give back. Returns how many left."""
+        """Partitions revoked: their queued cases go, and so do their cases under way
+        whose call has not taken a model slot yet (still pending: whoever owns them
+        after the rebalance plans them again; nothing was paid for). Calls in flight go
+        on; `keep_only` cancels those the new assignment does not give back. Returns
+        how many left."""
         dropped = [c for c, (plan, _) in self.queued.items() if plan.partition in partitions]
         for case_id in dropped:
             del self.queued[case_id]
-        return len(dropped)
+        unsent = [
+            c
+            for c, task in self.in_flight.items()
+            if self.partition_of.get(c) in partitions and c in self.before_call
+        ]
+        for case_id in unsent:
+            self.in_flight[case_id].cancel()
+        return len(dropped) + len(unsent)
 
     def keep_only(self, partitions: set[int]) -> int:
         """The new assignment: cancel the calls for cases of partitions not in it
         (abandoned: their new owner briefs them). Returns how many."""
         cancelled = 0
         for case_id, task in list(self.in_flight.items()):
+            if task.cancelling():  # handed back already: no call of its own
+                continue
             if self.partition_of.get(case_id) not in partitions:
                 task.cancel()
                 self.failures.pop(case_id, None)  # the next owner counts afresh
@@ -208,16 +237,22 @@ class LLMStage:
         for shadow in self.shadow_tasks:  # best effort, never waited for
             shadow.cancel()
         self.queued.clear()  # still pending: the next owner briefs them
-        tasks = {*self.in_flight.values(), *self.fallbacks.values()}
+        # No new call in the grace: cases not at their call yet go back to pending too.
+        unsent = {self.in_flight[c] for c in self.before_call if c in self.in_flight}
+        for task in unsent:
+            task.cancel()
+        if unsent:
+            await asyncio.wait(unsent, timeout=1.0)
+        tasks = {*self.in_flight.values(), *self.fallbacks.values()} - unsent
         if not tasks:
-            return 0, 0
+            return 0, len(unsent)
         done, still = await asyncio.wait(tasks, timeout=grace_s)
         for task in still:
             task.cancel()
         if still:
             self.metrics.llm_abandoned.labels("shutdown").inc(len(still))
             await asyncio.wait(still, timeout=1.0)
-        return len(done), len(still)
+        return len(done), len(still) + len(unsent)
 
     async def _may_write(self, partition: int) -> bool:
         """Wait until the worker serves (no rebalance, state restored); then, does it
@@ -292,12 +327,20 @@ class LLMStage:
         cached = cached_draft(self.cache.get(key))
         unsent = self._unsent.pop(plan.case_id, None)
         if unsent is not None and unsent[0] == key:
+            self.before_call.discard(plan.case_id)  # past its call: never handed back now
             outcome = unsent[1]  # its audit record was not delivered last round
         else:
             if self.failures.get(plan.case_id, 0) >= MAX_STAGE_FAILURES:
                 outcome = self._fallback(plan, "stage_error", briefer)  # keeps failing
             else:
-                outcome = await self._outcome(plan, cached, briefer)
+                outcome = await self._outcome(
+                    plan,
+                    cached,
+                    briefer,
+                    self.offered_at.get(plan.case_id),
+                    lambda: self.before_call.discard(plan.case_id),
+                )
+            self.before_call.discard(plan.case_id)
             self._count(outcome, cached is not None)
         gen = outcome.brief.generation
         if gen.method is Method.FALLBACK:
@@ -349,14 +392,27 @@ class LLMStage:
             self.failures.pop(plan.case_id, None)
 
     async def _outcome(
-        self, plan: BriefPlan, cached: dict[str, Any] | None, briefer: LLMBriefer
+        self,
+        plan: BriefPlan,
+        cached: dict[str, Any] | None,
+        briefer: LLMBriefer,
+        offered: float | None = None,
+        on_slot: Callable[[], None] | None = None,
     ) -> BriefOutcome:
         """The model's brief, or the deterministic one with the reason; never raises."""
         deadline_s = self.variant_settings[briefer.variant].llm_case_deadline_s
-        deadline = time.monotonic() + deadline_s
+        now = time.monotonic()
+        # The wait for a model slot counts from the offer (LLM_QUEUE_MAX_WAIT_S), or from
+        # now for a shadow brief; the case deadline, from the slot's taking (the client
+        # moves it by the wait).
+        offered = self.clock() if offered is None else offered
+        slot_wait_s = max(0.0, offered + self.s.llm_queue_max_wait_s - self.clock())
         try:  # the client fits its attempts into the deadline; this is only a backstop
             return await asyncio.wait_for(
-                briefer.brief(plan.case, plan.brief, cached, deadline), deadline_s + BACKSTOP_S
+                briefer.brief(
+                    plan.case, plan.brief, cached, now + deadline_s, now + slot_wait_s, on_slot
+                ),
+                slot_wait_s + deadline_s + BACKSTOP_S,
             )
         except TimeoutError:
             return self._fallback(plan, "timeout", briefer)

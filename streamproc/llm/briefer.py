@@ -3,15 +3,27 @@
 Whatever happens, a brief comes out: the model's, merged onto the deterministic floor
 by the guardrails, or the deterministic brief itself with `method=FALLBACK` and a
 bounded reason. The audit record holds what the model saw (redacted) and said.
+
+The CPU work of a brief (redaction and prompt before the call; guardrails and claim
+checker after it) runs on one thread of its own, `CPU_STEPS`, for every brief of the
+process, one step at a time, each step handed to the thread through the event loop. The
+loop keeps the I/O: ingestion, the model calls going out and their answers coming in.
+Run on the loop, a burst of answers (64 calls sent together come back together) would
+queue every waiting call's send behind all of their guardrails; queued back to back on
+the thread, or spread over many threads, the steps would keep the GIL from the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
+import weakref
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -25,6 +37,7 @@ from streamproc.errors import (
     LLMBudgetExhausted,
     LLMCircuitOpen,
     LLMError,
+    LLMNoSlot,
     LLMOutputError,
     LLMQuotaExhausted,
     LLMRateLimited,
@@ -35,10 +48,17 @@ from streamproc.llm.client import LLMClient
 from streamproc.llm.providers import LLMRequest
 from streamproc.privacy.redact import Redactor, Vault
 
+_T = TypeVar("_T")
+CPU_STEPS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brief-cpu")
+_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
 # Fallback reason by error; with "provider_error" for the rest, and the LLM stage's own
 # "timeout" (case deadline) and "stage_error" (its brief kept failing), the bounded
 # label set of streamproc_llm_fallbacks_total{reason}.
 _REASON_OF: tuple[tuple[type[LLMError], str], ...] = (
+    (LLMNoSlot, "queue_timeout"),
     (LLMCircuitOpen, "circuit_open"),
     (LLMTimeout, "timeout"),
     (LLMRateLimited, "rate_limited"),
@@ -103,18 +123,24 @@ class LLMBriefer:
         floor: CaseBrief,
         cached_draft: dict[str, Any] | None = None,
         deadline: float | None = None,
+        slot_by: float | None = None,
+        on_slot: Callable[[], None] | None = None,
     ) -> BriefOutcome:
         """The model's brief merged onto the floor, or the floor with the reason; by
-        `deadline` (time.monotonic()), which the client fits its attempts into."""
-        # Redaction and the prompt are CPU work that grows with the case: done in a thread
-        # so the worker's event loop keeps ingesting meanwhile.
-        vault, prompt, quoted = await asyncio.to_thread(
+        `deadline` (time.monotonic()), which the client fits its attempts into. With
+        `slot_by`, a case still waiting for a model slot then falls back (queue_timeout),
+        nothing sent and no audit record. `on_slot`: called as a call takes its slot."""
+        preparing = time.monotonic()
+        vault, prompt, quoted = await _cpu(
             prepare, self.redactor, self.template, case, floor, self.max_prompt_tokens
         )
+        if deadline is not None and slot_by is not None:  # it counts from the slot's taking
+            deadline += time.monotonic() - preparing
         gen = self.generation_fields(floor)
         if cached_draft is not None:
             draft = BriefDraft.model_validate(cached_draft)
-            brief, counts = merge(
+            brief, counts = await _cpu(
+                merge,
                 draft,
                 floor,
                 case,
@@ -127,22 +153,25 @@ class LLMBriefer:
         audit = {**_audit(case, floor, prompt, self.client), "variant": self.variant}
         started = time.monotonic()
         try:
-            draft = await self._ask(prompt, audit, deadline)
+            draft = await self._ask(prompt, audit, deadline, slot_by, on_slot)
+        except LLMNoSlot:
+            return BriefOutcome(fallback_brief(floor, "queue_timeout", gen), None, None)
         except LLMError as exc:
+            audit["slot_wait_ms"] += exc.slot_wait_ms
             reason = fallback_reason(exc)
             audit.update(
                 outcome="fallback",
                 fallback_reason=reason,
                 error=type(exc).__name__,
                 provider_error=exc.provider_message,
-                latency_ms=int((time.monotonic() - started) * 1000),
+                latency_ms=int((time.monotonic() - started) * 1000) - audit["slot_wait_ms"],
             )
             brief = fallback_brief(
                 floor, reason, gen, audit["prompt_tokens"], audit["completion_tokens"]
             ).model_copy(update={"redaction": vault.counts()})
             rejected = Counter({"schema_rejected": audit["schema_rejections"]})
             return BriefOutcome(brief, None, audit, +rejected, vault.counts())
-        latency = int((time.monotonic() - started) * 1000)
+        latency = int((time.monotonic() - started) * 1000) - audit["slot_wait_ms"]
         generation = Generation(
             method=Method.LLM,
             **gen,
@@ -150,7 +179,9 @@ class LLMBriefer:
             completion_tokens=audit["completion_tokens"],
             latency_ms=latency,
         )
-        brief, counts = merge(draft, floor, case, vault, self.policy, generation, quoted)
+        brief, counts = await _cpu(
+            merge, draft, floor, case, vault, self.policy, generation, quoted
+        )
         counts["schema_rejected"] += audit["schema_rejections"]
         counts = +counts
         checks, claims = split_claims(counts)
@@ -173,27 +204,34 @@ class LLMBriefer:
         }
 
     async def _ask(
-        self, prompt: Prompt, audit: dict[str, Any], deadline: float | None
+        self,
+        prompt: Prompt,
+        audit: dict[str, Any],
+        deadline: float | None,
+        slot_by: float | None = None,
+        on_slot: Callable[[], None] | None = None,
     ) -> BriefDraft:
         """The draft, after at most one repair attempt; LLMOutputError when still invalid."""
         request = self._request(prompt)
         errors = ""
         for attempt in ("first", "repair"):
-            try:
-                result = await self.client.complete(request, deadline)
+            try:  # a repair has had its turn: it waits for a slot only within the deadline
+                result = await self.client.complete(
+                    request, deadline, slot_by if attempt == "first" else None, on_slot
+                )
             except LLMOutputError as exc:
+                deadline = _waited(audit, deadline, exc.slot_wait_ms)
                 errors = str(exc)
                 audit["schema_rejections"] += 1
                 audit["responses"].append({"attempt": attempt, "error": errors})
             else:
+                deadline = _waited(audit, deadline, result.slot_wait_ms)
                 audit["prompt_tokens"] += result.response.prompt_tokens
                 audit["completion_tokens"] += result.response.completion_tokens
                 audit["retries"] += result.retries
                 audit["responses"].append({"attempt": attempt, "raw": result.response.raw})
                 try:
-                    draft = BriefDraft.model_validate(
-                        map_back(result.response.content, prompt.refs)
-                    )
+                    draft = _validate(result.response.content, prompt.refs)
                 except ValidationError as exc:
                     errors = _describe(exc)
                     audit["schema_rejections"] += 1
@@ -240,6 +278,33 @@ def prepare(
     return vault, prompt, quoted
 
 
+async def _cpu(fn: Callable[..., _T], *args: Any) -> _T:
+    """`fn(*args)` on the brief CPU thread, one step at a time, each handed over through
+    the event loop (see the module docstring): queued in the executor instead, the steps
+    would run back to back and the loop would get the GIL only between switch intervals."""
+    loop = asyncio.get_running_loop()
+    turn = _TURNS.get(loop)
+    if turn is None:
+        turn = _TURNS[loop] = asyncio.Lock()
+    context = contextvars.copy_context()  # the log's case and brief ids, as to_thread does
+    async with turn:
+        return await loop.run_in_executor(CPU_STEPS, context.run, fn, *args)
+
+
+def _waited(audit: dict[str, Any], deadline: float | None, slot_wait_ms: int) -> float | None:
+    """Count a call's wait for its model slot; the case deadline, which counts from the
+    first call's slot, moves by that wait."""
+    first = not audit["responses"]
+    audit["slot_wait_ms"] += slot_wait_ms
+    if first and deadline is not None:
+        return deadline + slot_wait_ms / 1000
+    return deadline
+
+
+def _validate(content: dict[str, Any], refs: dict[str, str]) -> BriefDraft:
+    return BriefDraft.model_validate(map_back(content, refs))
+
+
 def _describe(exc: ValidationError) -> str:
     """Validation errors by field path and message, never the offending values."""
     return "; ".join(
@@ -270,5 +335,6 @@ def _audit(case: Case, floor: CaseBrief, prompt: Prompt, client: LLMClient) -> d
         "completion_tokens": 0,
         "retries": 0,
         "schema_rejections": 0,
+        "slot_wait_ms": 0,
         "estimated_prompt_tokens": prompt.estimated_tokens,
     }

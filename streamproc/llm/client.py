@@ -14,6 +14,10 @@ breaker like any failed call. Were the caller to cancel it at the deadline inste
 provider that hangs would never be counted and never open the circuit. A call that is
 cancelled all the same (a rebalance hands its case back) counts neither way, and a
 half-open probe that is cancelled lets the next call probe.
+
+The concurrency cap is the model slots: a call holds one only while it is with the
+provider (its attempts and their backoff). A caller may bound the wait for a free slot
+(`slot_by`); past it the call fails with LLMNoSlot, nothing sent, the breaker not told.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from streamproc.errors import (
     LLMBudgetExhausted,
     LLMCircuitOpen,
     LLMError,
+    LLMNoSlot,
     LLMOutputError,
     LLMQuotaExhausted,
     LLMRateLimited,
@@ -163,7 +168,8 @@ class _Attempts:
 class CallResult:
     response: LLMResponse
     retries: int
-    latency_ms: int
+    latency_ms: int  # from the slot's taking to the answer
+    slot_wait_ms: int = 0  # waiting for a free model slot before it
 
 
 POOL_SIZE = 8  # connections per httpx pool (see LLMClient.__init__)
@@ -217,37 +223,87 @@ class LLMClient:
         for pool in self._pools:
             await pool.aclose()
 
-    async def complete(self, req: LLMRequest, deadline: float | None = None) -> CallResult:
+    async def complete(
+        self,
+        req: LLMRequest,
+        deadline: float | None = None,
+        slot_by: float | None = None,
+        on_slot: Callable[[], None] | None = None,
+    ) -> CallResult:
         """One structured answer, or an LLMError saying why not (after the retries), by
-        `deadline` (time.monotonic()) when one is given."""
+        `deadline` (time.monotonic()) when one is given; LLMNoSlot when no model slot is
+        free by `slot_by` (time.monotonic()). With `slot_by`, the deadline counts from the
+        slot's taking: the wait for it is bounded by `slot_by` alone. Without, the
+        deadline bounds that wait too. `on_slot` is called when the call has its slot
+        and is about to be sent."""
         self.budget.check_day()
+        if self.breaker.state is CircuitState.OPEN:  # no wait for a slot to be refused
+            raise LLMCircuitOpen("circuit open after repeated LLM failures")
+        asked = time.monotonic()
+        await self._acquire_slot(slot_by, None if slot_by is not None else deadline)
+        started = time.monotonic()
+        # The breaker is asked once the slot is taken: the circuit may have opened while
+        # the call waited for it.
         probing = self.breaker.state is CircuitState.HALF_OPEN
         if not self.breaker.allow():
+            self._limit.release()
             raise LLMCircuitOpen("circuit open after repeated LLM failures")
-        started = time.monotonic()
+        if slot_by is not None and deadline is not None:
+            deadline += started - asked
         attempts = _Attempts()
         try:
-            async with self._limit:
+            try:
+                if on_slot is not None:
+                    on_slot()
                 self.in_flight += 1
                 try:
                     response, retries = await self._with_retries(req, deadline, attempts)
-                except LLMOutputError:
+                except LLMOutputError as exc:
+                    exc.slot_wait_ms = int((started - asked) * 1000)
                     self.breaker.success()  # the provider is up; a bad answer is for repair
                     attempts.judged = True
                     raise
-                except LLMError:
+                except LLMError as exc:
+                    exc.slot_wait_ms = int((started - asked) * 1000)
                     if attempts.sent:  # not the provider's fault when nothing was sent
                         self.breaker.failure()
                         attempts.judged = True
                     raise
                 finally:
                     self.in_flight -= 1
+            finally:
+                self._limit.release()
             self.breaker.success()
             attempts.judged = True
         finally:
             if probing and not attempts.judged:  # cancelled, or never sent
                 self.breaker.release_probe()
-        return CallResult(response, retries, int((time.monotonic() - started) * 1000))
+        waited_ms = int((started - asked) * 1000)
+        return CallResult(response, retries, int((time.monotonic() - started) * 1000), waited_ms)
+
+    async def _acquire_slot(self, slot_by: float | None, deadline: float | None) -> None:
+        """Take a model slot: LLMNoSlot if none is free by `slot_by`, LLMTimeout if none
+        is by the case's deadline (nothing sent either way)."""
+        limits = [
+            t
+            for t in (slot_by, None if deadline is None else deadline - MIN_ATTEMPT_S)
+            if t is not None
+        ]
+        if not limits:
+            await self._limit.acquire()
+            return
+        until, asked = min(limits), time.monotonic()
+        try:
+            async with asyncio.timeout(max(0.0, until - asked)):
+                await self._limit.acquire()
+        except TimeoutError:
+            error: LLMError = (
+                LLMNoSlot("no model slot came free within the queue's longest wait")
+                if slot_by is not None and until == slot_by
+                else LLMTimeout("case deadline reached while waiting for a model slot")
+            )
+            error.slot_wait_ms = int((time.monotonic() - asked) * 1000)
+            raise error from None
 
     async def _with_retries(
         self, req: LLMRequest, deadline: float | None, attempts: _Attempts

@@ -200,10 +200,15 @@ class Metrics:
             "streamproc_llm_circuit_state", "0 closed, 1 half-open, 2 open.", registry=r
         )
         self.llm_in_flight = Gauge(
-            "streamproc_llm_in_flight", "Cases being briefed by the model now.", registry=r
+            "streamproc_llm_in_flight",
+            "Cases being briefed by the model now (up to twice LLM_MAX_CONCURRENCY; calls "
+            "in flight are at most LLM_MAX_CONCURRENCY).",
+            registry=r,
         )
         self.llm_queue = Gauge(
-            "streamproc_llm_queue_depth", "Due cases waiting for a free model slot.", registry=r
+            "streamproc_llm_queue_depth",
+            "Due cases queued before they start (twice LLM_MAX_CONCURRENCY under way).",
+            registry=r,
         )
         self.llm_abandoned = Counter(
             "streamproc_llm_calls_abandoned",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -164,17 +166,83 @@ def test_schema_rejections_are_counted_as_guardrail_interventions(ato: Case) -> 
     assert failed.violations["schema_rejected"] == 2  # the answer and its repair
 
 
-def test_redaction_runs_off_the_event_loop(ato: Case, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Redacting a large case is CPU work: it must not hold the worker's loop (ingestion)."""
-    threads: list[int] = []
-    redact = Redactor.redact
+def test_a_briefs_cpu_steps_run_off_the_event_loop_on_one_thread(
+    ato: Case, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redaction, validation and the guardrails are CPU work: they must not hold the
+    worker's loop (ingestion, the other calls' sends), and they run on the one brief CPU
+    thread (several threads would take the GIL from the loop in turn)."""
+    import streamproc.llm.briefer as briefer_module
 
-    def spy(self: Redactor, kinds: Any) -> Any:
-        threads.append(threading.get_ident())
+    threads: dict[str, set[str]] = {}
+    redact, merge = Redactor.redact, briefer_module.merge
+
+    def seen(step: str) -> None:
+        threads.setdefault(step, set()).add(threading.current_thread().name)
+
+    def spy_redact(self: Redactor, kinds: Any) -> Any:
+        seen("redaction")
         return redact(self, kinds)
 
-    monkeypatch.setattr(Redactor, "redact", spy)
-    loop_thread = threading.get_ident()  # asyncio.run runs its loop in this thread
+    def spy_merge(*args: Any) -> Any:
+        seen("guardrails")
+        return merge(*args)
+
+    monkeypatch.setattr(Redactor, "redact", spy_redact)
+    monkeypatch.setattr(briefer_module, "merge", spy_merge)
+    loop_thread = threading.current_thread().name  # asyncio.run runs its loop here
     out, _ = brief_with(ato, ["ok"])
     assert out.brief.generation.method == "LLM"
-    assert threads and all(t != loop_thread for t in threads)
+    assert set(threads) == {"redaction", "guardrails"}
+    names = set().union(*threads.values())
+    assert len(names) == 1 and loop_thread not in names, threads
+    assert names.pop().startswith("brief-cpu")
+
+
+def test_the_cpu_steps_of_many_briefs_hand_the_loop_a_turn_between_each_two() -> None:
+    """A burst of answers means a burst of guardrails. Queued back to back on the CPU
+    thread, they would keep the GIL from the loop (the other calls' sends, ingestion)
+    for the whole burst; each step must be handed over through the loop instead, so the
+    loop runs between any two steps."""
+    from streamproc.llm.briefer import _cpu
+
+    ticks = 0
+    marks: list[tuple[int, int]] = []  # the loop's tick count as each step starts and ends
+
+    def step() -> None:
+        start = ticks
+        until = time.process_time() + 0.003  # pure CPU, holding the GIL
+        while time.process_time() < until:
+            pass
+        marks.append((start, ticks))
+
+    async def main() -> None:
+        nonlocal ticks
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        beat = asyncio.create_task(ticker())
+        await asyncio.gather(*(_cpu(step) for _ in range(12)))
+        beat.cancel()
+
+    asyncio.run(main())
+    assert len(marks) == 12
+    gaps = [later[0] - earlier[1] for earlier, later in itertools.pairwise(marks)]
+    assert all(g >= 1 for g in gaps), gaps  # the loop ran between every two steps
+
+
+def test_a_cpu_step_logs_with_the_case_and_brief_ids_of_its_brief() -> None:
+    """The guardrails log on the CPU thread: their records must carry the case's
+    correlation ids as the loop's do (an executor does not carry context by itself)."""
+    from streamproc.llm.briefer import _cpu
+    from streamproc.ops.logs import bind, bound
+
+    async def main() -> dict[str, Any]:
+        with bind(case_id="case-1", brief_id="b-1"):
+            return await _cpu(bound)
+
+    assert asyncio.run(main()) == {"case_id": "case-1", "brief_id": "b-1"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -184,7 +185,9 @@ def test_cases_waiting_for_a_model_slot_fall_back_after_the_queue_wait() -> None
         async def nothing(*_: Any) -> None:
             return None
 
-        client = LLMClient(provider_for("openai"), f"{server.url}/v1", "m-1", timeout_s=30)
+        client = LLMClient(  # one model slot, as the worker builds it from the settings
+            provider_for("openai"), f"{server.url}/v1", "m-1", timeout_s=30, max_concurrency=1
+        )
         settings = Settings(
             llm_provider="openai", llm_model="m-1", llm_max_concurrency=1,
             llm_queue_max_wait_s=0.3,
@@ -206,6 +209,8 @@ def test_cases_waiting_for_a_model_slot_fall_back_after_the_queue_wait() -> None
             await asyncio.sleep(0.1)
             reasons = sorted(str(p.brief.generation.fallback_reason) for p in published)
             assert reasons == ["queue_timeout"] * 4, reasons
+            # One of the four waited for the slot itself, under way: it sent nothing.
+            assert len(server.requests) == 1 and client.in_flight == 1
         finally:
             await stage.drain(0.1)
             await client.aclose()
@@ -243,6 +248,257 @@ def test_a_stored_answer_goes_with_its_brief_and_leftovers_are_swept() -> None:
             now[0] += 3600 + 1
             assert stage.sweep_cache() == 1 and list(cache) == ["recent"]
         finally:
+            await client.aclose()
+            await server.stop()
+
+    asyncio.run(main())
+
+
+def _stage(
+    server: StubLLM, settings: Settings, published: list[BriefPlan]
+) -> tuple[LLMStage, LLMClient]:
+    async def publish(plan: BriefPlan) -> None:
+        published.append(plan)
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    client = LLMClient(  # as the worker builds it: a slot per LLM_MAX_CONCURRENCY
+        provider_for("openai"), f"{server.url}/v1", "m-1", timeout_s=30,
+        max_concurrency=settings.llm_max_concurrency,
+    )  # fmt: skip
+    stage = LLMStage(
+        settings, AvroCodec(SchemaSet()), Metrics(CollectorRegistry()),
+        masked_briefer(client), Table(), publish, nothing, nothing,
+    )  # fmt: skip
+    return stage, client
+
+
+def test_a_model_slot_is_held_only_while_the_call_is_with_the_provider(
+    monkeypatch: Any,
+) -> None:
+    """One model slot, two cases, slow guardrails: while the first case's answer is being
+    checked, the second case's call must already be with the provider. Holding the slot
+    from redaction to the written brief (as the stage did) leaves the provider idle for
+    every case's guardrails and writes, and the paid-for concurrency unused."""
+    import streamproc.llm.briefer as briefer_module
+
+    seen_at_provider: list[int] = []
+    merge = briefer_module.merge
+
+    async def main() -> None:
+        server = StubLLM(delay_s=0.3)
+        await server.start()
+
+        def slow_merge(*args: Any) -> Any:
+            # Guardrails of a large case on a slow machine: 0.4 s, looking meanwhile how
+            # many calls the provider has (the stub answers on the test's loop).
+            seen, until = 0, time.monotonic() + 0.4
+            while time.monotonic() < until:
+                seen = max(seen, server.concurrent)
+                time.sleep(0.01)
+            seen_at_provider.append(seen)
+            return merge(*args)
+
+        monkeypatch.setattr(briefer_module, "merge", slow_merge)
+        published: list[BriefPlan] = []
+        settings = Settings(llm_provider="openai", llm_model="m-1", llm_max_concurrency=1)
+        stage, client = _stage(server, settings, published)
+        try:
+            for plan in _plans(2):
+                stage.offer(plan)
+            for _ in range(100):
+                if len(published) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert [p.brief.generation.method for p in published] == ["LLM", "LLM"]
+            assert server.max_concurrent == 1  # never more than the one slot
+            # While the first case's answer was checked, the second's call was out.
+            assert seen_at_provider[0] == 1, seen_at_provider
+        finally:
+            await stage.drain(0.1)
+            await client.aclose()
+            await server.stop()
+
+    asyncio.run(main())
+
+
+def test_the_case_deadline_counts_from_the_model_slot_not_the_wait_for_it() -> None:
+    """One slot, a deadline shorter than two calls: the second case waits a whole call
+    for the slot (the queue's wait, bounded by LLM_QUEUE_MAX_WAIT_S), then has its full
+    deadline with the model. Counting the wait against the deadline would time it out."""
+
+    async def main() -> None:
+        server = StubLLM(delay_s=0.35)
+        await server.start()
+        published: list[BriefPlan] = []
+        settings = Settings(
+            llm_provider="openai", llm_model="m-1", llm_max_concurrency=1,
+            llm_case_deadline_s=0.5, llm_queue_max_wait_s=5,
+        )  # fmt: skip
+        stage, client = _stage(server, settings, published)
+        try:
+            for plan in _plans(2):
+                stage.offer(plan)
+            for _ in range(100):
+                if len(published) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            gens = [p.brief.generation for p in published]
+            assert [g.method for g in gens] == ["LLM", "LLM"], [g.fallback_reason for g in gens]
+            assert all((g.latency_ms or 0) < 500 for g in gens)  # the model's time, not the wait
+        finally:
+            await stage.drain(0.1)
+            await client.aclose()
+            await server.stop()
+
+    asyncio.run(main())
+
+
+async def _until(done: Any, timeout_s: float = 10.0) -> None:
+    until = time.monotonic() + timeout_s
+    while not done() and time.monotonic() < until:
+        await asyncio.sleep(0.02)
+
+
+def test_a_repair_after_a_wait_for_the_slot_keeps_its_whole_deadline() -> None:
+    """The second of two cases on one slot waits a call for it, gets an answer that is
+    not JSON (the client's own output error), and is repaired: the wait must count
+    neither against its deadline (0.5 s; wait 0.35 + call 0.35 + repair 0.1) nor in the
+    model latency it reports (the review found both for the client's output errors)."""
+
+    async def main() -> None:
+        delays = iter([0.35, 0.35, 0.1])
+        server = StubLLM(delay_fn=lambda: next(delays))
+        await server.start()
+        server.script = ["ok", "nonjson", "ok"]
+        client = LLMClient(
+            provider_for("openai"), f"{server.url}/v1", "m-1", timeout_s=30, max_concurrency=1
+        )
+        briefer = masked_briefer(client)
+        first, second = _plans(2)
+        now = time.monotonic()
+        try:
+            _, out = await asyncio.gather(
+                briefer.brief(first.case, first.brief, None, now + 0.5, now + 5),
+                briefer.brief(second.case, second.brief, None, now + 0.5, now + 5),
+            )
+        finally:
+            await client.aclose()
+            await server.stop()
+        gen, audit = out.brief.generation, out.audit or {}
+        assert gen.method == "LLM" and audit["validation"] == "repaired", gen.fallback_reason
+        assert audit["slot_wait_ms"] >= 300  # it did wait for the slot
+        assert audit["latency_ms"] < audit["slot_wait_ms"] + 450
+
+    asyncio.run(main())
+
+
+def test_a_shadow_brief_waits_for_its_own_slot_from_its_own_start() -> None:
+    """The shadow briefs a case after its brief is out: its wait for a slot counts from
+    then, not from when the primary's case was offered (the review found a shadow that
+    fell back at once, its queue wait spent by the primary's whole brief)."""
+
+    async def main() -> None:
+        primary, shadow_server = StubLLM(delay_s=0.35), StubLLM(delay_s=0.05)
+        await primary.start()
+        await shadow_server.start()
+        settings = Settings(
+            llm_provider="openai", llm_model="m-1", llm_max_concurrency=2,
+            llm_queue_max_wait_s=0.3,
+        )  # fmt: skip
+        published: list[BriefPlan] = []
+        stage, client = _stage(primary, settings, published)
+        shadow_client = LLMClient(
+            provider_for("openai"), f"{shadow_server.url}/v1", "m-1", timeout_s=30,
+            max_concurrency=1,
+        )  # fmt: skip
+        shadow = masked_briefer(shadow_client)
+        shadow.variant = "shadow"
+        stage.shadow = shadow
+        stage.variant_settings["shadow"] = settings
+        try:
+            for plan in _plans(2):
+                stage.offer(plan)
+            await _until(lambda: len(published) == 2 and len(shadow_server.requests) == 2)
+            await _until(lambda: not stage.shadow_tasks)
+            assert len(shadow_server.requests) == 2  # both shadow briefs asked the model
+        finally:
+            await stage.drain(0.1)
+            for c in (client, shadow_client):
+                await c.aclose()
+            for s in (primary, shadow_server):
+                await s.stop()
+
+    asyncio.run(main())
+
+
+def test_calls_waiting_for_a_slot_when_the_circuit_opens_are_not_sent() -> None:
+    """Four slots, eight cases, a provider failing every call, a breaker that opens at
+    the first failure: the four cases waiting for a slot meanwhile must be refused by
+    the open circuit when their slot frees, not sent (the review found them sent)."""
+
+    async def main() -> None:
+        server = StubLLM(delay_s=0.1)
+        await server.start()
+        server.default = "500"
+        settings = Settings(
+            llm_provider="openai", llm_model="m-1", llm_max_concurrency=4,
+            llm_queue_max_wait_s=10,
+        )  # fmt: skip
+        published: list[BriefPlan] = []
+        stage, client = _stage(server, settings, published)
+        client.retry = RetryPolicy(max_retries=0)
+        client.breaker = CircuitBreaker(threshold=1, reset_after_s=60)
+        try:
+            for plan in _plans(8):
+                stage.offer(plan)
+            await _until(lambda: len(published) == 8)
+            reasons = sorted(str(p.brief.generation.fallback_reason) for p in published)
+            assert len(server.requests) == 4, reasons
+            assert reasons.count("circuit_open") == 4, reasons
+        finally:
+            await stage.drain(0.1)
+            await client.aclose()
+            await server.stop()
+
+    asyncio.run(main())
+
+
+def test_a_revocation_hands_back_the_cases_still_waiting_for_a_slot() -> None:
+    """One slot, two cases under way: at a revocation, the one waiting for the slot goes
+    back to pending like a queued case. It must not take the slot during the rebalance
+    and pay for a call its partition's next owner makes again."""
+
+    class Owner:
+        def __init__(self) -> None:
+            self.is_serving, self.owned = True, {0}
+
+        def serving(self) -> bool:
+            return self.is_serving
+
+        def owns(self, partition: int) -> bool:
+            return partition in self.owned
+
+    async def main() -> None:
+        server = StubLLM(delay_s=0.3)
+        await server.start()
+        settings = Settings(llm_provider="openai", llm_model="m-1", llm_max_concurrency=1)
+        published: list[BriefPlan] = []
+        stage, client = _stage(server, settings, published)
+        owner = Owner()
+        stage.owner = owner
+        try:
+            for plan in _plans(2):
+                stage.offer(plan)
+            await _until(lambda: len(server.requests) == 1)
+            owner.is_serving, owner.owned = False, set()  # the rebalance: all revoked
+            assert stage.hand_back({0}) == 1  # the case waiting for the slot
+            await asyncio.sleep(0.6)  # the rebalance takes a while
+            assert len(server.requests) == 1  # no call paid for during it
+            assert stage.keep_only(set()) == 1  # the call in flight is abandoned
+        finally:
+            await stage.drain(0.1)
             await client.aclose()
             await server.stop()
 
