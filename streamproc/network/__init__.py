@@ -1,0 +1,1 @@
+"""Network context: accounts linked by a shared entity (issue 25)."""

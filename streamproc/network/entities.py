@@ -1,0 +1,118 @@
+"""The linkable identifiers of input events, as keyed hashes.
+
+An entity is a value that links two accounts when both are seen with it: a device id,
+a counterparty IBAN, a card number, an IP address, or an email or phone in an alert's
+customer fields. Its key, wherever it leaves the worker (internal topics, the index's
+state), is an HMAC-SHA256 over its kind and its normal form, under the ENTITY_KEY
+secret: never the raw value, and not a plain hash either, which anyone could compute
+for a guessed card number or phone. The normal form is the redactor's (`normal_form`),
+so spellings of one value are one entity, as they are one placeholder.
+
+What does not link: an empty value, and an IP address that is not globally routable
+(private, loopback, carrier-grade NAT): thousands of unrelated customers share those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from streamproc.errors import ConfigError
+from streamproc.privacy.detect import Entity
+from streamproc.privacy.redact import normal_form
+
+MIN_KEY_BYTES = 16
+KEY_HEX_CHARS = 32  # 128 bits of the HMAC: collisions are not a concern at any volume
+
+
+class EntityKind(StrEnum):
+    DEVICE = "device"
+    IBAN = "iban"
+    CARD = "card"
+    IP = "ip"
+    EMAIL = "email"
+    PHONE = "phone"
+
+
+_PII = {
+    EntityKind.IBAN: Entity.IBAN,
+    EntityKind.CARD: Entity.PAN,
+    EntityKind.IP: Entity.IP,
+    EntityKind.EMAIL: Entity.EMAIL,
+    EntityKind.PHONE: Entity.PHONE,
+}
+
+# The fields of each input kind that carry a linkable identifier.
+FIELDS: Mapping[str, tuple[tuple[str, EntityKind], ...]] = {
+    "transaction": (
+        ("device_id", EntityKind.DEVICE),
+        ("counterparty_iban", EntityKind.IBAN),
+        ("card_pan", EntityKind.CARD),
+        ("ip_address", EntityKind.IP),
+    ),
+    "signal": (("device_id", EntityKind.DEVICE), ("ip_address", EntityKind.IP)),
+    "alert": (("customer_email", EntityKind.EMAIL), ("customer_phone", EntityKind.PHONE)),
+}
+
+
+@dataclass(frozen=True, order=True)
+class EntityRef:
+    """One entity carried by one event: its kind, its keyed hash, the event's id."""
+
+    kind: EntityKind
+    key: str
+    event_id: str
+
+
+def normalise(kind: EntityKind, value: str) -> str | None:
+    """The entity's identity, or None when the value links nothing."""
+    value = value.strip()
+    if not value:
+        return None
+    if kind is EntityKind.DEVICE:
+        return value
+    if kind is EntityKind.IP:
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            return None
+        return address.compressed if address.is_global else None
+    normal = normal_form(_PII[kind], value)
+    return normal or None
+
+
+class EntityHasher:
+    """Keyed hashes of entities under one secret, the same on every worker."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < MIN_KEY_BYTES:
+            raise ConfigError(
+                f"STREAMPROC_ENTITY_KEY must be at least {MIN_KEY_BYTES} bytes "
+                "(every worker of the group needs the same one)"
+            )
+        self._key = key
+
+    def key_of(self, kind: EntityKind, value: str) -> str | None:
+        normal = normalise(kind, value)
+        if normal is None:
+            return None
+        digest = hmac.new(self._key, f"{kind.value}\x00{normal}".encode(), hashlib.sha256)
+        return digest.hexdigest()[:KEY_HEX_CHARS]
+
+    def entities(self, kind: str, records: Iterable[Mapping[str, Any]]) -> list[EntityRef]:
+        """The entities the records of one input kind carry, one per event and entity."""
+        out: set[EntityRef] = set()
+        for record in records:
+            for name, entity_kind in FIELDS.get(kind, ()):
+                value = record.get(name)
+                if not isinstance(value, str):
+                    continue
+                key = self.key_of(entity_kind, value)
+                if key is not None:
+                    out.add(EntityRef(entity_kind, key, str(record["event_id"])))
+        return sorted(out)

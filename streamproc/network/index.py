@@ -1,0 +1,151 @@
+"""One entity's entry in the entity index: the accounts seen with it, and analysts'
+decisions on them.
+
+The index is a table keyed by the entity's keyed hash (`entities.EntityHasher`), so all
+that is known of one entity lives on one partition, whichever accounts carry it. Each
+entry is bounded:
+- in accounts: the MAX_ACCOUNTS most recently seen (a device farm of thousands is
+  reported as the most recent ones, with `overflow` saying more were seen);
+- in time: an account last seen with the entity before the lookback is forgotten;
+- a decision (CONFIRMED_FRAUD or FALSE_POSITIVE) on an account is kept DECISION_RETAIN_D
+  days from the decision, whether or not the account is still seen with the entity,
+  because a ring's next victim often comes weeks later; at most MAX_ACCOUNTS of them,
+  false positives dropped before confirmed fraud.
+So its serialised size has a ceiling far below the changelog's record limit
+(`max_bytes`, checked by a test).
+
+A FALSE_POSITIVE decision is that account's only: it never clears another account's
+CONFIRMED_FRAUD, nor the entity.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_ACCOUNTS = 64
+DECISION_RETAIN_D = 90
+DAY_MS = 86_400_000
+ACCOUNT_ID_MAX = 64  # characters of an account id kept (the contract's bound on ids)
+DECISIONS = ("CONFIRMED_FRAUD", "FALSE_POSITIVE")
+
+
+@dataclass
+class Seen:
+    first_ms: int
+    last_ms: int
+    events: int = 1
+
+
+@dataclass(frozen=True)
+class Decision:
+    decision: str
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class Link:
+    """Another account seen with the entity, as a case reads it."""
+
+    account_id: str
+    first_ms: int
+    last_ms: int
+    events: int
+    decision: Decision | None
+
+
+@dataclass
+class EntityEntry:
+    kind: str
+    accounts: dict[str, Seen] = field(default_factory=dict)
+    decisions: dict[str, Decision] = field(default_factory=dict)
+    overflow: int = 0  # accounts dropped for MAX_ACCOUNTS since the entry began
+
+    def see(self, account_id: str, at_ms: int) -> None:
+        account_id = account_id[:ACCOUNT_ID_MAX]
+        seen = self.accounts.get(account_id)
+        if seen is None:
+            self.accounts[account_id] = Seen(at_ms, at_ms)
+        else:
+            seen.first_ms, seen.last_ms = min(seen.first_ms, at_ms), max(seen.last_ms, at_ms)
+            seen.events += 1
+        if len(self.accounts) > MAX_ACCOUNTS:
+            ordered = sorted(self.accounts.items(), key=lambda kv: (kv[1].last_ms, kv[0]))
+            for gone, _ in ordered[: len(self.accounts) - MAX_ACCOUNTS]:
+                del self.accounts[gone]
+                self.overflow += 1
+
+    def decide(self, account_id: str, decision: str, at_ms: int) -> None:
+        """An analyst's decision on an account seen with the entity: the latest wins."""
+        if decision not in DECISIONS:
+            return
+        account_id = account_id[:ACCOUNT_ID_MAX]
+        known = self.decisions.get(account_id)
+        if known is None or at_ms >= known.at_ms:
+            self.decisions[account_id] = Decision(decision, at_ms)
+        if len(self.decisions) > MAX_ACCOUNTS:  # false positives go first, then the oldest
+            ordered = sorted(
+                self.decisions.items(),
+                key=lambda kv: (kv[1].decision == "CONFIRMED_FRAUD", kv[1].at_ms, kv[0]),
+            )
+            for gone, _ in ordered[: len(self.decisions) - MAX_ACCOUNTS]:
+                del self.decisions[gone]
+
+    def expire(self, now_ms: int, lookback_ms: int) -> None:
+        oldest = now_ms - lookback_ms
+        self.accounts = {a: s for a, s in self.accounts.items() if s.last_ms >= oldest}
+        kept = now_ms - DECISION_RETAIN_D * DAY_MS
+        self.decisions = {a: d for a, d in self.decisions.items() if d.at_ms >= kept}
+
+    def empty(self) -> bool:
+        return not self.accounts and not self.decisions
+
+    def links(self, account_id: str, now_ms: int, lookback_ms: int) -> list[Link]:
+        """The other accounts seen with the entity within the lookback before `now_ms`,
+        and those an analyst decided on, most recently seen first."""
+        oldest = now_ms - lookback_ms
+        out = [
+            Link(a, s.first_ms, s.last_ms, s.events, self.decisions.get(a))
+            for a, s in self.accounts.items()
+            if a != account_id and oldest <= s.last_ms and s.first_ms <= now_ms
+        ]
+        listed = {link.account_id for link in out}
+        out += [
+            Link(a, d.at_ms, d.at_ms, 0, d)
+            for a, d in self.decisions.items()
+            if a != account_id and a not in listed and d.at_ms <= now_ms
+        ]
+        return sorted(out, key=lambda link: (-link.last_ms, link.account_id))
+
+    # -- the changelog's bytes ------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "k": self.kind,
+            "a": {a: [s.first_ms, s.last_ms, s.events] for a, s in self.accounts.items()},
+            "d": {a: [d.decision, d.at_ms] for a, d in self.decisions.items()},
+            "o": self.overflow,
+        }
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> EntityEntry:
+        return cls(
+            kind=str(value["k"]),
+            accounts={a: Seen(int(v[0]), int(v[1]), int(v[2])) for a, v in value["a"].items()},
+            decisions={a: Decision(str(v[0]), int(v[1])) for a, v in value.get("d", {}).items()},
+            overflow=int(value.get("o", 0)),
+        )
+
+
+def max_bytes() -> int:
+    """The largest an entry can serialise to: MAX_ACCOUNTS accounts seen and as many
+    decided on, every id at its longest, every number at its widest."""
+    widest = 2**63 - 1
+    entry = EntityEntry("device")
+    for i in range(MAX_ACCOUNTS):
+        account = f"{i:0{ACCOUNT_ID_MAX}d}"
+        entry.accounts[account] = Seen(widest, widest, widest)
+        entry.decisions[f"d{account}"[:ACCOUNT_ID_MAX]] = Decision("CONFIRMED_FRAUD", widest)
+    entry.overflow = widest
+    return len(json.dumps(entry.to_json(), separators=(",", ":")).encode())
