@@ -33,9 +33,12 @@ DECISIONS = ("CONFIRMED_FRAUD", "FALSE_POSITIVE")
 
 @dataclass
 class Seen:
+    """When an account was first and last seen with the entity. No count of sightings:
+    a replay after a crash sends sightings again, and seeing one twice must change
+    nothing."""
+
     first_ms: int
     last_ms: int
-    events: int = 1
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,6 @@ class Link:
     account_id: str
     first_ms: int
     last_ms: int
-    events: int
     decision: Decision | None
 
 
@@ -69,7 +71,6 @@ class EntityEntry:
             self.accounts[account_id] = Seen(at_ms, at_ms)
         else:
             seen.first_ms, seen.last_ms = min(seen.first_ms, at_ms), max(seen.last_ms, at_ms)
-            seen.events += 1
         if len(self.accounts) > MAX_ACCOUNTS:
             ordered = sorted(self.accounts.items(), key=lambda kv: (kv[1].last_ms, kv[0]))
             for gone, _ in ordered[: len(self.accounts) - MAX_ACCOUNTS]:
@@ -106,13 +107,13 @@ class EntityEntry:
         and those an analyst decided on, most recently seen first."""
         oldest = now_ms - lookback_ms
         out = [
-            Link(a, s.first_ms, s.last_ms, s.events, self.decisions.get(a))
+            Link(a, s.first_ms, s.last_ms, self.decisions.get(a))
             for a, s in self.accounts.items()
             if a != account_id and oldest <= s.last_ms and s.first_ms <= now_ms
         ]
         listed = {link.account_id for link in out}
         out += [
-            Link(a, d.at_ms, d.at_ms, 0, d)
+            Link(a, d.at_ms, d.at_ms, d)
             for a, d in self.decisions.items()
             if a != account_id and a not in listed and d.at_ms <= now_ms
         ]
@@ -123,7 +124,7 @@ class EntityEntry:
     def to_json(self) -> dict[str, Any]:
         return {
             "k": self.kind,
-            "a": {a: [s.first_ms, s.last_ms, s.events] for a, s in self.accounts.items()},
+            "a": {a: [s.first_ms, s.last_ms] for a, s in self.accounts.items()},
             "d": {a: [d.decision, d.at_ms] for a, d in self.decisions.items()},
             "o": self.overflow,
         }
@@ -132,7 +133,7 @@ class EntityEntry:
     def from_json(cls, value: dict[str, Any]) -> EntityEntry:
         return cls(
             kind=str(value["k"]),
-            accounts={a: Seen(int(v[0]), int(v[1]), int(v[2])) for a, v in value["a"].items()},
+            accounts={a: Seen(int(v[0]), int(v[1])) for a, v in value["a"].items()},
             decisions={a: Decision(str(v[0]), int(v[1])) for a, v in value.get("d", {}).items()},
             overflow=int(value.get("o", 0)),
         )
@@ -145,7 +146,7 @@ def max_bytes() -> int:
     entry = EntityEntry("device")
     for i in range(MAX_ACCOUNTS):
         account = f"{i:0{ACCOUNT_ID_MAX}d}"
-        entry.accounts[account] = Seen(widest, widest, widest)
+        entry.accounts[account] = Seen(widest, widest)
         entry.decisions[f"d{account}"[:ACCOUNT_ID_MAX]] = Decision("CONFIRMED_FRAUD", widest)
     entry.overflow = widest
     return len(json.dumps(entry.to_json(), separators=(",", ":")).encode())

@@ -83,7 +83,9 @@ def test_links_are_the_other_accounts_within_the_lookback_with_their_decisions()
     entry.see("old", 1 * H)
     entry.decide("mule-1", "CONFIRMED_FRAUD", 9 * H + 60_000)
     links = entry.links("victim", now_ms=10 * H, lookback_ms=6 * H)
-    assert [(link.account_id, link.events) for link in links] == [("mule-1", 2)]
+    assert [(link.account_id, link.first_ms, link.last_ms) for link in links] == [
+        ("mule-1", 9 * H, 9 * H + 5)
+    ]
     assert links[0].decision is not None and links[0].decision.decision == "CONFIRMED_FRAUD"
     assert entry.links("victim", now_ms=10 * H, lookback_ms=20 * H)[-1].account_id == "old"
 
@@ -128,3 +130,14 @@ def test_an_entry_round_trips_and_never_nears_the_record_limit() -> None:
     again = EntityEntry.from_json(json.loads(json.dumps(entry.to_json())))
     assert again == entry
     assert max_bytes() < 64 * 1024  # the changelog takes 1 MiB
+
+
+def test_a_replayed_sighting_changes_nothing() -> None:
+    """After a kill -9 the sightings of uncommitted input are sent again."""
+    entry = EntityEntry("device")
+    for at in (5, 9, 7):
+        entry.see("a", at)
+    before = entry.to_json()
+    for at in (5, 9, 7):
+        entry.see("a", at)
+    assert entry.to_json() == before
