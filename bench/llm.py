@@ -1,8 +1,10 @@
 """LLM stage figures: briefs/s against a stand-in answering after 800 ms, the CPU work
 one brief costs, by step, and prompt size.
 
-Runs the worker's own briefer and client (redaction, prompt, HTTP, validation,
-guardrails, claim checker) against the loopback stand-in provider, many cases at once.
+Runs the worker's own LLM stage, briefer and client (queue, model slots, redaction,
+prompt, HTTP, validation, guardrails, claim checker, the brief encoded for publishing)
+against the loopback stand-in provider, many cases at once; only the broker writes are
+left out.
 The stand-in runs in a process of its own, as a provider does: its HTTP server and its
 checks of the request are not the worker's work. Its answer is a true brief of the
 case (the deterministic brief's summary and facts, as a model would write them), so
@@ -21,19 +23,25 @@ from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 import streamproc.llm.briefer as briefer_module
 from streamproc.brief.claims import Published
 from streamproc.brief.draft import MAX_EVIDENCE, MAX_FACTS, BriefDraft, output_schema
 from streamproc.brief.guardrails import case_events, check_claims, merge
 from streamproc.brief.model import CaseBrief, Generation, Method, ReasonCode
 from streamproc.brief.prompt import build_prompt, load_template, map_back
-from streamproc.config import BriefPII
+from streamproc.config import BriefPII, Settings
+from streamproc.contracts.codec import AvroCodec
 from streamproc.contracts.schemas import SchemaSet
 from streamproc.domain.case import Case
-from streamproc.engine.llm_stage import CASES_PER_MODEL_SLOT
-from streamproc.llm.briefer import BriefOutcome, LLMBriefer, prepare
+from streamproc.engine.dlq import Outgoing
+from streamproc.engine.llm_stage import LLMStage
+from streamproc.engine.processor import BriefPlan
+from streamproc.llm.briefer import LLMBriefer, prepare
 from streamproc.llm.client import LLMClient
 from streamproc.llm.providers import LLMRequest, provider_for
+from streamproc.ops.metrics import Metrics
 from streamproc.privacy.redact import Redactor
 from streamproc.sim.cases import long_history_case
 from tests.llm_stub import StubLLM
@@ -44,6 +52,12 @@ CASE_EVENTS = 20  # transactions of the case each brief is for (plus its alert)
 WARM_UP = 8  # briefs before the clock starts (at least one per slot): imports, connections
 CASES_PER_SLOT = 8  # cases timed per slot: 8 rounds of the provider's latency
 NOW_MS = int(time.time() * 1000)
+
+
+class _Table(dict[str, Any]):
+    """The stage's stored-answer table, without its changelog."""
+
+    partition = 0
 
 
 def _redactor() -> Redactor:
@@ -139,31 +153,69 @@ async def _run_throughput(concurrency: int, cases: int) -> dict[str, Any]:
         policy=BriefPII.MASKED,
         max_prompt_tokens=BUDGET_TOKENS,
     )
-    under_way = asyncio.Semaphore(CASES_PER_MODEL_SLOT * concurrency)
+    # The worker's own LLM stage drives the briefs: its queue, its cases under way
+    # (CASES_PER_MODEL_SLOT per model slot), the client's slots, deadlines, the model
+    # brief encoded for publishing; only the broker writes are left out.
+    settings = Settings(
+        llm_provider="openai",
+        llm_model="stub",
+        llm_max_concurrency=concurrency,
+        llm_queue_max_wait_s=120,
+        llm_case_deadline_s=60,
+    )
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    published: list[BriefPlan] = []
+    all_out = asyncio.Event()
+    wanted = [0]
 
-    async def brief() -> BriefOutcome:
-        # As the worker's LLM stage runs them: CASES_PER_MODEL_SLOT cases under way per
-        # model slot, each from its redaction to its checked brief, the next starting when
-        # one ends; the client holds a slot per call in flight (`concurrency` of them).
-        async with under_way:
-            return await briefer.brief(case, floor)
+    async def publish(plan: BriefPlan) -> None:
+        published.append(plan)
+        if len(published) >= wanted[0]:
+            all_out.set()
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    stage = LLMStage(
+        settings, AvroCodec(SchemaSet()), metrics, briefer, _Table(), publish, nothing, nothing
+    )
+    out = Outgoing(settings.topics.briefs, b"k", b"v", [])
+    plans = [BriefPlan(f"case-{i}", floor, out, 0.0, 0, case) for i in range(WARM_UP + cases)]
+
+    async def brief_all(batch: list[BriefPlan]) -> None:
+        published.clear()
+        all_out.clear()
+        wanted[0] = len(batch)
+        for plan in batch:
+            stage.offer(plan)
+        await all_out.wait()
 
     try:
-        await asyncio.gather(*(brief() for _ in range(max(WARM_UP, concurrency))))
+        await brief_all(plans[:WARM_UP])
         started = time.monotonic()
         cpu = time.process_time()
-        outcomes = await asyncio.gather(*(brief() for _ in range(cases)))
+        await brief_all(plans[WARM_UP:])
         elapsed = time.monotonic() - started
         cpu = time.process_time() - cpu
+        briefs = [p.brief for p in published]
     finally:
+        await stage.drain(1.0)
         await client.aclose()
         ours.send("stop")
         max_in_flight, provider_cpu_s = await asyncio.to_thread(ours.recv)
         server.join(10)
     ideal = concurrency / LATENCY_S
     rate = cases / elapsed
-    llm = sum(1 for o in outcomes if o.brief.generation.method == "LLM")
-    cut = sum(o.violations.get("claim_cut", 0) for o in outcomes)
+    llm = sum(1 for b in briefs if b.generation.method == "LLM")
+    cut = int(
+        sum(
+            sample.value
+            for family in registry.collect()
+            for sample in family.samples
+            if sample.name == "streamproc_claims_cut_total"
+        )
+    )
     return {
         "concurrency": concurrency,
         "cases": cases,

@@ -123,10 +123,11 @@ def _llm_lines(r: dict[str, Any]) -> list[str]:
     flat = r["prompt_tokens"][-1]["estimated_prompt_tokens"] <= r["budget_tokens"]
     lines = [
         "",
-        f"LLM stage (the worker's briefer and client, claim checker on; stand-in provider "
-        f"in a process of its own answering a true brief after {r['latency_s']} s; as in "
-        f"the worker, two cases under way per model slot, a call holding its slot only while "
-        f"it is with the provider, the CPU steps on the brief CPU thread; prompt budget "
+        f"LLM stage (the worker's LLM stage, briefer and client, claim checker on: its queue, "
+        f"two cases under way per model slot, a call holding its slot only while it is with "
+        f"the provider, the CPU steps on the brief CPU thread, the model brief encoded and "
+        f"its audit record built; broker writes left out; stand-in provider in a process of "
+        f"its own answering a true brief after {r['latency_s']} s; prompt budget "
         f"{r['budget_tokens']} tokens):",
         "",
         "| concurrency | CPU added per brief | cases | briefs/s | ideal (concurrency ÷ latency) "
