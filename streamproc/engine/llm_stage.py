@@ -212,6 +212,7 @@ class LLMStage:
         ]
         for case_id in unsent:
             self.in_flight[case_id].cancel()
+            self.failures.pop(case_id, None)  # whoever briefs it next counts afresh
         return len(dropped) + len(unsent)
 
     def keep_only(self, partitions: set[int]) -> int:
@@ -341,6 +342,11 @@ class LLMStage:
                     lambda: self.before_call.discard(plan.case_id),
                 )
             self.before_call.discard(plan.case_id)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Handed back while its brief ended without a call (wait_for returns a
+                # result that is already there): it goes back to pending, unwritten.
+                raise asyncio.CancelledError
             self._count(outcome, cached is not None)
         gen = outcome.brief.generation
         if gen.method is Method.FALLBACK:

@@ -93,6 +93,11 @@ class CircuitBreaker:
             return True
         return False
 
+    @property
+    def probing(self) -> bool:
+        """A half-open probe is under way (right after allow(): this call is it)."""
+        return self._probing
+
     def release_probe(self) -> None:
         """The probe ended with no outcome (cancelled): the next call may probe."""
         self._probing = False
@@ -243,11 +248,12 @@ class LLMClient:
         await self._acquire_slot(slot_by, None if slot_by is not None else deadline)
         started = time.monotonic()
         # The breaker is asked once the slot is taken: the circuit may have opened while
-        # the call waited for it.
-        probing = self.breaker.state is CircuitState.HALF_OPEN
+        # the call waited for it. Whether this call is the half-open probe is what allow()
+        # did, not a second reading of the clock.
         if not self.breaker.allow():
             self._limit.release()
             raise LLMCircuitOpen("circuit open after repeated LLM failures")
+        probing = self.breaker.probing
         if slot_by is not None and deadline is not None:
             deadline += started - asked
         attempts = _Attempts()

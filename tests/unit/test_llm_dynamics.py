@@ -503,3 +503,66 @@ def test_a_revocation_hands_back_the_cases_still_waiting_for_a_slot() -> None:
             await server.stop()
 
     asyncio.run(main())
+
+
+def test_a_case_handed_back_before_its_call_is_counted_afresh_by_its_next_briefing() -> None:
+    """A case with failed rounds, handed back while it waits for the slot: its count
+    goes with it (keep_only, which clears the counts of calls it cancels, never sees it),
+    or its next round would go out as stage_error (the second review found it kept)."""
+
+    async def main() -> None:
+        server = StubLLM(delay_s=0.3)
+        await server.start()
+        settings = Settings(llm_provider="openai", llm_model="m-1", llm_max_concurrency=1)
+        stage, client = _stage(server, settings, [])
+        first, second = _plans(2)
+        stage.failures[first.case_id] = stage.failures[second.case_id] = 2
+        try:
+            stage.offer(first)
+            stage.offer(second)
+            await _until(lambda: len(server.requests) == 1)
+            stage.hand_back({0})
+            await asyncio.sleep(0.05)
+            stage.keep_only(set())
+            assert stage.failures == {}
+        finally:
+            await stage.drain(0.1)
+            await client.aclose()
+            await server.stop()
+
+    asyncio.run(main())
+
+
+def test_a_case_handed_back_as_its_brief_ends_without_a_call_is_not_published(
+    monkeypatch: Any,
+) -> None:
+    """Shutdown lands just as a case's brief ends without a call (the circuit is open):
+    wait_for hands back the finished result and drops the cancel. The case must still go
+    back to pending, unwritten, as drain reports it (the second review saw it published)."""
+    import streamproc.llm.briefer as briefer_module
+
+    async def main() -> None:
+        server = StubLLM()
+        await server.start()
+        published: list[BriefPlan] = []
+        settings = Settings(llm_provider="openai", llm_model="m-1", llm_max_concurrency=1)
+        stage, client = _stage(server, settings, published)
+        client.breaker.failures, client.breaker.opened_at = 99, time.monotonic()
+        fallback, drains = briefer_module.fallback_brief, []
+
+        def at_the_end(*args: Any, **kwargs: Any) -> Any:
+            if not drains:  # SIGTERM now, in the brief's last step
+                drains.append(asyncio.ensure_future(stage.drain(0.5)))
+            return fallback(*args, **kwargs)
+
+        monkeypatch.setattr(briefer_module, "fallback_brief", at_the_end)
+        try:
+            stage.offer(_plans(1)[0])
+            await _until(lambda: bool(drains) and drains[0].done(), 5)
+            assert drains[0].result() == (0, 1)  # handed back
+            assert published == []
+        finally:
+            await client.aclose()
+            await server.stop()
+
+    asyncio.run(main())
