@@ -5,8 +5,10 @@ that hangs (it accepts the request and never answers)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -178,25 +180,11 @@ def test_cases_waiting_for_a_model_slot_fall_back_after_the_queue_wait() -> None
         await server.start()
         server.default = "hang"
         published: list[BriefPlan] = []
-
-        async def publish(plan: BriefPlan) -> None:
-            published.append(plan)
-
-        async def nothing(*_: Any) -> None:
-            return None
-
-        client = LLMClient(  # one model slot, as the worker builds it from the settings
-            provider_for("openai"), f"{server.url}/v1", "m-1", timeout_s=30, max_concurrency=1
-        )
         settings = Settings(
             llm_provider="openai", llm_model="m-1", llm_max_concurrency=1,
             llm_queue_max_wait_s=0.3,
         )  # fmt: skip
-        stage = LLMStage(
-            settings, AvroCodec(SchemaSet()), Metrics(CollectorRegistry()),
-            masked_briefer(client), Table(), publish, nothing, nothing,
-        )  # fmt: skip
-        try:
+        async with _stage(server, settings, published) as (stage, client):
             plans = _plans(5)
             for _ in range(3):  # three sub-batches find the same five cases due
                 for plan in plans:
@@ -211,10 +199,6 @@ def test_cases_waiting_for_a_model_slot_fall_back_after_the_queue_wait() -> None
             assert reasons == ["queue_timeout"] * 4, reasons
             # One of the four waited for the slot itself, under way: it sent nothing.
             assert len(server.requests) == 1 and client.in_flight == 1
-        finally:
-            await stage.drain(0.1)
-            await client.aclose()
-            await server.stop()
 
     asyncio.run(main())
 
@@ -254,16 +238,20 @@ def test_a_stored_answer_goes_with_its_brief_and_leftovers_are_swept() -> None:
     asyncio.run(main())
 
 
-def _stage(
+@contextlib.asynccontextmanager
+async def _stage(
     server: StubLLM, settings: Settings, published: list[BriefPlan]
-) -> tuple[LLMStage, LLMClient]:
+) -> AsyncIterator[tuple[LLMStage, LLMClient]]:
+    """A stage on `server` built as the worker builds it (a model slot per
+    LLM_MAX_CONCURRENCY); on the way out: drained, its client closed, `server` stopped."""
+
     async def publish(plan: BriefPlan) -> None:
         published.append(plan)
 
     async def nothing(*_: Any) -> None:
         return None
 
-    client = LLMClient(  # as the worker builds it: a slot per LLM_MAX_CONCURRENCY
+    client = LLMClient(
         provider_for("openai"), f"{server.url}/v1", "m-1", timeout_s=30,
         max_concurrency=settings.llm_max_concurrency,
     )  # fmt: skip
@@ -271,7 +259,18 @@ def _stage(
         settings, AvroCodec(SchemaSet()), Metrics(CollectorRegistry()),
         masked_briefer(client), Table(), publish, nothing, nothing,
     )  # fmt: skip
-    return stage, client
+    try:
+        yield stage, client
+    finally:
+        await stage.drain(0.1)
+        await client.aclose()
+        await server.stop()
+
+
+async def _until(done: Any, timeout_s: float = 10.0) -> None:
+    until = time.monotonic() + timeout_s
+    while not done() and time.monotonic() < until:
+        await asyncio.sleep(0.02)
 
 
 def test_a_model_slot_is_held_only_while_the_call_is_with_the_provider(
@@ -303,22 +302,14 @@ def test_a_model_slot_is_held_only_while_the_call_is_with_the_provider(
         monkeypatch.setattr(briefer_module, "merge", slow_merge)
         published: list[BriefPlan] = []
         settings = Settings(llm_provider="openai", llm_model="m-1", llm_max_concurrency=1)
-        stage, client = _stage(server, settings, published)
-        try:
+        async with _stage(server, settings, published) as (stage, _):
             for plan in _plans(2):
                 stage.offer(plan)
-            for _ in range(100):
-                if len(published) == 2:
-                    break
-                await asyncio.sleep(0.05)
+            await _until(lambda: len(published) == 2)
             assert [p.brief.generation.method for p in published] == ["LLM", "LLM"]
             assert server.max_concurrent == 1  # never more than the one slot
             # While the first case's answer was checked, the second's call was out.
             assert seen_at_provider[0] == 1, seen_at_provider
-        finally:
-            await stage.drain(0.1)
-            await client.aclose()
-            await server.stop()
 
     asyncio.run(main())
 
@@ -336,29 +327,15 @@ def test_the_case_deadline_counts_from_the_model_slot_not_the_wait_for_it() -> N
             llm_provider="openai", llm_model="m-1", llm_max_concurrency=1,
             llm_case_deadline_s=0.5, llm_queue_max_wait_s=5,
         )  # fmt: skip
-        stage, client = _stage(server, settings, published)
-        try:
+        async with _stage(server, settings, published) as (stage, _):
             for plan in _plans(2):
                 stage.offer(plan)
-            for _ in range(100):
-                if len(published) == 2:
-                    break
-                await asyncio.sleep(0.05)
+            await _until(lambda: len(published) == 2)
             gens = [p.brief.generation for p in published]
             assert [g.method for g in gens] == ["LLM", "LLM"], [g.fallback_reason for g in gens]
             assert all((g.latency_ms or 0) < 500 for g in gens)  # the model's time, not the wait
-        finally:
-            await stage.drain(0.1)
-            await client.aclose()
-            await server.stop()
 
     asyncio.run(main())
-
-
-async def _until(done: Any, timeout_s: float = 10.0) -> None:
-    until = time.monotonic() + timeout_s
-    while not done() and time.monotonic() < until:
-        await asyncio.sleep(0.02)
 
 
 def test_a_repair_after_a_wait_for_the_slot_keeps_its_whole_deadline() -> None:
@@ -408,27 +385,24 @@ def test_a_shadow_brief_waits_for_its_own_slot_from_its_own_start() -> None:
             llm_queue_max_wait_s=0.3,
         )  # fmt: skip
         published: list[BriefPlan] = []
-        stage, client = _stage(primary, settings, published)
-        shadow_client = LLMClient(
-            provider_for("openai"), f"{shadow_server.url}/v1", "m-1", timeout_s=30,
-            max_concurrency=1,
-        )  # fmt: skip
-        shadow = masked_briefer(shadow_client)
-        shadow.variant = "shadow"
-        stage.shadow = shadow
-        stage.variant_settings["shadow"] = settings
-        try:
-            for plan in _plans(2):
-                stage.offer(plan)
-            await _until(lambda: len(published) == 2 and len(shadow_server.requests) == 2)
-            await _until(lambda: not stage.shadow_tasks)
-            assert len(shadow_server.requests) == 2  # both shadow briefs asked the model
-        finally:
-            await stage.drain(0.1)
-            for c in (client, shadow_client):
-                await c.aclose()
-            for s in (primary, shadow_server):
-                await s.stop()
+        async with _stage(primary, settings, published) as (stage, _):
+            shadow_client = LLMClient(
+                provider_for("openai"), f"{shadow_server.url}/v1", "m-1", timeout_s=30,
+                max_concurrency=1,
+            )  # fmt: skip
+            shadow = masked_briefer(shadow_client)
+            shadow.variant = "shadow"
+            stage.shadow = shadow
+            stage.variant_settings["shadow"] = settings
+            try:
+                for plan in _plans(2):
+                    stage.offer(plan)
+                await _until(lambda: len(published) == 2 and len(shadow_server.requests) == 2)
+                await _until(lambda: not stage.shadow_tasks)
+                assert len(shadow_server.requests) == 2  # both shadow briefs asked the model
+            finally:
+                await shadow_client.aclose()
+                await shadow_server.stop()
 
     asyncio.run(main())
 
@@ -447,20 +421,15 @@ def test_calls_waiting_for_a_slot_when_the_circuit_opens_are_not_sent() -> None:
             llm_queue_max_wait_s=10,
         )  # fmt: skip
         published: list[BriefPlan] = []
-        stage, client = _stage(server, settings, published)
-        client.retry = RetryPolicy(max_retries=0)
-        client.breaker = CircuitBreaker(threshold=1, reset_after_s=60)
-        try:
+        async with _stage(server, settings, published) as (stage, client):
+            client.retry = RetryPolicy(max_retries=0)
+            client.breaker = CircuitBreaker(threshold=1, reset_after_s=60)
             for plan in _plans(8):
                 stage.offer(plan)
             await _until(lambda: len(published) == 8)
             reasons = sorted(str(p.brief.generation.fallback_reason) for p in published)
             assert len(server.requests) == 4, reasons
             assert reasons.count("circuit_open") == 4, reasons
-        finally:
-            await stage.drain(0.1)
-            await client.aclose()
-            await server.stop()
 
     asyncio.run(main())
 
@@ -485,10 +454,9 @@ def test_a_revocation_hands_back_the_cases_still_waiting_for_a_slot() -> None:
         await server.start()
         settings = Settings(llm_provider="openai", llm_model="m-1", llm_max_concurrency=1)
         published: list[BriefPlan] = []
-        stage, client = _stage(server, settings, published)
-        owner = Owner()
-        stage.owner = owner
-        try:
+        async with _stage(server, settings, published) as (stage, _):
+            owner = Owner()
+            stage.owner = owner
             for plan in _plans(2):
                 stage.offer(plan)
             await _until(lambda: len(server.requests) == 1)
@@ -497,10 +465,6 @@ def test_a_revocation_hands_back_the_cases_still_waiting_for_a_slot() -> None:
             await asyncio.sleep(0.6)  # the rebalance takes a while
             assert len(server.requests) == 1  # no call paid for during it
             assert stage.keep_only(set()) == 1  # the call in flight is abandoned
-        finally:
-            await stage.drain(0.1)
-            await client.aclose()
-            await server.stop()
 
     asyncio.run(main())
 
@@ -514,10 +478,9 @@ def test_a_case_handed_back_before_its_call_is_counted_afresh_by_its_next_briefi
         server = StubLLM(delay_s=0.3)
         await server.start()
         settings = Settings(llm_provider="openai", llm_model="m-1", llm_max_concurrency=1)
-        stage, client = _stage(server, settings, [])
-        first, second = _plans(2)
-        stage.failures[first.case_id] = stage.failures[second.case_id] = 2
-        try:
+        async with _stage(server, settings, []) as (stage, _):
+            first, second = _plans(2)
+            stage.failures[first.case_id] = stage.failures[second.case_id] = 2
             stage.offer(first)
             stage.offer(second)
             await _until(lambda: len(server.requests) == 1)
@@ -525,10 +488,6 @@ def test_a_case_handed_back_before_its_call_is_counted_afresh_by_its_next_briefi
             await asyncio.sleep(0.05)
             stage.keep_only(set())
             assert stage.failures == {}
-        finally:
-            await stage.drain(0.1)
-            await client.aclose()
-            await server.stop()
 
     asyncio.run(main())
 
@@ -546,23 +505,19 @@ def test_a_case_handed_back_as_its_brief_ends_without_a_call_is_not_published(
         await server.start()
         published: list[BriefPlan] = []
         settings = Settings(llm_provider="openai", llm_model="m-1", llm_max_concurrency=1)
-        stage, client = _stage(server, settings, published)
-        client.breaker.failures, client.breaker.opened_at = 99, time.monotonic()
-        fallback, drains = briefer_module.fallback_brief, []
+        async with _stage(server, settings, published) as (stage, client):
+            client.breaker.failures, client.breaker.opened_at = 99, time.monotonic()
+            fallback, drains = briefer_module.fallback_brief, []
 
-        def at_the_end(*args: Any, **kwargs: Any) -> Any:
-            if not drains:  # SIGTERM now, in the brief's last step
-                drains.append(asyncio.ensure_future(stage.drain(0.5)))
-            return fallback(*args, **kwargs)
+            def at_the_end(*args: Any, **kwargs: Any) -> Any:
+                if not drains:  # SIGTERM now, in the brief's last step
+                    drains.append(asyncio.ensure_future(stage.drain(0.5)))
+                return fallback(*args, **kwargs)
 
-        monkeypatch.setattr(briefer_module, "fallback_brief", at_the_end)
-        try:
+            monkeypatch.setattr(briefer_module, "fallback_brief", at_the_end)
             stage.offer(_plans(1)[0])
             await _until(lambda: bool(drains) and drains[0].done(), 5)
             assert drains[0].result() == (0, 1)  # handed back
             assert published == []
-        finally:
-            await client.aclose()
-            await server.stop()
 
     asyncio.run(main())
