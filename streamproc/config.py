@@ -143,6 +143,8 @@ class Topics(BaseModel):
     audit: str = "fraud.llm-audit.v1"
     dlq: str = "fraud.dlq.v1"
     settle: str = "streamproc-settle"
+    entity_index: str = "streamproc-entity-index"
+    entity_links: str = "streamproc-entity-links"
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -332,6 +334,24 @@ class Settings(BaseSettings):
     max_events_per_account: int = Field(
         500, ge=10, description="Events kept per account; the oldest go, and the brief says so."
     )
+    entity_key: SecretStr | None = Field(
+        None,
+        description="Secret of the entity index's keyed hashes (at least 16 bytes, the same "
+        "on every worker of the group); unset: no linked accounts, said at start-up.",
+    )
+    entity_key_file: Path | None = Field(None, description="A file holding ENTITY_KEY.")
+    links_max_wait_ms: int = Field(
+        2000,
+        ge=0,
+        description="How long a due case waits for the entity index's answers; past it the "
+        "brief goes out with a data gap naming the entities not answered.",
+    )
+    links_lookback_h: float = Field(
+        840.0,
+        gt=0,
+        description="How long the entity index remembers an account seen with an entity "
+        "(35 days: a landlord paid monthly is an established payee, not a new one).",
+    )
     case_max_wait_s: float = Field(
         60.0,
         ge=0,
@@ -481,6 +501,12 @@ class Settings(BaseSettings):
             update["llm_api_key"] = None  # its own key file, or no key at all
             update.setdefault("llm_api_key_file", None)
         return self.model_copy(update={**update, "llm_shadow": None, "llm_canary": None})
+
+    def entity_key_value(self) -> bytes | None:
+        """The entity index's secret from ENTITY_KEY or ENTITY_KEY_FILE; never logged."""
+        key = self.entity_key.get_secret_value() if self.entity_key is not None else None
+        value = read_secret(key, self.entity_key_file, "ENTITY_KEY")
+        return value.encode() if value else None
 
     def llm_api_key_value(self) -> str | None:
         """The API key from LLM_API_KEY or LLM_API_KEY_FILE; never logged."""

@@ -15,18 +15,25 @@ from streamproc.brief.model import (
     CaseBrief,
     CaseCounts,
     Confidence,
+    Disposition,
     EventKind,
     Generation,
     KeyFact,
+    LinkedAccount,
     Method,
     ReasonCode,
     RiskLevel,
+    SharedEntity,
     TimelineEntry,
 )
 from streamproc.contracts.records import iso
 from streamproc.domain.case import Case, Record
 from streamproc.domain.features import Finding, alert_transactions, find_all
 from streamproc.domain.money import fmt_amount
+from streamproc.network.links import Assessed
+from streamproc.network.links import assess as assess_links
+
+DISPOSITIONS = frozenset(d.value for d in Disposition)
 
 GENERATOR_VERSION = "det-1"
 TIMELINE_MAX = 200
@@ -51,7 +58,12 @@ REASON_POINTS = {
     ReasonCode.NEW_PAYEE: 10,
     ReasonCode.GEO_MISMATCH: 10,
     ReasonCode.MERCHANT_RISK: 10,
+    ReasonCode.LINKED_TO_CONFIRMED_FRAUD: 30,
+    ReasonCode.LINKED_ACCOUNTS: 20,
 }
+# Links raise the floor to at least this level, whatever the points say (SPEC: a link to
+# an account an analyst confirmed as fraud is at least HIGH; docs/contract.md the rest).
+LINK_FLOOR_SCORE = {ReasonCode.LINKED_TO_CONFIRMED_FRAUD: 50, ReasonCode.LINKED_ACCOUNTS: 25}
 LEVEL_FLOORS = ((75, RiskLevel.CRITICAL), (50, RiskLevel.HIGH), (25, RiskLevel.MEDIUM))
 STRONG = frozenset(
     {
@@ -77,6 +89,7 @@ ACTIONS_FOR = {
     ReasonCode.DEVICE_RISK: (Action.VERIFY_DEVICE,),
     ReasonCode.NEW_DEVICE: (Action.VERIFY_DEVICE,),
     ReasonCode.NEW_PAYEE: (Action.CONTACT_CUSTOMER,),
+    ReasonCode.LINKED_TO_CONFIRMED_FRAUD: (Action.HOLD_PENDING_REVIEW,),
 }
 
 
@@ -90,6 +103,7 @@ class Assessment:
     findings: tuple[Finding, ...]
     confidence: Confidence
     actions: tuple[Action, ...]
+    links: Assessed | None = None
 
 
 def level_for(score: int) -> RiskLevel:
@@ -99,11 +113,17 @@ def level_for(score: int) -> RiskLevel:
 def assess(case: Case, failed: list[str] | None = None) -> Assessment:
     """`failed`: collects the names of detectors that raised (see features.find_all)."""
     findings = tuple(find_all(case, failed))
+    links = None
+    if case.links:
+        links = assess_links(case.links, case.family, case.alerts[-1]["occurred_at"])
+        findings += tuple(_link_findings(links))
     top = max(case.alerts, key=lambda a: SEVERITY_POINTS[a["severity"]])
     score = SEVERITY_POINTS[top["severity"]]
     score += round(ALERT_SCORE_POINTS * max((a.get("score") or 0.0) for a in case.alerts))
     score += sum(REASON_POINTS.get(f.reason, 0) for f in findings)
     score = min(score, 100)
+    for f in findings:
+        score = max(score, LINK_FLOOR_SCORE.get(f.reason, 0))
     level = level_for(score)
     reasons = (*(f.reason for f in findings), ReasonCode.RULE_HIT)
     severe = any(a["severity"] in SEVERE for a in case.alerts)
@@ -114,7 +134,22 @@ def assess(case: Case, failed: list[str] | None = None) -> Assessment:
         findings,
         _confidence(case, findings),
         _actions(level, reasons, severe),
+        links,
     )
+
+
+def _link_findings(links: Assessed) -> list[Finding]:
+    """One finding per reason: the texts of its entities joined, their evidence merged."""
+    out = []
+    for confirmed, code in (
+        (True, ReasonCode.LINKED_TO_CONFIRMED_FRAUD),
+        (False, ReasonCode.LINKED_ACCOUNTS),
+    ):
+        these = [f for f in links.findings if f.confirmed is confirmed]
+        if these:
+            evidence = tuple(dict.fromkeys(e for f in these for e in f.evidence))
+            out.append(Finding(code, "; ".join(f.text for f in these), evidence))
+    return out
 
 
 def _confidence(case: Case, findings: Iterable[Finding]) -> Confidence:
@@ -157,6 +192,10 @@ def build_brief(
         _alert_fact(case),
         *_device_facts(case),
         *(KeyFact(text=f.text, evidence_event_ids=list(f.evidence)) for f in a.findings),
+        *(
+            KeyFact(text=text, evidence_event_ids=list(evidence))
+            for text, evidence in (a.links.context if a.links else ())
+        ),
     ]
     return CaseBrief(
         brief_id=case.brief_id(),
@@ -190,7 +229,25 @@ def build_brief(
             device_signals=len(case.signals),
             alerts=len(case.alerts),
         ),
+        linked_accounts=_linked_accounts(a.links),
     )
+
+
+def _linked_accounts(links: Assessed | None) -> list[LinkedAccount]:
+    if links is None:
+        return []
+    return [
+        LinkedAccount(
+            account_id=v.account_id,
+            entity_kind=SharedEntity(v.entity_kind.value.upper()),
+            case_ids=list(v.case_ids),
+            disposition=Disposition(v.disposition) if v.disposition in DISPOSITIONS else None,
+            disposition_at=v.disposition_at if v.disposition in DISPOSITIONS else None,
+            household=v.household,
+            evidence_event_ids=list(v.evidence),
+        )
+        for v in links.accounts
+    ]
 
 
 def _alert_fact(case: Case) -> KeyFact:

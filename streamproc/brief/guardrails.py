@@ -205,6 +205,9 @@ EVIDENCE_FOR: dict[ReasonCode, Callable[[str, Record], bool]] = {
     ReasonCode.MERCHANT_RISK: _is_merchant,
     ReasonCode.RULE_HIT: _is_alert,
     ReasonCode.OTHER: lambda kind, r: True,
+    # Known only from the entity index, never from the case's events: the floor's alone.
+    ReasonCode.LINKED_ACCOUNTS: lambda kind, r: False,
+    ReasonCode.LINKED_TO_CONFIRMED_FRAUD: lambda kind, r: False,
 }
 
 

@@ -39,6 +39,8 @@ class ReasonCode(StrEnum):
     MERCHANT_RISK = "MERCHANT_RISK"
     RULE_HIT = "RULE_HIT"
     OTHER = "OTHER"
+    LINKED_ACCOUNTS = "LINKED_ACCOUNTS"
+    LINKED_TO_CONFIRMED_FRAUD = "LINKED_TO_CONFIRMED_FRAUD"
 
 
 class Action(StrEnum):
@@ -98,6 +100,33 @@ class Generation(_Frozen):
     variant: Literal["primary", "shadow", "canary"] = "primary"
 
 
+class SharedEntity(StrEnum):
+    DEVICE = "DEVICE"
+    IBAN = "IBAN"
+    CARD = "CARD"
+    IP = "IP"
+    EMAIL = "EMAIL"
+    PHONE = "PHONE"
+
+
+class Disposition(StrEnum):
+    CONFIRMED_FRAUD = "CONFIRMED_FRAUD"
+    FALSE_POSITIVE = "FALSE_POSITIVE"
+
+
+class LinkedAccount(_Frozen):
+    """Another account seen with an entity of this case (a device, beneficiary IBAN,
+    card, IP, email or phone) within the entity index's lookback."""
+
+    account_id: str
+    entity_kind: SharedEntity
+    case_ids: list[str] = Field(description="cases open on that account that asked about it")
+    disposition: Disposition | None = None
+    disposition_at: int | None = Field(None, description="epoch milliseconds, UTC")
+    household: bool = Field(description="its alerts carry this case's surname: context")
+    evidence_event_ids: list[str] = Field(min_length=1)
+
+
 class CaseCounts(_Frozen):
     transactions: int
     device_signals: int
@@ -127,6 +156,7 @@ class CaseBrief(_Frozen):
     generation: Generation
     redaction: dict[str, int]
     counts: CaseCounts
+    linked_accounts: list[LinkedAccount] = Field(default_factory=list)
 
     def to_avro(self) -> dict[str, Any]:
         """Dict ready for fastavro (enums as strings, timestamps as epoch ms)."""

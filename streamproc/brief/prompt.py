@@ -136,13 +136,25 @@ def _dumps(obj: Any) -> str:
 
 
 def _assessment(floor: CaseBrief, scrub: Callable[[str], str]) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "risk_level": floor.risk_level.value,
         "risk_score": floor.risk_score,
         "reason_codes": [r.value for r in floor.reason_codes],
         "findings": [scrub(f.text) for f in floor.key_facts],
         "suggested_actions": [a.value for a in floor.recommended_actions],
     }
+    if floor.linked_accounts:  # by placeholder: the model reasons about the network, never ids
+        out["linked_accounts"] = [
+            {
+                "account": f"<LINKED_ACCOUNT_{n}>",
+                "shared": link.entity_kind.value,
+                "open_cases": len(link.case_ids),
+                "analyst_decision": link.disposition.value if link.disposition else None,
+                "same_family_name": link.household,
+            }
+            for n, link in enumerate(floor.linked_accounts, 1)
+        ]
+    return out
 
 
 def _must_include(records: Mapping[str, list[Record]], floor: CaseBrief) -> set[str]:

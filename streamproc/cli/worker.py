@@ -15,6 +15,7 @@ from streamproc.errors import TopologyError
 from streamproc.kafka import security
 from streamproc.kafka.admin import admin_client, broker_count, check_copartitioned, partition_counts
 from streamproc.llm.prices import configured_price
+from streamproc.network.entities import EntityHasher
 from streamproc.ops import logs
 from streamproc.ops.http import http_service
 from streamproc.ops.metrics import Metrics
@@ -27,13 +28,32 @@ def check_topology(settings: Settings) -> tuple[int, int]:
     admin = admin_client(settings)
     counts = partition_counts(admin)
     t = settings.topics
-    n = check_copartitioned(counts, t.inputs, internal=[t.settle, *changelog_topics(settings)])
-    missing = [name for name in (t.briefs, t.dlq, t.settle) if name not in counts]
+    linked = settings.entity_key_value() is not None
+    internal = [t.settle, *changelog_topics(settings)]
+    if linked:
+        internal += [t.entity_index, t.entity_links]
+    n = check_copartitioned(counts, t.inputs, internal=internal)
+    needed = (t.briefs, t.dlq, t.settle, *((t.entity_index, t.entity_links) if linked else ()))
+    missing = [name for name in needed if name not in counts]
     if missing:
         raise TopologyError(
             f"topic(s) missing: {', '.join(missing)}. Create them with `streamproc topics apply`."
         )
     return n, min(3, broker_count(admin))
+
+
+def announce_links(settings: Settings) -> None:
+    key = settings.entity_key_value()
+    if key is None:
+        log.warning("STREAMPROC_ENTITY_KEY is unset: linked accounts are off (briefs list none)")
+        return
+    EntityHasher(key)  # a short key fails here, naming the setting
+    log.info(
+        "linked accounts on: entity index %s, answers %s, a case waits up to %d ms",
+        settings.topics.entity_index,
+        settings.topics.entity_links,
+        settings.links_max_wait_ms,
+    )
 
 
 class _Worker(faust.Worker):
@@ -54,6 +74,7 @@ def run_worker(settings: Settings) -> int:
     logs.configure(settings.log_level.value, settings.log_format.value)
     # Settings first: a wrong one fails before any network call.
     announce_llm(settings)
+    announce_links(settings)
     auth = security.resolve(settings)
     security.faust_credentials(auth)  # loads the TLS files now: a bad one fails here
     partitions, replication = check_topology(settings)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamproc.domain.window import SIGNAL, TXN, Window
+from streamproc.network.links import Answered, canonical
 
 BRIEF_ID_NAMESPACE = uuid.UUID("4f7d0a52-8d0e-4e0c-9a51-5e2b8f1c7a11")
 
@@ -28,6 +29,10 @@ class Case:
     data_gaps: tuple[str, ...] = ()
     event_ids: frozenset[str] = field(default=frozenset(), compare=False)
     missing_transaction_ids: tuple[str, ...] = field(default=(), compare=False)
+    # The entity index's answers about the case's entities (network/links.py), and the
+    # keyed hash of the surname on its alerts: households are context, not rings.
+    links: tuple[Answered, ...] = ()
+    family: str | None = field(default=None, compare=False)
 
     @property
     def alert_ids(self) -> list[str]:
@@ -42,6 +47,9 @@ class Case:
             "signals": sorted(s["event_id"] for s in self.signals),
             "gaps": sorted(self.data_gaps),
         }
+        linked = canonical(self.links)
+        if linked:
+            content["links"] = linked
         blob = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 

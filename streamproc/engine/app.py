@@ -27,10 +27,12 @@ from streamproc.engine.checkpoint import Checkpoint
 from streamproc.engine.dlq import InMessage, Outgoing, as_in_message, dead_letter
 from streamproc.engine.gate import LogEndAsker
 from streamproc.engine.llm_stage import llm_stage
+from streamproc.engine.network import Network
 from streamproc.engine.processor import BriefPlan, CaseProcessor
 from streamproc.engine.state import ConfluentChangelog
 from streamproc.engine.tables import faust_app, state_tables
 from streamproc.kafka.clients import producer_config
+from streamproc.network.entities import EntityHasher
 from streamproc.ops.health import Health, Snapshot, broker_reachable, registry_answers
 from streamproc.ops.lag import consumer_lag
 from streamproc.ops.metrics import Metrics
@@ -70,13 +72,23 @@ class CaseWorker:
     ) -> None:
         internals.check()
         self.s, self.metrics, self.topics, self.codec = settings, metrics, settings.topics, codec
+        self.partitions = partitions
         t = self.topics
         # internals.BatchSink: the order a fetch's records are handled. Alerts first: a
         # case held by the inputs gate asks for log-end offsets while the transactions
         # and signals fetched with it are handled (at 26,000 events/s, p99 210-518 ms
         # with alerts last, 223-231 ms first). The gate, not this order, makes a brief
         # wait for its inputs.
-        self.input_topics = (t.alerts, t.transactions, t.device_signals, t.feedback, t.settle)
+        self.input_topics: tuple[str, ...] = (
+            t.alerts,
+            t.transactions,
+            t.device_signals,
+            t.feedback,
+            t.settle,
+        )
+        key = settings.entity_key_value()
+        if key is not None:  # linked accounts: the entity index's topics are read too
+            self.input_topics += (t.entity_index, t.entity_links)
         self.health = Health()
         self.records_handled = 0  # input records handed to `handle` (readiness)
         self._serving = False  # started; `serving` says when writes may happen
@@ -88,6 +100,18 @@ class CaseWorker:
             self.app, self.changelog, metrics, partitions, on_trim=self._trimmed
         )
         self._stores = {self.tables[name].topic: store for name, store in stores.items()}
+        self.network = (
+            None
+            if key is None
+            else Network(
+                settings,
+                EntityHasher(key),
+                metrics,
+                self.tables["entities"],
+                self.changelog.produce,
+                partitions,
+            )
+        )
         self.processor = CaseProcessor(
             settings,
             codec,
@@ -97,6 +121,7 @@ class CaseWorker:
             self.tables["pending"],
             committed=self._committed,
             partitions=partitions,
+            network=self.network,
         )
         cache = self.tables["llm_cache"]
         self.stage = llm_stage(
@@ -352,7 +377,10 @@ class CaseWorker:
         lags = consumer_lag(self.app, (*self.topics.inputs, self.topics.settle))
         for topic, lag in lags.items():
             self.metrics.consumer_lag.labels(topic).set(lag)
-        holding = bool(self._active_partitions())
+        active = self._active_partitions()
+        holding = bool(active)
+        for p in range(self.partitions):
+            self.metrics.partitions_owned.labels(str(p)).set(1 if p in active else 0)
         self.health.observe_progress(
             self.records_handled, sum(lags.values()), holding, self.app.rebalancing
         )

@@ -14,6 +14,7 @@ keeps their changelogs co-partitioned with the inputs):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, MutableMapping
@@ -33,12 +34,14 @@ from streamproc.domain.window import SIGNAL, TXN, AddOutcome, add_event, empty_w
 from streamproc.engine import feedback, ticks
 from streamproc.engine.dlq import Outgoing, Record, as_in_message, dead_letter
 from streamproc.engine.inputs import InputProgress
+from streamproc.engine.network import Network
 from streamproc.errors import EventError, EventKeyError, EventValidationError
 from streamproc.ops.metrics import Metrics
 from streamproc.privacy.redact import Redactor
 
 log = logging.getLogger(__name__)
 Table = MutableMapping[str, Any]
+LINKS_RECHECK_S = 0.25  # while waiting for the entity index's answers
 RECHECK_S = 1.0  # while waiting for transactions an alert names; the inputs gate's fallback
 MURMUR2_SEED = 0x9747B28C  # the Java client's (org.apache.kafka.common.utils.Utils.murmur2)
 KEYS_REMEMBERED = 200_000  # keys whose partition was checked (then forgotten at once)
@@ -107,8 +110,10 @@ class CaseProcessor:
         clock: Callable[[], float] = time.time,
         committed: Callable[[str, int], int | None] = lambda _topic, _partition: None,
         partitions: int | None = None,
+        network: Network | None = None,
     ) -> None:
         self.s = settings
+        self.network = network  # linked accounts (engine/network.py); None: off
         self.partitions = partitions  # the inputs' count: a record must sit on its key's
         self._keys_checked: dict[bytes, int] = {}
         self.topics = settings.topics
@@ -152,6 +157,11 @@ class CaseProcessor:
         worker hands over what it fetched without copying it."""
         topic, partition = msg.topic, msg.partition
         self._consumed(topic).inc()
+        if self.network is not None and topic in (
+            self.topics.entity_index,
+            self.topics.entity_links,
+        ):
+            return self._on_network(msg)
         key, inputs = (topic, partition), self.inputs
         inputs.read_to[key] = msg.offset + 1
         try:
@@ -162,6 +172,8 @@ class CaseProcessor:
         if topic == self.topics.feedback:  # an analyst's decision: no event time, no window
             case = self.cases.get(record["case_id"])
             feedback.observe(self.metrics, record, feedback.provenance(case, record["brief_id"]))
+            if self.network is not None:  # it travels to the entities of its case
+                self.network.on_decision(record, case)
             return None
         if record["occurred_at"] > inputs.stream_time.get(key, 0):
             inputs.stream_time[key] = record["occurred_at"]
@@ -182,6 +194,25 @@ class CaseProcessor:
             )
         return record
 
+    def _on_network(self, msg: Record) -> Outgoing | None:
+        """An entity index message (this worker owns the entity) or an answer (it owns
+        the case that asked)."""
+        assert self.network is not None
+        try:
+            if msg.value is None:
+                raise ValueError("no value")
+            if msg.topic == self.topics.entity_index:
+                self.network.on_index(msg.value)
+                return None
+            case_id = self.network.on_answer(msg.value, self.cases)
+        except (ValueError, KeyError, TypeError) as exc:
+            error = EventValidationError(f"malformed entity index record: {exc!r}"[:200])
+            self.metrics.events_rejected.labels(msg.topic, error.reason).inc()
+            return dead_letter(self.topics.dlq, as_in_message(msg), error, stage="decode")
+        if case_id is not None and case_id in self.pending:
+            self.released.add(case_id)  # its answers are in: due now
+        return None
+
     def _on_event(self, topic: str, record: dict[str, Any], partition: int) -> None:
         account = record["account_id"]
         window = self.windows.get(account) or empty_window()
@@ -195,6 +226,9 @@ class CaseProcessor:
         if outcome is AddOutcome.ADDED:
             window["wt"], window["p"] = self.clock(), partition
             self.windows[account] = window
+            if self.network is not None:
+                kind = "transaction" if topic == self.topics.transactions else "signal"
+                self.network.observe(kind, record, window.get("fam"))
         elif outcome is AddOutcome.DUPLICATE:
             self.metrics.events_duplicate.labels(topic).inc()
         else:
@@ -226,9 +260,32 @@ class CaseProcessor:
             log.warning("alert joins a case opened on another account; kept on the first")
         case["alerts"][alert["event_id"]] = alert
         case["retire_at"] = None  # an open case is never retired
+        if self.network is not None:
+            self._alert_entities(case, alert, partition)
         self.cases[case_id] = case
         if case_id not in self.pending:
             self._make_pending(case_id, case["account_id"], partition, self.s.case_settle_s)
+
+    def _alert_entities(self, case: dict[str, Any], alert: dict[str, Any], partition: int) -> None:
+        """The alert's own entities (email, phone) are sighted; its surname's keyed hash
+        goes to the case and the account's window, whose entities are sighted again with
+        it the first time it is known (households are context, not rings)."""
+        assert self.network is not None
+        family = self.network.family_of(alert.get("customer_name"))
+        account = alert["account_id"]
+        window = self.windows.get(account)
+        if family is not None:
+            case["family"] = family
+            if window is None or window.get("fam") != family:
+                window = window or empty_window()
+                window["fam"], window["wt"], window["p"] = family, self.clock(), partition
+                self.windows[account] = window
+                self.network.resight(
+                    [("transaction", t) for t in window[TXN].values()]
+                    + [("signal", s) for s in window[SIGNAL].values()],
+                    family,
+                )
+        self.network.observe("alert", alert, family or (window or {}).get("fam"))
 
     def _make_pending(self, case_id: str, account: str, partition: int, due_in: float) -> None:
         """Pend a case for a brief due in `due_in` seconds; its wait starts now."""
@@ -260,6 +317,8 @@ class CaseProcessor:
             for case_id in [c for c in self.gated if c not in self.pending]:
                 del self.gated[case_id]
             self.released &= set(self.pending)
+            if self.network is not None:
+                self.network.forget(self.pending.__contains__)
             due += self._scheduler.sweep(
                 self.cases, self.windows, active, now, self.s.lookback_h * 3600
             )
@@ -340,6 +399,18 @@ class CaseProcessor:
                 self.wants_end_offsets = True
             return None
         self.gated.pop(case_id, None)
+        if self.network is not None:
+            links = self.network.links_for(case, assembled, pend["partition"])
+            self.cases[case_id] = case  # its asks, and the entities its decision goes to
+            if links.waiting:  # an answer releases it (`_on_network`); else the wait ends
+                self.pending[case_id] = {**pend, "due": now + min(RECHECK_S, LINKS_RECHECK_S)}
+                return None
+            assembled = dataclasses.replace(
+                assembled,
+                links=links.answers,
+                family=case.get("family"),
+                data_gaps=assembled.data_gaps + ((links.gap,) if links.gap else ()),
+            )
         if assembled.brief_id() == case["last_brief_id"]:
             self._unpend(case_id)
             self.metrics.briefs_unchanged.inc()

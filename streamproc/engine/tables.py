@@ -20,7 +20,7 @@ from streamproc.engine.state import ConfluentChangelog, Shrink, WriteBackTable
 from streamproc.kafka import security
 from streamproc.ops.metrics import Metrics
 
-TABLES = ("windows", "cases", "pending", "llm_cache")
+TABLES = ("windows", "cases", "pending", "llm_cache", "entities")
 # How a value over its changelog's record limit is trimmed (a table without: not kept).
 SHRINK: dict[str, Shrink] = {"windows": bounds.shrink_window, "cases": bounds.shrink_case}
 DLQ_MAX_BYTES = 4 * 1024 * 1024

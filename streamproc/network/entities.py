@@ -101,7 +101,10 @@ class EntityHasher:
         normal = normalise(kind, value)
         if normal is None:
             return None
-        digest = hmac.new(self._key, f"{kind.value}\x00{normal}".encode(), hashlib.sha256)
+        return self.keyed(kind.value, normal)
+
+    def keyed(self, tag: str, value: str) -> str:
+        digest = hmac.new(self._key, f"{tag}\x00{value}".encode(), hashlib.sha256)
         return digest.hexdigest()[:KEY_HEX_CHARS]
 
     def entities(self, kind: str, records: Iterable[Mapping[str, Any]]) -> list[EntityRef]:
@@ -109,6 +112,8 @@ class EntityHasher:
         out: set[EntityRef] = set()
         for record in records:
             for name, entity_kind in FIELDS.get(kind, ()):
+                if entity_kind is EntityKind.IBAN and record.get("direction") != "DEBIT":
+                    continue  # a beneficiary: money sent to it (an employer pays many)
                 value = record.get(name)
                 if not isinstance(value, str):
                     continue

@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_ACCOUNTS = 64
+MAX_CASES = 4  # case ids kept per account and entity
+CASE_ID_MAX = 64
+FAMILY_MAX = 32
 DECISION_RETAIN_D = 90
 DAY_MS = 86_400_000
 ACCOUNT_ID_MAX = 64  # characters of an account id kept (the contract's bound on ids)
@@ -35,10 +38,13 @@ DECISIONS = ("CONFIRMED_FRAUD", "FALSE_POSITIVE")
 class Seen:
     """When an account was first and last seen with the entity. No count of sightings:
     a replay after a crash sends sightings again, and seeing one twice must change
-    nothing."""
+    nothing. `cases`: the account's cases that asked about the entity (the latest
+    MAX_CASES); `family`: the keyed hash of the surname on the account's alerts."""
 
     first_ms: int
     last_ms: int
+    cases: list[str] = field(default_factory=list)
+    family: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,31 @@ class Link:
     first_ms: int
     last_ms: int
     decision: Decision | None
+    cases: tuple[str, ...] = ()
+    family: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.decision
+        return {
+            "a": self.account_id,
+            "f1": self.first_ms,
+            "l": self.last_ms,
+            "d": [d.decision, d.at_ms] if d else None,
+            "c": list(self.cases),
+            "fam": self.family,
+        }
+
+    @classmethod
+    def from_json(cls, v: dict[str, Any]) -> Link:
+        d = v.get("d")
+        return cls(
+            str(v["a"]),
+            int(v["f1"]),
+            int(v["l"]),
+            Decision(str(d[0]), int(d[1])) if d else None,
+            tuple(str(c) for c in v.get("c") or ()),
+            v.get("fam"),
+        )
 
 
 @dataclass
@@ -64,13 +95,21 @@ class EntityEntry:
     decisions: dict[str, Decision] = field(default_factory=dict)
     overflow: int = 0  # accounts dropped for MAX_ACCOUNTS since the entry began
 
-    def see(self, account_id: str, at_ms: int) -> None:
+    def see(
+        self, account_id: str, at_ms: int, family: str | None = None, case_id: str | None = None
+    ) -> None:
+        """A sighting (or an ask, which names its case): idempotent, so a replay of the
+        same records leaves the entry as it was."""
         account_id = account_id[:ACCOUNT_ID_MAX]
         seen = self.accounts.get(account_id)
         if seen is None:
-            self.accounts[account_id] = Seen(at_ms, at_ms)
+            seen = self.accounts[account_id] = Seen(at_ms, at_ms)
         else:
             seen.first_ms, seen.last_ms = min(seen.first_ms, at_ms), max(seen.last_ms, at_ms)
+        if family:
+            seen.family = family[:FAMILY_MAX]
+        if case_id and case_id[:CASE_ID_MAX] not in seen.cases:
+            seen.cases = [*seen.cases, case_id[:CASE_ID_MAX]][-MAX_CASES:]
         if len(self.accounts) > MAX_ACCOUNTS:
             ordered = sorted(self.accounts.items(), key=lambda kv: (kv[1].last_ms, kv[0]))
             for gone, _ in ordered[: len(self.accounts) - MAX_ACCOUNTS]:
@@ -107,7 +146,7 @@ class EntityEntry:
         and those an analyst decided on, most recently seen first."""
         oldest = now_ms - lookback_ms
         out = [
-            Link(a, s.first_ms, s.last_ms, self.decisions.get(a))
+            Link(a, s.first_ms, s.last_ms, self.decisions.get(a), tuple(s.cases), s.family)
             for a, s in self.accounts.items()
             if a != account_id and oldest <= s.last_ms and s.first_ms <= now_ms
         ]
@@ -124,7 +163,7 @@ class EntityEntry:
     def to_json(self) -> dict[str, Any]:
         return {
             "k": self.kind,
-            "a": {a: [s.first_ms, s.last_ms] for a, s in self.accounts.items()},
+            "a": {a: [s.first_ms, s.last_ms, s.cases, s.family] for a, s in self.accounts.items()},
             "d": {a: [d.decision, d.at_ms] for a, d in self.decisions.items()},
             "o": self.overflow,
         }
@@ -133,7 +172,15 @@ class EntityEntry:
     def from_json(cls, value: dict[str, Any]) -> EntityEntry:
         return cls(
             kind=str(value["k"]),
-            accounts={a: Seen(int(v[0]), int(v[1])) for a, v in value["a"].items()},
+            accounts={
+                a: Seen(
+                    int(v[0]),
+                    int(v[1]),
+                    [str(c) for c in v[2]] if len(v) > 2 else [],
+                    v[3] if len(v) > 3 else None,
+                )
+                for a, v in value["a"].items()
+            },
             decisions={a: Decision(str(v[0]), int(v[1])) for a, v in value.get("d", {}).items()},
             overflow=int(value.get("o", 0)),
         )
@@ -146,7 +193,8 @@ def max_bytes() -> int:
     entry = EntityEntry("device")
     for i in range(MAX_ACCOUNTS):
         account = f"{i:0{ACCOUNT_ID_MAX}d}"
-        entry.accounts[account] = Seen(widest, widest)
+        cases = [f"{i}{k:0{CASE_ID_MAX - 1}d}"[:CASE_ID_MAX] for k in range(MAX_CASES)]
+        entry.accounts[account] = Seen(widest, widest, cases, "f" * FAMILY_MAX)
         entry.decisions[f"d{account}"[:ACCOUNT_ID_MAX]] = Decision("CONFIRMED_FRAUD", widest)
     entry.overflow = widest
     return len(json.dumps(entry.to_json(), separators=(",", ":")).encode())

@@ -108,6 +108,30 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.partitions_owned = Gauge(
+            "streamproc_partitions_owned",
+            "1 for each input partition this worker owns (actively), 0 for the others.",
+            ["partition"],
+            registry=r,
+        )
+        self.links_messages = Counter(
+            "streamproc_links_messages_total",
+            "Entity index messages sent: s (sighting), q (ask), d (decision), answer.",
+            ["kind"],
+            registry=r,
+        )
+        self.links_timed_out = Counter(
+            "streamproc_links_timed_out_total",
+            "Entities a case asked the index about and was briefed without an answer for "
+            "(LINKS_MAX_WAIT_MS passed; the brief says so in its data gaps).",
+            registry=r,
+        )
+        self.links_wait = Histogram(
+            "streamproc_links_wait_seconds",
+            "A case's first ask to the entity index → its answers in (or the wait ended).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.cases_pending = Gauge(
             "streamproc_cases_pending",
             "Cases waiting for their settle delay on this worker.",

@@ -44,7 +44,12 @@ def test_every_secret_has_a_file_form_and_says_so() -> None:
         for name, info in Settings.model_fields.items()
         if info.annotation in (SecretStr, SecretStr | None)
     ]
-    assert sorted(secrets) == ["kafka_sasl_password", "kafka_ssl_key_password", "llm_api_key"]
+    assert sorted(secrets) == [
+        "entity_key",
+        "kafka_sasl_password",
+        "kafka_ssl_key_password",
+        "llm_api_key",
+    ]
     for name in secrets:
         assert f"{name}_file" in Settings.model_fields
         key = f"STREAMPROC_{name.upper()}"

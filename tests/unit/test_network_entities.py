@@ -53,7 +53,8 @@ def test_the_entities_of_events_cite_their_events() -> None:
     h = EntityHasher(KEY)
     txs = [
         {"event_id": "e1", "device_id": "dev-1", "counterparty_iban": "GB82WEST12345698765432",
-         "card_pan": None, "ip_address": "10.0.0.1"},
+         "card_pan": None, "ip_address": "10.0.0.1", "direction": "DEBIT"},
+        {"event_id": "e3", "counterparty_iban": "DE89370400440532013000", "direction": "CREDIT"},
         {"event_id": "e2", "device_id": "dev-1", "counterparty_iban": None,
          "card_pan": "4111111111111111", "ip_address": "81.2.69.160"},
     ]  # fmt: skip

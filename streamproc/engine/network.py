@@ -1,0 +1,266 @@
+"""The worker's side of linked accounts: sightings out, the index kept, asks answered,
+answers joined to their cases (network/links.py has the messages and the assessment).
+
+Every record this sends goes through the changelog's producer, with the writes of the
+sub-batch (or model task) at hand: it is delivered before the offsets of the records
+that caused it are acknowledged, so a crash loses no sighting, ask or answer; a replay
+sends them again, and each is idempotent where it lands (an entry keeps first and last
+seen, an answer is stored by its ask's id).
+
+State, in the tables the processor already writes with the record's partition:
+    entities  entity key → EntityEntry JSON      (written on the index's partition)
+    cases     case_id → {..., "links": {ask_id: answer}, "asked": {ask_id: wall s},
+                         "entities": [[kind, key], ...], "family": hash}
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from streamproc.config import Settings
+from streamproc.domain.case import Case
+from streamproc.network import links as L
+from streamproc.network.entities import FIELDS, EntityHasher, EntityKind
+from streamproc.network.index import EntityEntry, Link
+from streamproc.ops.metrics import Metrics
+
+log = logging.getLogger(__name__)
+Table = MutableMapping[str, Any]
+Produce = Callable[[str, int, bytes, bytes | None], None]
+SIGHTING_REFRESH_MS = 3_600_000  # a pair already sent is sent again when seen this much later
+REMEMBERED = 200_000  # (account, entity) pairs and raw values remembered (then forgotten)
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """What a due case has of its links: the answers, what is still awaited, the gap."""
+
+    answers: tuple[L.Answered, ...]
+    waiting: int  # entities asked and not answered
+    gap: str | None
+
+
+class Network:
+    def __init__(
+        self,
+        settings: Settings,
+        hasher: EntityHasher,
+        metrics: Metrics,
+        entities: Table,
+        produce: Produce,
+        partitions: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.s, self.hasher, self.metrics = settings, hasher, metrics
+        self.entities, self.produce, self.partitions = entities, produce, partitions
+        self.topics = settings.topics
+        self.clock = clock
+        self.lookback_ms = int(settings.links_lookback_h * 3600 * 1000)
+        self.max_wait_s = settings.links_max_wait_ms / 1000
+        self._keys: dict[tuple[EntityKind, str], str | None] = {}
+        self._sent: dict[tuple[str, str], tuple[int, int]] = {}
+        # When this worker began waiting for each case's answers. In memory, as the inputs
+        # gate's wait is: a case taken over after a crash waits afresh, since the answers
+        # to its durable asks are still to be read from the links topic.
+        self._since: dict[str, float] = {}
+
+    # -- the account's owner: sightings ---------------------------------------------------
+
+    def key_of(self, kind: EntityKind, value: str) -> str | None:
+        cached = self._keys.get((kind, value), _MISSING)
+        if cached is _MISSING:
+            if len(self._keys) >= REMEMBERED:
+                self._keys.clear()
+            cached = self._keys[(kind, value)] = self.hasher.key_of(kind, value)
+        return cached  # type: ignore[return-value]
+
+    def observe(self, kind: str, record: dict[str, Any], family: str | None) -> None:
+        """An input event of `kind` ("transaction", "signal", "alert") was applied: send a
+        sighting of each entity it carries, unless this worker sent that account's
+        sighting of it lately (the index keeps first and last seen, not counts)."""
+        account, at = record["account_id"], record["occurred_at"]
+        for name, entity_kind in FIELDS[kind]:
+            value = record.get(name)
+            if not isinstance(value, str):
+                continue
+            if entity_kind is EntityKind.IBAN and record.get("direction") != "DEBIT":
+                continue
+            key = self.key_of(entity_kind, value)
+            if key is None:
+                continue
+            pair = (account, key)
+            sent = self._sent.get(pair)
+            if sent is not None and sent[0] <= at <= sent[1] + SIGHTING_REFRESH_MS:
+                continue
+            if len(self._sent) >= REMEMBERED:
+                self._sent.clear()
+            self._sent[pair] = (at, at) if sent is None else (min(sent[0], at), max(sent[1], at))
+            self._send_index(
+                key,
+                {
+                    "t": L.SIGHTING,
+                    "e": key,
+                    "k": entity_kind.value,
+                    "a": account,
+                    "at": at,
+                    "f": family,
+                },
+            )
+
+    def resight(self, records: list[tuple[str, dict[str, Any]]], family: str) -> None:
+        """The account's family became known (its first alert with a name): its entities
+        are sent again, carrying it, so the index can tell a household from a ring."""
+        for kind, record in records:
+            for name, entity_kind in FIELDS[kind]:
+                value = record.get(name)
+                if isinstance(value, str):
+                    key = self.key_of(entity_kind, value)
+                    if key is not None:
+                        self._sent.pop((record["account_id"], key), None)
+            self.observe(kind, record, family)
+
+    def family_of(self, name: str | None) -> str | None:
+        return L.family_of(self.hasher, name)
+
+    def _send_index(self, key: str, message: dict[str, Any]) -> None:
+        partition = L.partition_of(key, self.partitions)
+        self.produce(self.topics.entity_index, partition, key.encode(), L.encode(message))
+        self.metrics.links_messages.labels(message["t"]).inc()
+
+    # -- the entity's owner: the index --------------------------------------------------------
+
+    def on_index(self, value: bytes) -> None:
+        """Apply one index message to its entity's entry; answer an ask."""
+        message = L.decode(value)
+        key = str(message["e"])
+        raw = self.entities.get(key)
+        entry = L.apply(
+            EntityEntry.from_json(raw) if raw is not None else None, message, self.lookback_ms
+        )
+        if entry.empty():
+            if raw is not None:
+                del self.entities[key]
+        else:
+            self.entities[key] = entry.to_json()
+        if message["t"] == L.ASK:
+            out = L.answer(entry, message, self.lookback_ms)
+            account = str(message["a"])
+            self.produce(
+                self.topics.entity_links, int(message["p"]), account.encode(), L.encode(out)
+            )
+            self.metrics.links_messages.labels("answer").inc()
+
+    # -- the case's owner: asks, answers, decisions ----------------------------------------------
+
+    def case_entities(self, case: Case) -> dict[str, tuple[EntityKind, tuple[str, ...]]]:
+        """The case's entities: key → (kind, the case's events carrying it)."""
+        found: dict[str, tuple[EntityKind, list[str]]] = {}
+        for kind, records in (
+            ("transaction", case.transactions),
+            ("signal", case.signals),
+            ("alert", case.alerts),
+        ):
+            for record in records:
+                for name, entity_kind in FIELDS[kind]:
+                    value = record.get(name)
+                    if not isinstance(value, str):
+                        continue
+                    if entity_kind is EntityKind.IBAN and record.get("direction") != "DEBIT":
+                        continue
+                    key = self.key_of(entity_kind, value)
+                    if key is not None:
+                        found.setdefault(key, (entity_kind, []))[1].append(record["event_id"])
+        return {k: (kind, tuple(dict.fromkeys(ids))) for k, (kind, ids) in found.items()}
+
+    def links_for(self, state: dict[str, Any], case: Case, partition: int) -> LinkState:
+        """The case's answers so far; asks what it has not asked yet (written into `state`,
+        which the caller writes back). Waits at most LINKS_MAX_WAIT_MS from the first ask."""
+        as_of = case.alerts[-1]["occurred_at"]
+        family = state.get("family")
+        wanted = self.case_entities(case)
+        state["entities"] = sorted([kind.value, key] for key, (kind, _) in wanted.items())
+        asked, got = state.setdefault("asked", {}), state.setdefault("links", {})
+        now = self.clock()
+        current = {L.ask_id(case.case_id, key, as_of): key for key in wanted}
+        for old in [q for q in asked if q not in current]:  # an earlier version's asks
+            del asked[old]
+        for old in [q for q in got if q not in current]:
+            del got[old]
+        answers, waiting = [], 0
+        for key, (kind, evidence) in sorted(wanted.items()):
+            q = L.ask_id(case.case_id, key, as_of)
+            answer = got.get(q)
+            if answer is not None:
+                answers.append(
+                    L.Answered(
+                        kind,
+                        key,
+                        evidence,
+                        tuple(Link.from_json(x) for x in answer["links"]),
+                        int(answer.get("o", 0)),
+                    )
+                )
+                continue
+            waiting += 1
+            if q not in asked:
+                asked[q] = now
+                self._send_index(
+                    key,
+                    L.ask(kind.value, key, case.account_id, case.case_id, as_of, partition, family),
+                )
+        gap = None
+        since = self._since.setdefault(case.case_id, now) if waiting else None
+        if since is not None and now - since >= self.max_wait_s:
+            gap = f"link lookup timed out for {waiting} entit{'y' if waiting == 1 else 'ies'}"
+            self.metrics.links_timed_out.inc(waiting)
+            waiting = 0
+        if not waiting:
+            started = self._since.pop(case.case_id, None)
+            if started is not None:
+                self.metrics.links_wait.observe(max(0.0, now - started))
+        return LinkState(tuple(answers), waiting, gap)
+
+    def forget(self, keep: Callable[[str], bool]) -> None:
+        """Drop the waits of cases no longer pending here (briefed elsewhere)."""
+        for case_id in [c for c in self._since if not keep(c)]:
+            del self._since[case_id]
+
+    def on_answer(self, value: bytes, cases: Table) -> str | None:
+        """Store an answer in its case's state; returns the case id (now maybe due)."""
+        answer = L.decode_answer(value)
+        case_id = str(answer["c"])
+        state = cases.get(case_id)
+        if state is None:
+            return None
+        got = state.setdefault("links", {})
+        if answer["q"] in got:
+            return None  # a replay, or a second ask's answer: the first stands
+        if answer["q"] not in state.get("asked", {}):
+            return None  # an answer to an ask of an earlier version of the case
+        got[answer["q"]] = {"links": answer["links"], "o": answer.get("o", 0)}
+        cases[case_id] = state
+        return case_id
+
+    def on_decision(self, feedback: dict[str, Any], state: dict[str, Any] | None) -> None:
+        """An analyst's decision on a case: sent to each of the entities its case carried."""
+        if feedback.get("disposition") not in ("CONFIRMED_FRAUD", "FALSE_POSITIVE"):
+            return
+        if state is None:
+            return
+        for kind, key in state.get("entities") or ():
+            self._send_index(
+                key,
+                L.decision(
+                    kind,
+                    key,
+                    feedback["account_id"],
+                    feedback["case_id"],
+                    feedback["disposition"],
+                    int(feedback["decided_at"]),
+                ),
+            )

@@ -1,0 +1,286 @@
+"""Linked accounts through the processor on plain dicts: sightings, asks and answers
+carried by an in-process stand-in for the two internal topics (issue 25).
+
+The stand-in keeps every record produced; `pump` hands each back to the processor as
+the broker would, in order. Nothing here reads the processor's own case assembly to
+decide what a link is: the tests plant the shared values and look for them.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from streamproc.brief.model import ReasonCode, RiskLevel
+from streamproc.config import Settings
+from streamproc.contracts.codec import AvroCodec
+from streamproc.contracts.records import from_json
+from streamproc.engine.dlq import InMessage
+from streamproc.engine.network import Network
+from streamproc.engine.processor import CaseProcessor
+from streamproc.network.entities import EntityHasher
+from streamproc.ops.metrics import Metrics
+from streamproc.sim.scenario import HOUR, MIN, _Builder
+from tests.conftest import ALERT_TOPIC, SIG_TOPIC, TXN_TOPIC
+
+KEY = b"entity-key-for-tests-0123456789"
+NOW = 1_790_000_000_000
+DEVICE = "emu-7f3a-farm-device"
+FEEDBACK = "fraud.brief-feedback.v1"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Bus:
+    """The internal topics: what was produced, in order, and what was handed back."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, int, bytes, bytes | None]] = []
+        self.read = 0
+        self.drop_answers = False
+
+    def produce(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
+        self.records.append((topic, partition, key, value))
+
+
+class Worker:
+    def __init__(self, codec: AvroCodec, bus: Bus, tables: dict[str, dict[str, Any]] | None = None,
+                 **settings: Any) -> None:  # fmt: skip
+        self.clock, self.codec, self.bus, self.metrics = Clock(), codec, bus, Metrics()
+        self.tables = tables or {n: {} for n in ("windows", "cases", "pending", "entities")}
+        s = Settings(case_settle_s=1.0, lookback_h=100_000, **settings)
+        self.s = s
+        self.network = Network(s, EntityHasher(KEY), self.metrics, self.tables["entities"],
+                               bus.produce, 6, clock=self.clock)  # fmt: skip
+        self.p = CaseProcessor(s, codec, self.metrics, self.tables["windows"],
+                               self.tables["cases"], self.tables["pending"], clock=self.clock,
+                               network=self.network)  # fmt: skip
+        self.offset = 0
+
+    def send(self, topic: str, events: list[dict[str, Any]]) -> None:
+        for e in events:
+            record = from_json(self.codec.schemas.for_topic(topic), e)
+            self.offset += 1
+            value = self.codec.encode(topic, record)
+            out = self.p.on_input(
+                InMessage(topic, 0, self.offset, e["account_id"].encode(), value, [])
+            )
+            assert out is None, out
+
+    def pump(self) -> None:
+        bus = self.bus
+        while bus.read < len(bus.records):
+            topic, partition, key, value = bus.records[bus.read]
+            bus.read += 1
+            if topic == self.s.topics.entity_links and bus.drop_answers:
+                continue
+            self.offset += 1
+            out = self.p.on_input(InMessage(topic, partition, self.offset, key, value, []))
+            assert out is None, out
+
+    def settle(self) -> list[Any]:
+        self.p.inputs.note_end_offsets(
+            {**{(t, 0): 0 for t in (TXN_TOPIC, SIG_TOPIC)}, **self.p.inputs.read_to},
+            self.clock.now,
+        )
+        briefs = []
+        for case_id, _ in self.p.due_now({0}):
+            plan = self.p.plan_brief(case_id)
+            if plan is not None:
+                self.p.finalize_brief(plan)
+                briefs.append(plan.brief)
+        return briefs
+
+    def brief_after(self, seconds: float = 2.0) -> list[Any]:
+        """Settle, let the index answer, settle again: what the worker's loop does."""
+        self.clock.now += seconds
+        briefs = self.settle()
+        for _ in range(3):
+            self.pump()
+            briefs += self.settle()
+        return briefs
+
+
+def _ring(b: _Builder, accounts: list[str], start: int, surname: str | None = None) -> None:
+    """Each account signs in on the shared device and pays a little from it."""
+    for i, acct in enumerate(accounts):
+        at = start + i * 10 * MIN
+        b.sig(acct, at, "LOGIN", DEVICE, geo="DE")
+        b.txn(acct, at + MIN, 1_500, device_id=DEVICE, channel="CARD_NOT_PRESENT")
+        if surname:
+            b.s.alerts.append(b.alert(acct, f"case-{acct}", at + 2 * MIN, "R-DEV-1", "LOW", 0.1,
+                                      [], customer_name=f"Ann {surname}"))  # fmt: skip
+
+
+def _case(b: _Builder, acct: str, at: int, surname: str = "Okafor") -> list[dict[str, Any]]:
+    s = b.sig(acct, at, "LOGIN", DEVICE, geo="DE")
+    t = b.txn(acct, at + MIN, 48_000, device_id=DEVICE, channel="CARD_NOT_PRESENT")
+    b.s.alerts.append(b.alert(acct, f"case-{acct}", at + 2 * MIN, "R-DEV-1", "MEDIUM", 0.3, [t],
+                              customer_name=f"Chidi {surname}"))  # fmt: skip
+    return [s, t]
+
+
+def _send_all(w: Worker, b: _Builder) -> None:
+    w.send(TXN_TOPIC, b.s.transactions)
+    w.send(SIG_TOPIC, b.s.signals)
+    w.pump()  # the sightings reach the index before any case asks
+    w.send(ALERT_TOPIC, b.s.alerts)
+    w.pump()
+
+
+@pytest.fixture()
+def bus() -> Bus:
+    return Bus()
+
+
+def test_a_device_shared_with_four_accounts_is_a_ring_and_the_brief_names_them(
+    codec: AvroCodec, bus: Bus
+) -> None:
+    b = _Builder(1, NOW)
+    others = [f"acct-farm-{i}" for i in range(4)]
+    _ring(b, others, NOW - 20 * HOUR)
+    carrying = _case(b, "acct-victim", NOW - HOUR)
+    w = Worker(codec, bus)
+    _send_all(w, b)
+    (brief,) = w.brief_after()
+    assert ReasonCode.LINKED_ACCOUNTS in brief.reason_codes
+    assert brief.risk_level.rank >= RiskLevel.MEDIUM.rank
+    assert sorted(la.account_id for la in brief.linked_accounts) == others
+    assert {la.entity_kind.value for la in brief.linked_accounts} == {"DEVICE"}
+    ids = {e["event_id"] for e in carrying}
+    assert all(set(la.evidence_event_ids) == ids for la in brief.linked_accounts)
+    fact = next(f for f in brief.key_facts if "other account" in f.text)
+    assert "4 other account(s)" in fact.text and set(fact.evidence_event_ids) == ids
+    # The planted raw device id is on no internal record, key or value.
+    assert bus.records and not any(
+        DEVICE.encode() in (k + (v or b"")) for _, _, k, v in bus.records
+    )
+
+
+def test_a_link_to_an_account_confirmed_as_fraud_raises_the_floor_to_high(
+    codec: AvroCodec, bus: Bus
+) -> None:
+    b = _Builder(2, NOW)
+    _case(b, "acct-first-victim", NOW - 30 * HOUR)
+    w = Worker(codec, bus)
+    _send_all(w, b)
+    (first,) = w.brief_after()
+    assert ReasonCode.LINKED_TO_CONFIRMED_FRAUD not in first.reason_codes
+    decided = NOW - 20 * HOUR
+    w.send(FEEDBACK, [{
+        "event_id": "fb-1", "brief_id": first.brief_id, "brief_version": 1,
+        "case_id": first.case_id, "account_id": "acct-first-victim",
+        "decided_at": decided, "analyst_id": "an-1", "disposition": "CONFIRMED_FRAUD",
+        "reason_codes_added": [], "reason_codes_removed": [], "facts_flagged": [],
+        "actions_taken": [],
+    }])  # fmt: skip
+    w.pump()
+    b2 = _Builder(3, NOW)
+    _case(b2, "acct-next-victim", NOW - HOUR, surname="Meyer")
+    _send_all(w, b2)
+    (brief,) = w.brief_after()
+    assert ReasonCode.LINKED_TO_CONFIRMED_FRAUD in brief.reason_codes
+    assert brief.risk_level.rank >= RiskLevel.HIGH.rank
+    (link,) = brief.linked_accounts
+    assert link.account_id == "acct-first-victim" and link.disposition is not None
+    assert link.disposition.value == "CONFIRMED_FRAUD" and link.disposition_at == decided
+    assert any("confirmed as fraud" in f.text for f in brief.key_facts)
+
+
+def test_a_false_positive_on_one_account_does_not_clear_another_confirmed_one(
+    codec: AvroCodec, bus: Bus
+) -> None:
+    b = _Builder(4, NOW)
+    _case(b, "acct-a", NOW - 40 * HOUR, surname="Ito")
+    _case(b, "acct-b", NOW - 30 * HOUR, surname="Berg")
+    w = Worker(codec, bus)
+    _send_all(w, b)
+    briefs = {x.account_id: x for x in w.brief_after()}
+    for acct, disposition in (("acct-a", "CONFIRMED_FRAUD"), ("acct-b", "FALSE_POSITIVE")):
+        w.send(FEEDBACK, [{
+            "event_id": f"fb-{acct}", "brief_id": briefs[acct].brief_id, "brief_version": 1,
+            "case_id": briefs[acct].case_id, "account_id": acct, "decided_at": NOW - 10 * HOUR,
+            "analyst_id": "an-1", "disposition": disposition, "reason_codes_added": [],
+            "reason_codes_removed": [], "facts_flagged": [], "actions_taken": [],
+        }])  # fmt: skip
+    w.pump()
+    b2 = _Builder(5, NOW)
+    _case(b2, "acct-c", NOW - HOUR, surname="Lund")
+    _send_all(w, b2)
+    (brief,) = w.brief_after()
+    assert ReasonCode.LINKED_TO_CONFIRMED_FRAUD in brief.reason_codes
+    decided = {
+        la.account_id: la.disposition.value for la in brief.linked_accounts if la.disposition
+    }
+    assert decided == {"acct-a": "CONFIRMED_FRAUD", "acct-b": "FALSE_POSITIVE"}
+
+
+def test_a_family_sharing_a_tablet_is_context_not_a_ring(codec: AvroCodec, bus: Bus) -> None:
+    b = _Builder(6, NOW)
+    family = [f"acct-family-{i}" for i in range(4)]
+    _ring(b, family, NOW - 20 * HOUR, surname="Okafor")  # each has had an alert, same name
+    _case(b, "acct-family-main", NOW - HOUR, surname="Okafor")
+    w = Worker(codec, bus)
+    _send_all(w, b)
+    brief = next(x for x in w.brief_after() if x.account_id == "acct-family-main")
+    assert ReasonCode.LINKED_ACCOUNTS not in brief.reason_codes
+    assert brief.linked_accounts and all(la.household for la in brief.linked_accounts)
+    assert any("same family name" in f.text for f in brief.key_facts)
+
+
+def test_a_missing_answer_becomes_a_data_gap_after_the_bounded_wait(
+    codec: AvroCodec, bus: Bus
+) -> None:
+    b = _Builder(7, NOW)
+    _ring(b, ["acct-x"], NOW - 5 * HOUR)
+    _case(b, "acct-y", NOW - HOUR)
+    w = Worker(codec, bus, links_max_wait_ms=1500)
+    _send_all(w, b)
+    bus.drop_answers = True
+    w.clock.now += 2.0
+    assert w.settle() == []  # asked; held for the answer
+    w.pump()
+    w.clock.now += 1.0
+    assert w.settle() == []  # still within the wait
+    w.clock.now += 1.0
+    (brief,) = w.settle()
+    assert "link lookup timed out for 1 entity" in brief.data_gaps
+    assert brief.linked_accounts == []
+
+
+def test_a_restart_between_ask_and_answer_gives_the_clean_runs_brief_id(
+    codec: AvroCodec,
+) -> None:
+    def events() -> _Builder:
+        b = _Builder(8, NOW)
+        _ring(b, ["acct-p", "acct-q"], NOW - 6 * HOUR)
+        _case(b, "acct-r", NOW - HOUR)
+        return b
+
+    clean = Worker(codec, Bus())
+    _send_all(clean, events())
+    (clean_brief,) = clean.brief_after()
+    assert len(clean_brief.linked_accounts) == 2
+
+    bus = Bus()
+    w = Worker(codec, bus)
+    _send_all(w, events())
+    w.clock.now += 2.0
+    assert w.settle() == []  # the asks are out; the worker dies before any answer is read
+    durable = copy.deepcopy(w.tables)  # what its changelogs hold
+    unread = bus.read
+    restarted = Worker(codec, bus, tables=durable)
+    restarted.clock.now = w.clock.now + 30
+    bus.read = unread  # the answers are read by the next owner
+    briefs = restarted.brief_after(0.0)
+    (brief,) = briefs
+    assert brief.brief_id == clean_brief.brief_id
+    assert [la.account_id for la in brief.linked_accounts] == ["acct-p", "acct-q"]
