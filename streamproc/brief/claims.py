@@ -237,6 +237,7 @@ _NOUNS: tuple[tuple[str, Callable[[str, Record], bool], Callable[[Record], objec
     (r"events?", _any(_signal, _txn, _alert), None),
     (r"accounts?", lambda k, r: True, lambda r: r.get("account_id")),
 )  # fmt: skip
+LINKED_ACCOUNTS = re.compile(r"^accounts?(?:\(s\))?$", re.IGNORECASE)
 NOUNS = tuple((re.compile(rf"^(?:{p})(?:\(s\))?$", re.IGNORECASE), f, d) for p, f, d in _NOUNS)
 _NOUN_ALT = "|".join(p for p, _, _ in _NOUNS)
 # Qualifiers the count honours; any other word between number and noun makes the count
@@ -596,6 +597,12 @@ class Context:
     case: Scope
     window: tuple[int, int]
     groups: tuple[Scope, ...] = ()
+    linked: int = 0  # other accounts the entity index linked to the case (network/links.py)
+
+
+def linked_count(case: Any) -> int:
+    """Distinct other accounts in the case's entity index answers."""
+    return len({x.account_id for a in getattr(case, "links", ()) for x in a.links})
 
 
 def check_text(text: str, scope: Scope, ctx: Context, published: Published, *,
@@ -714,7 +721,7 @@ def _claims(sentence: str, groups: tuple[Scope, ...], ctx: Context, pub: Publish
     counted: list[tuple[int, Callable[[str, Record], bool]]] = []
     none_of: list[range] = []  # "0 device signal(s)": a claim of absence, like "no"
     for m in COUNT.finditer(masked):
-        verdict = _count_ok(m, groups, ctx.case)
+        verdict = _count_ok(m, groups, ctx.case, ctx.linked)
         if verdict is None:
             continue
         ok, n, pred = verdict
@@ -803,16 +810,20 @@ def _run_sum_in(sums: list[int], lo: Decimal, hi: Decimal) -> bool:
 
 
 def _count_ok(
-    m: re.Match[str], groups: tuple[Scope, ...], case: Scope
+    m: re.Match[str], groups: tuple[Scope, ...], case: Scope, linked: int = 0
 ) -> tuple[bool, int, Callable[[str, Record], bool]] | None:
     """A count is true when some scope (the text's, a fact's, the case's) holds exactly
-    that many of what it counts; with a qualifier the checker cannot read, at most."""
+    that many of what it counts; with a qualifier the checker cannot read, at most.
+    "N other (or linked) accounts" counts the accounts the entity index linked: at most
+    as many as it did."""
     n = _number(m.group("n"))
     noun = m.group("noun")
     entries = [(p, d) for rx, p, d in NOUNS if rx.match(noun)]
     if not entries:
         return None
     mods = [w.lower() for w in m.group("mods").split()]
+    if LINKED_ACCOUNTS.match(noun) and set(mods) & {"other", "linked"}:
+        return 1 <= n <= linked or n == 0, n, lambda k, r: False
     known = [QUALIFIERS[w] for w in mods if w in QUALIFIERS]
     exact = len(known) == len(mods)
     first: Callable[[str, Record], bool] | None = None

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from itertools import chain
 from typing import TypeVar
 
-from streamproc.brief.claims import Checked, Context, Published, Scope, check_text
+from streamproc.brief.claims import Checked, Context, Published, Scope, check_text, linked_count
 from streamproc.brief.draft import FACT_MAX, BriefDraft
 from streamproc.brief.fallback import SEVERE
 from streamproc.brief.model import (
@@ -362,7 +362,9 @@ def check_claims(
         Scope([events[e] for e in f.evidence_event_ids if e in events])
         for f in (*(f for f, _ in facts), *floor.key_facts)
     )
-    ctx = Context(case_scope, (case.window_start_ms, case.window_end_ms), groups)
+    ctx = Context(
+        case_scope, (case.window_start_ms, case.window_end_ms), groups, linked_count(case)
+    )
     kept, checked, argued = [], [], []
     for fact, codes in facts:
         scope = Scope([events[e] for e in fact.evidence_event_ids])

@@ -41,12 +41,14 @@ def run_simulate(
         s.signals += part.signals
         s.alerts += part.alerts
         s.labels += part.labels
+        s.feedback += part.feedback
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[Any]] = {
         "transactions": s.transactions,
         "device_signals": s.signals,
         "alerts": s.alerts,
         "labels": [label.to_json() for label in s.labels],
+        "feedback": s.feedback,
     }
     for name, rows in files.items():
         (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -158,24 +158,7 @@ class Network:
     # -- the case's owner: asks, answers, decisions ----------------------------------------------
 
     def case_entities(self, case: Case) -> dict[str, tuple[EntityKind, tuple[str, ...]]]:
-        """The case's entities: key → (kind, the case's events carrying it)."""
-        found: dict[str, tuple[EntityKind, list[str]]] = {}
-        for kind, records in (
-            ("transaction", case.transactions),
-            ("signal", case.signals),
-            ("alert", case.alerts),
-        ):
-            for record in records:
-                for name, entity_kind in FIELDS[kind]:
-                    value = record.get(name)
-                    if not isinstance(value, str):
-                        continue
-                    if entity_kind is EntityKind.IBAN and record.get("direction") != "DEBIT":
-                        continue
-                    key = self.key_of(entity_kind, value)
-                    if key is not None:
-                        found.setdefault(key, (entity_kind, []))[1].append(record["event_id"])
-        return {k: (kind, tuple(dict.fromkeys(ids))) for k, (kind, ids) in found.items()}
+        return L.case_entities(self.key_of, case)
 
     def links_for(self, state: dict[str, Any], case: Case, partition: int) -> LinkState:
         """The case's answers so far; asks what it has not asked yet (written into `state`,

@@ -24,13 +24,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamproc.contracts.records import iso
-from streamproc.network.entities import EntityHasher, EntityKind
+from streamproc.network.entities import FIELDS, EntityHasher, EntityKind
 from streamproc.network.index import DAY_MS, EntityEntry, Link
+
+if TYPE_CHECKING:
+    from streamproc.domain.case import Case
 
 SIGHTING, ASK, DECISION = "s", "q", "d"
 HOUR_MS = 3_600_000
@@ -146,6 +149,29 @@ def answer(
     }
 
 
+def case_entities(
+    key_of: Callable[[EntityKind, str], str | None], case: Case
+) -> dict[str, tuple[EntityKind, tuple[str, ...]]]:
+    """The case's entities: key → (kind, the case's events carrying it)."""
+    found: dict[str, tuple[EntityKind, list[str]]] = {}
+    for kind, records in (
+        ("transaction", case.transactions),
+        ("signal", case.signals),
+        ("alert", case.alerts),
+    ):
+        for record in records:
+            for name, entity_kind in FIELDS[kind]:
+                value = record.get(name)
+                if not isinstance(value, str):
+                    continue
+                if entity_kind is EntityKind.IBAN and record.get("direction") != "DEBIT":
+                    continue
+                key = key_of(entity_kind, value)
+                if key is not None:
+                    found.setdefault(key, (entity_kind, []))[1].append(record["event_id"])
+    return {k: (kind, tuple(dict.fromkeys(ids))) for k, (kind, ids) in found.items()}
+
+
 # -- what a case makes of its answers ----------------------------------------------------
 
 
@@ -229,13 +255,13 @@ def assess(answers: Iterable[Answered], family: str | None, as_of_ms: int) -> As
             )
         confirmed = [x for x in others if x.decision and x.decision.decision == "CONFIRMED_FRAUD"]
         recent = [x for x in others if x.last_ms >= as_of_ms - RING_WINDOW_MS]
-        with_cases = [x for x in others if _open(x)]
+        with_cases = [x for x in others if _open(x) and x not in confirmed]
         if confirmed:
             last = max(x.decision.at_ms for x in confirmed if x.decision)
             findings.append(
                 LinkFinding(
                     True,
-                    f"the {noun} of this case was also used by {len(confirmed)} account(s) an "
+                    f"the {noun} of this case was also used by {len(confirmed)} other account(s) an "
                     f"analyst confirmed as fraud (latest decision {iso(last)[:10]})",
                     a.evidence,
                 )
@@ -269,7 +295,7 @@ def assess(answers: Iterable[Answered], family: str | None, as_of_ms: int) -> As
             if others:
                 parts.append(f"{len(others)} other account(s)")
             if home:
-                parts.append(f"{len(home)} account(s) of the same family name")
+                parts.append(f"{len(home)} other account(s) of the same family name")
             context.append(
                 (
                     f"the {noun} of this case is shared with {' and '.join(parts)}; no open "

@@ -44,6 +44,7 @@ class _Builder:
         self.n = 0
         self.tag = tag  # prefixes every id, so builders' events can share one stream
         self.s = Scenario()
+        self.feedback: list[Event] = []  # analysts' decisions (labelled sets only)
 
     def _id(self, prefix: str) -> str:
         self.n += 1

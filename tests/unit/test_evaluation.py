@@ -67,7 +67,10 @@ def test_every_kind_is_labelled_with_evidence_pii_and_an_injection(set_dir: Path
     ids = {e["event_id"] for topic in events.values() for e in topic}
     assert len(ids) == sum(len(topic) for topic in events.values())  # unique across seeds
     now = json.loads((set_dir / "manifest.json").read_text())["now"]
-    assert max(e["occurred_at"] for topic in events.values() for e in topic) <= now  # ISO sorts
+    happened = {name: topic for name, topic in events.items() if name != "feedback"}
+    assert max(e["occurred_at"] for topic in happened.values() for e in topic) <= now  # ISO
+    assert all(d["decided_at"] <= now for d in events["feedback"])
+    assert {d["case_id"] for d in events["feedback"]} <= {a["case_id"] for a in events["alerts"]}
     raw = "".join(json.dumps(e) for topic in events.values() for e in topic)
     for lab in labels:
         assert lab.must_cite and set(lab.must_cite) <= ids
@@ -332,3 +335,52 @@ def test_the_checker_precision_on_model_drafts_can_fail(tmp_path: Path) -> None:
     path.write_text(json.dumps(true) + "\n" + json.dumps({**true, "label": "maybe"}) + "\n")
     with pytest.raises(ValueError, match=r"drafts\.jsonl:2"):
         real_drafts.load(path)
+
+
+def test_the_network_kinds_can_fail_without_their_links_or_their_households() -> None:
+    """The linked-account kinds' labels hold on the floor with the index's answers, and
+    fail without them (the eval of links is not one that cannot fail): without links no
+    ring or confirmed-fraud reason; blind to households, the family tablet is a ring."""
+    import dataclasses
+
+    from streamproc.brief.fallback import build_brief
+    from streamproc.brief.model import RiskLevel
+    from streamproc.config import Settings
+    from streamproc.contracts.schemas import SchemaSet
+    from streamproc.sim.labelled import build_eval_set
+    from streamproc.tooling.evaluation.cases import build_cases
+
+    s = build_eval_set(seed=77, per_kind=2)
+    events = {"transactions": s.transactions, "device_signals": s.signals,
+              "alerts": s.alerts, "feedback": s.feedback}  # fmt: skip
+    cases = build_cases(Settings(), SchemaSet(), events)
+    network = {"mule_ring", "device_farm", "takeover_crew", "benign_family_tablet",
+               "benign_flatmates_landlord"}  # fmt: skip
+
+    def holds(label: Any, brief: Any) -> bool:
+        codes = {c.value for c in brief.reason_codes}
+        allowed = set(label.reason_codes) | set(label.acceptable_codes)
+        levels = [lvl.value for lvl in RiskLevel]
+        rank = levels.index(brief.risk_level.value)
+        return (
+            set(label.reason_codes) <= codes
+            and codes <= allowed
+            and levels.index(label.min_level) <= rank <= levels.index(label.max_level)
+        )
+
+    broken: dict[str, int] = {}
+    for label in (x for x in s.labels if x.kind in network):
+        case = cases[label.case_id]
+        assert holds(label, build_brief(case, version=1, generated_at_ms=0)), label.kind
+        for name, variant in (
+            ("no links", dataclasses.replace(case, links=())),
+            ("no households", dataclasses.replace(case, family=None)),
+        ):
+            if not holds(label, build_brief(variant, version=1, generated_at_ms=0)):
+                broken[f"{label.kind}/{name}"] = broken.get(f"{label.kind}/{name}", 0) + 1
+    assert broken == {
+        "mule_ring/no links": 2,
+        "device_farm/no links": 2,
+        "takeover_crew/no links": 2,
+        "benign_family_tablet/no households": 2,
+    }

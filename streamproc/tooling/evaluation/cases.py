@@ -8,6 +8,7 @@ model's own draft kept for scoring before the guardrails.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -19,16 +20,20 @@ from streamproc.brief.pii import protect
 from streamproc.brief.prompt import load_template
 from streamproc.config import LLMProvider, Settings
 from streamproc.contracts.codec import AvroCodec
-from streamproc.contracts.records import from_json
+from streamproc.contracts.records import from_json, parse_timestamp
 from streamproc.contracts.schemas import SchemaSet
 from streamproc.domain.case import Case, assemble_case
 from streamproc.domain.window import SIGNAL, TXN, add_event, empty_window
 from streamproc.llm.briefer import prepare
+from streamproc.network import links as L
+from streamproc.network.entities import FIELDS, EntityHasher, EntityKind
+from streamproc.network.index import EntityEntry, Link
 from streamproc.privacy.redact import Redactor
 from streamproc.sim.labelled import Label
 from streamproc.tooling.evaluation.load import Events, latest
 
 FILES = {"transactions": TXN, "device_signals": SIGNAL}
+EVAL_ENTITY_KEY = b"streamproc-eval-entity-index-key"  # the sets' own: links are keyed hashes
 
 
 @dataclass
@@ -68,7 +73,7 @@ def build_cases(settings: Settings, schemas: SchemaSet, events: Events) -> dict[
     for raw in events["alerts"]:
         rec = from_json(alert_schema, raw, now_ms=now_ms)
         by_case[rec["case_id"]].append(rec)
-    return {
+    cases = {
         case_id: assemble_case(
             case_id,
             alerts[0]["account_id"],
@@ -79,6 +84,100 @@ def build_cases(settings: Settings, schemas: SchemaSet, events: Events) -> dict[
         )
         for case_id, alerts in by_case.items()
     }
+    records = {
+        kind: [from_json(schemas.for_topic(topic_of[name]), r, now_ms=now_ms) for r in events[name]]
+        for name, kind in (("transactions", "transaction"), ("device_signals", "signal"))
+    }
+    records["alert"] = [r for alerts in by_case.values() for r in alerts]
+    return with_links(cases, records, events.get("feedback", []), settings)
+
+
+def with_links(
+    cases: dict[str, Case],
+    records: dict[str, list[dict[str, Any]]],
+    feedback: list[dict[str, Any]],
+    settings: Settings,
+) -> dict[str, Case]:
+    """The cases with the entity index's answers, as the worker's round trip gives them
+    (engine/network.py): every event sighted, each case asking as of its last alert, each
+    decision sent to its case's entities, all in event-time order; the same messages,
+    entries and assessment as the worker's, without the topics between them."""
+    hasher = EntityHasher(EVAL_ENTITY_KEY)
+    lookback_ms = int(settings.links_lookback_h * 3600 * 1000)
+    family: dict[str, str] = {}
+    for alert in sorted(records["alert"], key=lambda a: a["occurred_at"]):
+        name = L.family_of(hasher, alert.get("customer_name"))
+        if name is not None:
+            family.setdefault(alert["account_id"], name)
+    messages: list[tuple[int, int, dict[str, Any]]] = []
+    for kind, recs in records.items():
+        for r in recs:
+            for field, entity_kind in FIELDS[kind]:
+                value = r.get(field)
+                if not isinstance(value, str):
+                    continue
+                if entity_kind is EntityKind.IBAN and r.get("direction") != "DEBIT":
+                    continue
+                key = hasher.key_of(entity_kind, value)
+                if key is not None:
+                    messages.append(
+                        (
+                            r["occurred_at"],
+                            0,
+                            {
+                                "t": L.SIGHTING,
+                                "e": key,
+                                "k": entity_kind.value,
+                                "a": r["account_id"],
+                                "at": r["occurred_at"],
+                                "f": family.get(r["account_id"]),
+                            },
+                        )
+                    )
+    wanted = {cid: L.case_entities(hasher.key_of, case) for cid, case in cases.items()}
+    for cid, case in cases.items():
+        as_of = case.alerts[-1]["occurred_at"]
+        for key, (kind, _) in wanted[cid].items():
+            ask = L.ask(
+                kind.value, key, case.account_id, cid, as_of, 0, family.get(case.account_id)
+            )
+            messages.append((as_of, 1, ask))
+    for fb in feedback:
+        if fb["case_id"] not in wanted:
+            continue
+        at = parse_timestamp(fb["decided_at"], "decided_at")
+        for key, (kind, _) in wanted[fb["case_id"]].items():
+            messages.append(
+                (
+                    at,
+                    2,
+                    L.decision(
+                        kind.value, key, fb["account_id"], fb["case_id"], fb["disposition"], at
+                    ),
+                )
+            )
+    messages.sort(key=lambda m: (m[0], m[1]))
+    entries: dict[str, EntityEntry] = {}
+    answered: dict[tuple[str, str], dict[str, Any]] = {}
+    for _, _, message in messages:
+        key = message["e"]
+        entries[key] = L.apply(entries.get(key), message, lookback_ms)
+        if message["t"] == L.ASK:
+            answered[(message["c"], key)] = L.answer(entries[key], message, lookback_ms)
+    out = {}
+    for cid, case in cases.items():
+        answers = tuple(
+            L.Answered(
+                kind,
+                key,
+                evidence,
+                tuple(Link.from_json(x) for x in answered[(cid, key)]["links"]),
+                int(answered[(cid, key)]["o"]),
+            )
+            for key, (kind, evidence) in sorted(wanted[cid].items())
+        )
+        out[cid] = dataclasses.replace(case, links=answers, family=family.get(case.account_id))
+    return out
 
 
 async def brief_cases(

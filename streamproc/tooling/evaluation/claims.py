@@ -29,7 +29,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from streamproc.brief.claims import Context, Published, Scope, check_text, sentences
+from streamproc.brief.claims import (
+    Context,
+    Published,
+    Scope,
+    check_text,
+    linked_count,
+    sentences,
+)
 from streamproc.brief.fallback import build_brief
 from streamproc.brief.guardrails import case_events
 from streamproc.brief.model import CaseBrief, ReasonCode, RiskLevel
@@ -134,7 +141,8 @@ def context(case: Case, floor: CaseBrief) -> tuple[Context, Published]:
     verdict; the groups: the brief's facts' event sets)."""
     events = case_events(case)
     groups = tuple(Scope([events[e] for e in f.evidence_event_ids]) for f in floor.key_facts)
-    ctx = Context(Scope(list(events.values())), (case.window_start_ms, case.window_end_ms), groups)
+    window = (case.window_start_ms, case.window_end_ms)
+    ctx = Context(Scope(list(events.values())), window, groups, linked_count(case))
     published = Published(
         floor.risk_level, floor.risk_score, floor.confidence, frozenset(floor.reason_codes)
     )

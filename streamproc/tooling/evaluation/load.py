@@ -23,6 +23,10 @@ def load_set(path: Path) -> tuple[Events, list[Label]]:
         name: [json.loads(line) for line in (path / f"{name}.jsonl").read_text().splitlines()]
         for name in ("transactions", "device_signals", "alerts")
     }
+    decided = path / "feedback.jsonl"  # analysts' decisions, for linked accounts
+    events["feedback"] = (
+        [json.loads(line) for line in decided.read_text().splitlines()] if decided.exists() else []
+    )
     labels = [
         Label(**json.loads(line)) for line in (path / "labels.jsonl").read_text().splitlines()
     ]
@@ -31,7 +35,12 @@ def load_set(path: Path) -> tuple[Events, list[Label]]:
 
 def latest(events: Events) -> int:
     """The set's own "now" (its newest event), so an old set is not judged from today."""
-    return max(parse_timestamp(e["occurred_at"], "occurred_at") for v in events.values() for e in v)
+    return max(
+        parse_timestamp(e["occurred_at"], "occurred_at")
+        for name, v in events.items()
+        if name != "feedback"
+        for e in v
+    )
 
 
 def spread(labels: list[Label], limit: int) -> list[Label]:
