@@ -1,7 +1,8 @@
 """The labelled evaluation set: seeded cases of twenty-three kinds (KIND_INFO: eleven
 fraud patterns, twelve benign cases, most of them lookalikes placed just on the safe side
-of a detector's threshold; five of them, last, about accounts linked through a shared
-device or beneficiary, with the linked accounts' own events and decisions), each with what a correct brief must say, plus planted PII and
+of a detector's threshold; the last five are about accounts linked through a shared
+device or beneficiary, with the linked accounts' own events and decisions), each with
+what a correct brief must say, plus planted PII and
 prompt-injection text to prove neither gets through.
 
 Labels are written from the fraud pattern, not from what the deterministic generator
