@@ -261,8 +261,9 @@ def assess(answers: Iterable[Answered], family: str | None, as_of_ms: int) -> As
             findings.append(
                 LinkFinding(
                     True,
-                    f"the {noun} of this case was also used by {len(confirmed)} other account(s) an "
-                    f"analyst confirmed as fraud (latest decision {iso(last)[:10]})",
+                    f"the {noun} of this case was also used by {len(confirmed)} other "
+                    f"account(s) an analyst confirmed as fraud (latest decision "
+                    f"{iso(last)[:10]})",
                     a.evidence,
                 )
             )
