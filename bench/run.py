@@ -15,10 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from bench import llm, stages
+from bench.stages import LINKS_KEY
 from bench.workload import events, produce_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TARGETS = {"engine_events_per_s": 40_000, "p99_ms": 250, "rss_mib": 1536}  # issue 14
+TARGETS = {
+    "engine_events_per_s": 40_000,  # issue 14
+    "p99_ms": 250,
+    "rss_mib": 1536,
+    "p99_links_ms": 300,  # issue 25
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,23 +77,37 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    {result['peer_quix']}", flush=True)
     finally:
         broker.stop()
-
-    rate = max(1.0, 0.5 * result["engine"]["events_per_s"])
-    broker = stages.fresh_broker(work / "broker-latency.log")
-    try:
-        print(f"3/4 alert-to-brief latency at 50% of max ({rate:.0f} events/s)", flush=True)
-        result["latency"] = stages.latency(
-            broker.bootstrap, rate, args.latency_seconds, work, args.accounts
+    broker = stages.fresh_broker(work / "broker-links.log")
+    try:  # the same input on a broker of its own: the group starts from the beginning
+        produce_all(broker.bootstrap, records)
+        print("2b/4 case engine ingest with linked accounts on (entity index)", flush=True)
+        result["engine_links"] = stages.engine_ingest(
+            broker.bootstrap, args.events, work, "state-links", STREAMPROC_ENTITY_KEY=LINKS_KEY
         )
-        print(f"    {result['latency']}", flush=True)
+        print(f"    {result['engine_links']}", flush=True)
     finally:
         broker.stop()
+
+    rate = max(1.0, 0.5 * result["engine"]["events_per_s"])
+    for row, extra in (("latency", {}), ("latency_links", {"STREAMPROC_ENTITY_KEY": LINKS_KEY})):
+        broker = stages.fresh_broker(work / f"broker-{row}.log")
+        try:
+            print(f"3/4 alert-to-brief latency at 50% of max ({rate:.0f} events/s), {row}")
+            result[row] = stages.latency(
+                broker.bootstrap, rate, args.latency_seconds, work, args.accounts, **extra
+            )
+            print(f"    {result[row]}", flush=True)
+        finally:
+            broker.stop()
     print("5/5 LLM stage against a stand-in answering after 800 ms; prompt size", flush=True)
     result["llm"] = llm.run(smoke=args.smoke)
     peer = result.get("peer_quix", {})
     if peer.get("events_per_s"):
         result["engine_over_peer"] = round(
             result["engine"]["events_per_s"] / peer["events_per_s"], 3
+        )
+        result["engine_links_over_peer"] = round(
+            result["engine_links"]["events_per_s"] / peer["events_per_s"], 3
         )
     result["wall_seconds"] = round(time.monotonic() - t_all, 1)
     _write(result, args.out)
@@ -180,6 +200,20 @@ def _llm_lines(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _links_lines(r: dict[str, Any]) -> list[str]:
+    """Linked accounts on (issue 25): ingest with the entity index, and alert→brief."""
+    eng, lat = r["engine_links"], r["latency_links"]
+    return [
+        f"| case engine ingest, linked accounts on | {eng['events_per_s']:,} events/s "
+        f"({eng['events_per_s'] / r['engine']['events_per_s']:.1%} of links off; "
+        f"{eng['links_messages']:,.0f} entity index messages) | — | — |",
+        f"| alert→brief p50 / p95 / p99 with links at {lat['achieved_rate']:,} events/s | "
+        f"{lat['p50_ms']:.0f} / {lat['p95_ms']:.0f} / {lat['p99_ms']:.0f} ms "
+        f"({lat['briefed']}/{lat['alerts']} briefed) | p99 < {TARGETS['p99_links_ms']} ms | "
+        f"{_verdict(lat['p99_ms'], TARGETS['p99_links_ms'], False)} |",
+    ]
+
+
 def _cpus() -> int:
     import os
 
@@ -217,6 +251,7 @@ def _write(r: dict[str, Any], out: Path) -> None:
         f"{lat['p50_ms']:.0f} / {lat['p95_ms']:.0f} / {lat['p99_ms']:.0f} ms "
         f"({lat['briefed']}/{lat['alerts']} briefed) | p99 < {TARGETS['p99_ms']} ms | "
         f"{_verdict(lat['p99_ms'], TARGETS['p99_ms'], False)} |",
+        *_links_lines(r),
         f"| worker RSS after {r['input']['accounts']:,} accounts | {eng['rss_mib']} MiB | "
         f"< {TARGETS['rss_mib']} MiB | {_verdict(eng['rss_mib'], TARGETS['rss_mib'], False)} |",
     ]
@@ -228,6 +263,10 @@ def _write(r: dict[str, Any], out: Path) -> None:
         lines.append(
             f"| engine / peer, same run | {r['engine_over_peer']:.2f} | ≥ 1.0 | "
             f"{_verdict(r['engine_over_peer'], 1.0, True)} |"
+        )
+        lines.append(
+            f"| engine with links / peer, same run | {r['engine_links_over_peer']:.2f} | "
+            f"≥ 1.0 | {_verdict(r['engine_links_over_peer'], 1.0, True)} |"
         )
     elif peer:
         lines.append(f"| peer: Quix Streams | failed: {peer.get('error', '')[:200]!r} | | |")

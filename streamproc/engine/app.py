@@ -110,6 +110,7 @@ class CaseWorker:
                 self.tables["entities"],
                 self.changelog.produce,
                 partitions,
+                owns=self._owns_now,
             )
         )
         self.processor = CaseProcessor(
@@ -138,6 +139,9 @@ class CaseWorker:
             )
         )
         self._partition = -1  # the tables' changelog partition for the writes at hand
+        # The input partitions assigned, as of the last assignment (empty while revoked):
+        # the entity index asks it per message, too often to ask the assignor each time.
+        self._owned: frozenset[int] = frozenset()
         self._publishing: set[str] = set()  # cases whose brief is being delivered
         self.asker = LogEndAsker(
             self.app,
@@ -329,6 +333,9 @@ class CaseWorker:
     def owns(self, partition: int) -> bool:
         return partition in self._active_partitions()
 
+    def _owns_now(self, partition: int) -> bool:
+        return partition in self._owned and not self.app.rebalancing
+
     def _delivered(self, topic: str, partition: int, offset: int) -> None:
         store = self._stores.get(topic)
         if store is not None:  # the table now reflects its changelog up to `offset`
@@ -405,6 +412,8 @@ class CaseWorker:
 
     async def _on_started(self) -> None:
         self.gc.start()
+        if self.network is not None:  # asks and answers go out without a metadata wait
+            await self.changelog.warm((self.topics.entity_index, self.topics.entity_links))
         self.health.broker_ok = await broker_reachable(self.s.kafka_bootstrap)
         if self.codec.registry is not None:
             await self._probe_registry()
@@ -421,6 +430,7 @@ class CaseWorker:
         """Revoked (with aiokafka, every partition at every rebalance): cases waiting for a
         model slot go back to pending; calls in flight go on until the assignment says
         whether their partitions stay (`_keep_assigned`)."""
+        self._owned = frozenset()
         if self.stage is not None and args:
             moved = {tp.partition for tp in args[0] if tp.topic == self.topics.alerts}
             if n := self.stage.hand_back(moved):
@@ -428,6 +438,10 @@ class CaseWorker:
 
     async def _keep_assigned(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         """The new assignment: calls for cases of partitions it does not give back stop."""
+        if args:
+            self._owned = frozenset(
+                tp.partition for tp in args[0] if tp.topic == self.topics.alerts
+            )
         if self.stage is not None and args:
             kept = {tp.partition for tp in args[0] if tp.topic == self.topics.alerts}
             if n := self.stage.keep_only(kept):

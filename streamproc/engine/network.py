@@ -25,7 +25,7 @@ from streamproc.config import Settings
 from streamproc.domain.case import Case
 from streamproc.network import links as L
 from streamproc.network.entities import FIELDS, EntityHasher, EntityKind
-from streamproc.network.index import EntityEntry, Link
+from streamproc.network.index import ACCOUNT_ID_MAX, FAMILY_MAX, EntityEntry, Link
 from streamproc.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class Network:
         produce: Produce,
         partitions: int,
         clock: Callable[[], float] = time.time,
+        owns: Callable[[int], bool] = lambda _partition: False,
     ) -> None:
         self.s, self.hasher, self.metrics = settings, hasher, metrics
         self.entities, self.produce, self.partitions = entities, produce, partitions
@@ -68,6 +69,11 @@ class Network:
         # gate's wait is: a case taken over after a crash waits afresh, since the answers
         # to its durable asks are still to be read from the links topic.
         self._since: dict[str, float] = {}
+        # Whether this worker owns an index partition now (co-partitioned: the input
+        # partition of the same number). Its messages are then applied here at once, not
+        # sent round through the topic (`_send_index`).
+        self.owns = owns
+        self._counted = {t: metrics.links_messages.labels(t) for t in ("s", "q", "d", "answer")}
 
     # -- the account's owner: sightings ---------------------------------------------------
 
@@ -86,7 +92,7 @@ class Network:
         account, at = record["account_id"], record["occurred_at"]
         for name, entity_kind in FIELDS[kind]:
             value = record.get(name)
-            if not isinstance(value, str):
+            if value is None or not isinstance(value, str):
                 continue
             if entity_kind is EntityKind.IBAN and record.get("direction") != "DEBIT":
                 continue
@@ -127,18 +133,46 @@ class Network:
     def family_of(self, name: str | None) -> str | None:
         return L.family_of(self.hasher, name)
 
-    def _send_index(self, key: str, message: dict[str, Any]) -> None:
+    def _send_index(self, key: str, message: dict[str, Any]) -> dict[str, Any] | None:
+        """To the entity's index partition: applied here when this worker owns it (the
+        entry's changelog record, written under the index partition, is then what makes
+        it durable), else produced to the index topic. Applying a message twice changes
+        nothing, so one applied here and read back after a rebalance is harmless. Returns
+        the answer to an ask applied here."""
         partition = L.partition_of(key, self.partitions)
+        self._counted[message["t"]].inc()
+        if self.owns(partition):
+            table = self.entities
+            before = getattr(table, "partition", None)
+            if before is not None:
+                table.partition = partition  # type: ignore[attr-defined]
+            try:
+                return self._apply(message)
+            finally:
+                if before is not None:
+                    table.partition = before  # type: ignore[attr-defined]
         self.produce(self.topics.entity_index, partition, key.encode(), L.encode(message))
-        self.metrics.links_messages.labels(message["t"]).inc()
+        return None
 
     # -- the entity's owner: the index --------------------------------------------------------
 
     def on_index(self, value: bytes) -> None:
-        """Apply one index message to its entity's entry; answer an ask."""
+        """Apply one index message read from the topic; answer an ask on the links topic."""
         message = L.decode(value)
+        out = self._apply(message)
+        if out is not None:
+            account = str(message["a"])
+            self.produce(
+                self.topics.entity_links, int(message["p"]), account.encode(), L.encode(out)
+            )
+            self._counted["answer"].inc()
+
+    def _apply(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        """The message applied to its entity's entry; an ask's answer."""
         key = str(message["e"])
         raw = self.entities.get(key)
+        if message["t"] == L.SIGHTING and _sighting_fast(self.entities, key, raw, message):
+            return None
         entry = L.apply(
             EntityEntry.from_json(raw) if raw is not None else None, message, self.lookback_ms
         )
@@ -147,13 +181,7 @@ class Network:
                 del self.entities[key]
         else:
             self.entities[key] = entry.to_json()
-        if message["t"] == L.ASK:
-            out = L.answer(entry, message, self.lookback_ms)
-            account = str(message["a"])
-            self.produce(
-                self.topics.entity_links, int(message["p"]), account.encode(), L.encode(out)
-            )
-            self.metrics.links_messages.labels("answer").inc()
+        return L.answer(entry, message, self.lookback_ms) if message["t"] == L.ASK else None
 
     # -- the case's owner: asks, answers, decisions ----------------------------------------------
 
@@ -189,13 +217,25 @@ class Network:
                     )
                 )
                 continue
-            waiting += 1
             if q not in asked:
                 asked[q] = now
-                self._send_index(
+                local = self._send_index(
                     key,
                     L.ask(kind.value, key, case.account_id, case.case_id, as_of, partition, family),
                 )
+                if local is not None:  # this worker owns the entity: answered at once
+                    got[q] = {"links": local["links"], "o": local.get("o", 0)}
+                    answers.append(
+                        L.Answered(
+                            kind,
+                            key,
+                            evidence,
+                            tuple(Link.from_json(x) for x in local["links"]),
+                            int(local.get("o", 0)),
+                        )
+                    )
+                    continue
+            waiting += 1
         gap = None
         since = self._since.setdefault(case.case_id, now) if waiting else None
         if since is not None and now - since >= self.max_wait_s:
@@ -247,3 +287,22 @@ class Network:
                     int(feedback["decided_at"]),
                 ),
             )
+
+
+def _sighting_fast(table: Table, key: str, raw: Any, message: dict[str, Any]) -> bool:
+    """The two common sightings without building the entry: the entity's first (the
+    entry network/index.py would write, written directly), and one that changes nothing
+    (the account already seen then, its family known): no write at all. False: neither."""
+    account = str(message["a"])[:ACCOUNT_ID_MAX]
+    at, family = int(message["at"]), message.get("f")
+    family = family[:FAMILY_MAX] if family else None
+    if raw is None:
+        table[key] = {"k": str(message["k"]), "a": {account: [at, at, [], family]}, "d": {},
+                      "o": 0}  # fmt: skip
+        return True
+    seen = raw["a"].get(account)
+    return (
+        seen is not None
+        and seen[0] <= at <= seen[1]
+        and (family is None or (len(seen) > 3 and seen[3] == family))
+    )

@@ -226,7 +226,12 @@ class CaseProcessor:
         if outcome is AddOutcome.ADDED:
             window["wt"], window["p"] = self.clock(), partition
             self.windows[account] = window
-            if self.network is not None:
+            if self.network is not None and (
+                record.get("device_id")
+                or record.get("ip_address")
+                or record.get("card_pan")
+                or record.get("counterparty_iban")
+            ):  # (most payments carry none of them: not a call each)
                 kind = "transaction" if topic == self.topics.transactions else "signal"
                 self.network.observe(kind, record, window.get("fam"))
         elif outcome is AddOutcome.DUPLICATE:

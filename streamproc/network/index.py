@@ -21,7 +21,7 @@ CONFIRMED_FRAUD, nor the entity.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 MAX_ACCOUNTS = 64
@@ -134,9 +134,11 @@ class EntityEntry:
 
     def expire(self, now_ms: int, lookback_ms: int) -> None:
         oldest = now_ms - lookback_ms
-        self.accounts = {a: s for a, s in self.accounts.items() if s.last_ms >= oldest}
+        for a in [a for a, s in self.accounts.items() if s.last_ms < oldest]:
+            del self.accounts[a]
         kept = now_ms - DECISION_RETAIN_D * DAY_MS
-        self.decisions = {a: d for a, d in self.decisions.items() if d.at_ms >= kept}
+        for a in [a for a, d in self.decisions.items() if d.at_ms < kept]:
+            del self.decisions[a]
 
     def empty(self) -> bool:
         return not self.accounts and not self.decisions
@@ -151,10 +153,17 @@ class EntityEntry:
             if a != account_id and oldest <= s.last_ms and s.first_ms <= now_ms
         ]
         listed = {link.account_id for link in out}
+        kept = now_ms - DECISION_RETAIN_D * DAY_MS  # as of the ask, whenever entries expire
+        out = [
+            x
+            if x.decision is None or kept <= x.decision.at_ms <= now_ms
+            else replace(x, decision=None)
+            for x in out
+        ]
         out += [
             Link(a, d.at_ms, d.at_ms, d)
             for a, d in self.decisions.items()
-            if a != account_id and a not in listed and d.at_ms <= now_ms
+            if a != account_id and a not in listed and kept <= d.at_ms <= now_ms
         ]
         return sorted(out, key=lambda link: (-link.last_ms, link.account_id))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -101,3 +102,51 @@ def test_the_advice_on_recreating_internal_topics_does_not_lose_cases() -> None:
     message = str(info.value)
     assert "streamproc-settle=3" in message
     assert "reset" in message and "offsets" in message and "stop every worker" in message
+
+
+def test_readers_of_the_brief_before_linked_accounts_survive_it() -> None:
+    """Linked accounts (issue 25) changed the brief's schema: two reason codes, an enum
+    default, the `linked_accounts` array with a default. A brief written now is read
+    (a) with the writer's schema, as a registry-aware deserializer does: all of it;
+    (b) with the reader schema of before, given the enum default this change added:
+    the new codes read as OTHER, linked_accounts skipped; and the registry's
+    BACKWARD check passes (a reader of now reads a brief of before)."""
+    import io
+
+    import fastavro
+
+    new = json.loads((SCHEMA_DIR / "case_brief.avsc").read_text())
+    old = json.loads((Path(__file__).parent / "case_brief_v_before_links.avsc").read_text())
+    brief = json.loads(
+        (
+            Path(__file__).parents[2] / "docs" / "examples" / "brief-account-takeover.json"
+        ).read_text()
+    )
+    brief["reason_codes"] = ["LINKED_TO_CONFIRMED_FRAUD", "RULE_HIT"]
+    brief["linked_accounts"] = [{
+        "account_id": "acct-2", "entity_kind": "DEVICE", "case_ids": ["case-9"],
+        "disposition": "CONFIRMED_FRAUD", "disposition_at": 1_790_000_000_000,
+        "household": False, "evidence_event_ids": ["evt-1"],
+    }]  # fmt: skip
+
+    def roundtrip(writer: dict[str, Any], reader: dict[str, Any], record: dict[str, Any]) -> Any:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, fastavro.parse_schema(writer), record)
+        buf.seek(0)
+        return fastavro.schemaless_reader(
+            buf, fastavro.parse_schema(writer), fastavro.parse_schema(reader)
+        )
+
+    assert roundtrip(new, new, brief)["linked_accounts"][0]["account_id"] == "acct-2"
+    from fastavro._read_common import SchemaResolutionError
+
+    with pytest.raises(SchemaResolutionError):  # the reader of before, as it was
+        roundtrip(new, old, brief)
+    with_default = json.loads(json.dumps(old))
+    codes = next(f for f in with_default["fields"] if f["name"] == "reason_codes")
+    codes["type"]["items"]["default"] = "OTHER"
+    read = roundtrip(new, with_default, brief)
+    assert read["reason_codes"] == ["OTHER", "RULE_HIT"] and "linked_accounts" not in read
+    old_brief = {k: v for k, v in brief.items() if k != "linked_accounts"}
+    old_brief["reason_codes"] = ["RULE_HIT"]
+    assert roundtrip(old, new, old_brief)["linked_accounts"] == []

@@ -52,14 +52,21 @@ class Bus:
 
 
 class Worker:
-    def __init__(self, codec: AvroCodec, bus: Bus, tables: dict[str, dict[str, Any]] | None = None,
-                 **settings: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        codec: AvroCodec,
+        bus: Bus,
+        tables: dict[str, dict[str, Any]] | None = None,
+        owns: bool = False,
+        **settings: Any,
+    ) -> None:
         self.clock, self.codec, self.bus, self.metrics = Clock(), codec, bus, Metrics()
         self.tables = tables or {n: {} for n in ("windows", "cases", "pending", "entities")}
         s = Settings(case_settle_s=1.0, lookback_h=100_000, **settings)
         self.s = s
         self.network = Network(s, EntityHasher(KEY), self.metrics, self.tables["entities"],
-                               bus.produce, 6, clock=self.clock)  # fmt: skip
+                               bus.produce, 6, clock=self.clock,
+                               owns=lambda _p: owns)  # fmt: skip
         self.p = CaseProcessor(s, codec, self.metrics, self.tables["windows"],
                                self.tables["cases"], self.tables["pending"], clock=self.clock,
                                network=self.network)  # fmt: skip
@@ -284,3 +291,29 @@ def test_a_restart_between_ask_and_answer_gives_the_clean_runs_brief_id(
     (brief,) = briefs
     assert brief.brief_id == clean_brief.brief_id
     assert [la.account_id for la in brief.linked_accounts] == ["acct-p", "acct-q"]
+
+
+def test_entities_of_index_partitions_this_worker_owns_are_answered_without_the_topics(
+    codec: AvroCodec,
+) -> None:
+    """One worker owning every partition: sightings and asks are applied to the entries
+    at once (no round trip through the index topic), and the brief is the one the round
+    trip gives."""
+    def events() -> _Builder:
+        b = _Builder(9, NOW)
+        _ring(b, [f"acct-farm-{i}" for i in range(4)], NOW - 20 * HOUR)
+        _case(b, "acct-victim", NOW - HOUR)
+        return b
+
+    remote = Worker(codec, Bus())
+    _send_all(remote, events())
+    (via_topics,) = remote.brief_after()
+    bus = Bus()
+    local = Worker(codec, bus, owns=True)
+    _send_all(local, events())
+    local.clock.now += 2.0
+    (brief,) = local.settle()  # answered in the same step: no wait for a fetch
+    assert brief.brief_id == via_topics.brief_id
+    assert brief.linked_accounts == via_topics.linked_accounts
+    assert not [r for r in bus.records if r[0] == "streamproc-entity-index"]
+    assert local.tables["entities"] == remote.tables["entities"]
