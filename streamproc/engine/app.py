@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
@@ -142,6 +143,7 @@ class CaseWorker:
         # The input partitions assigned, as of the last assignment (empty while revoked):
         # the entity index asks it per message, too often to ask the assignor each time.
         self._owned: frozenset[int] = frozenset()
+        self._entities_swept = time.monotonic()
         self._publishing: set[str] = set()  # cases whose brief is being delivered
         self.asker = LogEndAsker(
             self.app,
@@ -173,6 +175,11 @@ class CaseWorker:
             await self._apply(record)
         if self.processor.gated:  # inputs moved: cases they held may be due now
             self.processor.recheck_gated(moved)
+        if self.network is not None and self.serving():
+            now = time.monotonic()
+            if now - self._entities_swept >= self.s.state_sweep_interval_s:
+                self._entities_swept = now
+                self.network.sweep(self._owns_now)
         await self.brief_due_cases()
         return self.checkpoint.close_sub_batch()
 

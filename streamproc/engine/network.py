@@ -25,13 +25,22 @@ from streamproc.config import Settings
 from streamproc.domain.case import Case
 from streamproc.network import links as L
 from streamproc.network.entities import FIELDS, EntityHasher, EntityKind
-from streamproc.network.index import ACCOUNT_ID_MAX, FAMILY_MAX, EntityEntry, Link
+from streamproc.network.index import (
+    ACCOUNT_ID_MAX,
+    DECISION_RETAIN_D,
+    FAMILY_MAX,
+    EntityEntry,
+    Link,
+)
 from streamproc.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 Table = MutableMapping[str, Any]
 Produce = Callable[[str, int, bytes, bytes | None], None]
 SIGHTING_REFRESH_MS = 3_600_000  # a pair already sent is sent again when seen this much later
+MAX_CASE_ENTITIES = 24  # entities a case asks about (its state holds their answers)
+MAX_LINKS_STORED = 64  # links kept per answer: the index's own bound (MAX_ACCOUNTS)
+SWEEP_BUDGET = 20_000  # entries checked per sweep call
 REMEMBERED = 200_000  # (account, entity) pairs and raw values remembered (then forgotten)
 _MISSING = object()
 
@@ -42,7 +51,7 @@ class LinkState:
 
     answers: tuple[L.Answered, ...]
     waiting: int  # entities asked and not answered
-    gap: str | None
+    gaps: tuple[str, ...] = ()
 
 
 class Network:
@@ -74,6 +83,7 @@ class Network:
         # sent round through the topic (`_send_index`).
         self.owns = owns
         self._counted = {t: metrics.links_messages.labels(t) for t in ("s", "q", "d", "answer")}
+        self._sweep_keys: list[str] = []  # the sweep's pass over the entries
 
     # -- the account's owner: sightings ---------------------------------------------------
 
@@ -85,7 +95,13 @@ class Network:
             cached = self._keys[(kind, value)] = self.hasher.key_of(kind, value)
         return cached  # type: ignore[return-value]
 
-    def observe(self, kind: str, record: dict[str, Any], family: str | None) -> None:
+    def observe(
+        self,
+        kind: str,
+        record: dict[str, Any],
+        family: str | None,
+        family_at: int | None = None,
+    ) -> None:
         """An input event of `kind` ("transaction", "signal", "alert") was applied: send a
         sighting of each entity it carries, unless this worker sent that account's
         sighting of it lately (the index keeps first and last seen, not counts)."""
@@ -115,10 +131,13 @@ class Network:
                     "a": account,
                     "at": at,
                     "f": family,
+                    "fa": family_at,
                 },
             )
 
-    def resight(self, records: list[tuple[str, dict[str, Any]]], family: str) -> None:
+    def resight(
+        self, records: list[tuple[str, dict[str, Any]]], family: str, family_at: int
+    ) -> None:
         """The account's family became known (its first alert with a name): its entities
         are sent again, carrying it, so the index can tell a household from a ring."""
         for kind, record in records:
@@ -128,7 +147,7 @@ class Network:
                     key = self.key_of(entity_kind, value)
                     if key is not None:
                         self._sent.pop((record["account_id"], key), None)
-            self.observe(kind, record, family)
+            self.observe(kind, record, family, family_at)
 
     def family_of(self, name: str | None) -> str | None:
         return L.family_of(self.hasher, name)
@@ -159,6 +178,8 @@ class Network:
     def on_index(self, value: bytes) -> None:
         """Apply one index message read from the topic; answer an ask on the links topic."""
         message = L.decode(value)
+        if message["t"] == L.ASK and not 0 <= int(message["p"]) < self.partitions:
+            raise ValueError(f"an ask for partition {message['p']} of {self.partitions}")
         out = self._apply(message)
         if out is not None:
             account = str(message["a"])
@@ -171,7 +192,9 @@ class Network:
         """The message applied to its entity's entry; an ask's answer."""
         key = str(message["e"])
         raw = self.entities.get(key)
-        if message["t"] == L.SIGHTING and _sighting_fast(self.entities, key, raw, message):
+        if message["t"] == L.SIGHTING and _sighting_fast(
+            self.entities, key, raw, message, self.clock()
+        ):
             return None
         entry = L.apply(
             EntityEntry.from_json(raw) if raw is not None else None, message, self.lookback_ms
@@ -180,8 +203,41 @@ class Network:
             if raw is not None:
                 del self.entities[key]
         else:
-            self.entities[key] = entry.to_json()
+            self.entities[key] = {**entry.to_json(), "w": self.clock()}
         return L.answer(entry, message, self.lookback_ms) if message["t"] == L.ASK else None
+
+    def sweep(self, owns: Callable[[int], bool], budget: int = SWEEP_BUDGET) -> int:
+        """Delete entries not written for the lookback (an entry with decisions: for
+        their retention, if longer), on the index partitions this worker owns; checks at
+        most `budget` entries a call, resuming where the last call stopped. Returns how
+        many it deleted. A sub-batch must be in hand (its checkpoint carries the
+        deletions)."""
+        if not self._sweep_keys:
+            self._sweep_keys = list(self.entities)
+        now, deleted = self.clock(), 0
+        lookback_s = self.lookback_ms / 1000
+        decided_s = max(lookback_s, DECISION_RETAIN_D * 86_400)
+        table = self.entities
+        before = getattr(table, "partition", None)
+        try:
+            for _ in range(min(budget, len(self._sweep_keys))):
+                key = self._sweep_keys.pop()
+                value = table.get(key)
+                if value is None:
+                    continue
+                partition = L.partition_of(key, self.partitions)
+                keep_s = decided_s if value.get("d") else lookback_s
+                if owns(partition) and now - float(value.get("w", now)) > keep_s:
+                    if before is not None:
+                        table.partition = partition  # type: ignore[attr-defined]
+                    del table[key]
+                    deleted += 1
+        finally:
+            if before is not None:
+                table.partition = before  # type: ignore[attr-defined]
+        if deleted:
+            self.metrics.state_expired.labels("entities").inc(deleted)
+        return deleted
 
     # -- the case's owner: asks, answers, decisions ----------------------------------------------
 
@@ -192,8 +248,8 @@ class Network:
         """The case's answers so far; asks what it has not asked yet (written into `state`,
         which the caller writes back). Waits at most LINKS_MAX_WAIT_MS from the first ask."""
         as_of = case.alerts[-1]["occurred_at"]
-        family = state.get("family")
-        wanted = self.case_entities(case)
+        family, family_at = state.get("family"), state.get("family_at")
+        wanted, left_out = _bounded(self.case_entities(case))
         state["entities"] = sorted([kind.value, key] for key, (kind, _) in wanted.items())
         asked, got = state.setdefault("asked", {}), state.setdefault("links", {})
         now = self.clock()
@@ -221,7 +277,16 @@ class Network:
                 asked[q] = now
                 local = self._send_index(
                     key,
-                    L.ask(kind.value, key, case.account_id, case.case_id, as_of, partition, family),
+                    L.ask(
+                        kind.value,
+                        key,
+                        case.account_id,
+                        case.case_id,
+                        as_of,
+                        partition,
+                        family,
+                        family_at,
+                    ),
                 )
                 if local is not None:  # this worker owns the entity: answered at once
                     got[q] = {"links": local["links"], "o": local.get("o", 0)}
@@ -236,17 +301,24 @@ class Network:
                     )
                     continue
             waiting += 1
-        gap = None
+        gaps: list[str] = []
+        if left_out:
+            gaps.append(
+                f"links not looked up for {left_out} more entities of this case (at most "
+                f"{MAX_CASE_ENTITIES} are)"
+            )
         since = self._since.setdefault(case.case_id, now) if waiting else None
         if since is not None and now - since >= self.max_wait_s:
-            gap = f"link lookup timed out for {waiting} entit{'y' if waiting == 1 else 'ies'}"
+            gaps.append(
+                f"link lookup timed out for {waiting} entit{'y' if waiting == 1 else 'ies'}"
+            )
             self.metrics.links_timed_out.inc(waiting)
             waiting = 0
         if not waiting:
             started = self._since.pop(case.case_id, None)
             if started is not None:
                 self.metrics.links_wait.observe(max(0.0, now - started))
-        return LinkState(tuple(answers), waiting, gap)
+        return LinkState(tuple(answers), waiting, tuple(gaps))
 
     def forget(self, keep: Callable[[str], bool]) -> None:
         """Drop the waits of cases no longer pending here (briefed elsewhere)."""
@@ -256,6 +328,10 @@ class Network:
     def on_answer(self, value: bytes, cases: Table) -> str | None:
         """Store an answer in its case's state; returns the case id (now maybe due)."""
         answer = L.decode_answer(value)
+        links = [Link.from_json(x) for x in answer["links"]]  # a bad one: dead-lettered
+        if len(links) > MAX_LINKS_STORED:
+            raise ValueError(f"an answer of {len(links)} links (at most {MAX_LINKS_STORED})")
+        overflow = int(answer.get("o", 0))
         case_id = str(answer["c"])
         state = cases.get(case_id)
         if state is None:
@@ -265,9 +341,11 @@ class Network:
             return None  # a replay, or a second ask's answer: the first stands
         if answer["q"] not in state.get("asked", {}):
             return None  # an answer to an ask of an earlier version of the case
-        got[answer["q"]] = {"links": answer["links"], "o": answer.get("o", 0)}
+        got[answer["q"]] = {"links": [x.to_json() for x in links], "o": overflow}
         cases[case_id] = state
-        return case_id
+        # Due now only if it is waiting for its links here (not if a new alert's settle
+        # delay runs: a late answer to an earlier ask must not cut that short).
+        return case_id if case_id in self._since else None
 
     def on_decision(self, feedback: dict[str, Any], state: dict[str, Any] | None) -> None:
         """An analyst's decision on a case: sent to each of the entities its case carried."""
@@ -289,20 +367,47 @@ class Network:
             )
 
 
-def _sighting_fast(table: Table, key: str, raw: Any, message: dict[str, Any]) -> bool:
+def _sighting_fast(
+    table: Table, key: str, raw: Any, message: dict[str, Any], wall_s: float
+) -> bool:
     """The two common sightings without building the entry: the entity's first (the
     entry network/index.py would write, written directly), and one that changes nothing
     (the account already seen then, its family known): no write at all. False: neither."""
     account = str(message["a"])[:ACCOUNT_ID_MAX]
     at, family = int(message["at"]), message.get("f")
     family = family[:FAMILY_MAX] if family else None
+    family_at = (message.get("fa") or at) if family else None
     if raw is None:
-        table[key] = {"k": str(message["k"]), "a": {account: [at, at, [], family]}, "d": {},
-                      "o": 0}  # fmt: skip
+        table[key] = {
+            "k": str(message["k"]),
+            "a": {account: [at, at, [], family, family_at]},
+            "d": {},
+            "o": 0,
+            "w": wall_s,  # the wall time of its last write: the sweep's clock, as windows'
+        }
         return True
     seen = raw["a"].get(account)
     return (
         seen is not None
         and seen[0] <= at <= seen[1]
-        and (family is None or (len(seen) > 3 and seen[3] == family))
+        and (
+            family is None
+            or (
+                len(seen) > 4 and seen[3] == family and seen[4] is not None and seen[4] <= family_at
+            )
+        )
     )
+
+
+_KIND_ORDER = {k: i for i, k in enumerate(EntityKind)}
+
+
+def _bounded(
+    wanted: dict[str, tuple[EntityKind, tuple[str, ...]]],
+) -> tuple[dict[str, tuple[EntityKind, tuple[str, ...]]], int]:
+    """At most MAX_CASE_ENTITIES of the case's entities (devices, then IBANs, cards, IPs,
+    emails, phones; the most cited first), and how many were left out."""
+    if len(wanted) <= MAX_CASE_ENTITIES:
+        return wanted, 0
+    ranked = sorted(wanted.items(), key=lambda kv: (_KIND_ORDER[kv[1][0]], -len(kv[1][1]), kv[0]))
+    return dict(ranked[:MAX_CASE_ENTITIES]), len(wanted) - MAX_CASE_ENTITIES

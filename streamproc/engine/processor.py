@@ -233,7 +233,7 @@ class CaseProcessor:
                 or record.get("counterparty_iban")
             ):  # (most payments carry none of them: not a call each)
                 kind = "transaction" if topic == self.topics.transactions else "signal"
-                self.network.observe(kind, record, window.get("fam"))
+                self.network.observe(kind, record, window.get("fam"), window.get("fam_at"))
         elif outcome is AddOutcome.DUPLICATE:
             self.metrics.events_duplicate.labels(topic).inc()
         else:
@@ -277,20 +277,23 @@ class CaseProcessor:
         it the first time it is known (households are context, not rings)."""
         assert self.network is not None
         family = self.network.family_of(alert.get("customer_name"))
-        account = alert["account_id"]
+        account, at = alert["account_id"], alert["occurred_at"]
         window = self.windows.get(account)
         if family is not None:
-            case["family"] = family
-            if window is None or window.get("fam") != family:
+            if window is None or window.get("fam") != family or window.get("fam_at", at) > at:
                 window = window or empty_window()
-                window["fam"], window["wt"], window["p"] = family, self.clock(), partition
+                window["fam"], window["fam_at"] = family, min(at, window.get("fam_at", at))
+                window["wt"], window["p"] = self.clock(), partition
                 self.windows[account] = window
                 self.network.resight(
                     [("transaction", t) for t in window[TXN].values()]
                     + [("signal", s) for s in window[SIGNAL].values()],
                     family,
+                    window["fam_at"],
                 )
-        self.network.observe("alert", alert, family or (window or {}).get("fam"))
+            case["family"], case["family_at"] = family, window.get("fam_at", at)
+        known = window or {}
+        self.network.observe("alert", alert, family or known.get("fam"), known.get("fam_at"))
 
     def _make_pending(self, case_id: str, account: str, partition: int, due_in: float) -> None:
         """Pend a case for a brief due in `due_in` seconds; its wait starts now."""
@@ -383,6 +386,9 @@ class CaseProcessor:
         now = self.clock()
         released = case_id in self.released
         self.released.discard(case_id)
+        if pend is not None and case is None:  # its state is gone (the worker logged why)
+            self._unpend(case_id)
+            return None
         if pend is None or case is None or (pend["due"] > now and not released):
             return None
         window = self.windows.get(case["account_id"]) or empty_window()
@@ -414,7 +420,7 @@ class CaseProcessor:
                 assembled,
                 links=links.answers,
                 family=case.get("family"),
-                data_gaps=assembled.data_gaps + ((links.gap,) if links.gap else ()),
+                data_gaps=assembled.data_gaps + links.gaps,
             )
         if assembled.brief_id() == case["last_brief_id"]:
             self._unpend(case_id)
@@ -512,4 +518,6 @@ class CaseProcessor:
         self.metrics.state_size.labels("windows").set(len(self.windows))
         self.metrics.state_size.labels("cases").set(len(self.cases))
         self.metrics.state_size.labels("pending").set(len(self.pending))
+        if self.network is not None:
+            self.metrics.state_size.labels("entities").set(len(self.network.entities))
         self.metrics.cases_pending.set(len(self.pending))

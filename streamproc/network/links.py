@@ -92,6 +92,7 @@ def ask(
     as_of_ms: int,
     partition: int,
     family: str | None,
+    family_at: int | None = None,
 ) -> dict[str, Any]:
     return {
         "t": ASK,
@@ -103,6 +104,7 @@ def ask(
         "q": ask_id(case_id, key, as_of_ms),
         "p": partition,
         "f": family,
+        "fa": family_at,
     }
 
 
@@ -125,10 +127,10 @@ def apply(entry: EntityEntry | None, message: Mapping[str, Any], lookback_ms: in
     entry = entry or EntityEntry(str(message["k"]))
     at = int(message["at"])
     if message["t"] == DECISION:
-        entry.decide(str(message["a"]), str(message["d"]), at)
+        entry.decide(str(message["a"]), str(message["d"]), at, message.get("c"))
     else:
         case = message.get("c") if message["t"] == ASK else None
-        entry.see(str(message["a"]), at, message.get("f"), case)
+        entry.see(str(message["a"]), at, message.get("f"), case, message.get("fa"))
     entry.expire(max([at, *(s.last_ms for s in entry.accounts.values())]), lookback_ms)
     return entry
 
@@ -223,8 +225,12 @@ NOUN = {
 }
 
 
-def _open(link: Link) -> bool:
-    return bool(link.cases) and not (link.decision and link.decision.decision == "FALSE_POSITIVE")
+def _open_cases(link: Link, as_of_ms: int) -> tuple[str, ...]:
+    """The linked account's cases that asked in the RING_WINDOW before the case's alert,
+    unless an analyst cleared the account (a case of a month ago is no open case)."""
+    if link.decision and link.decision.decision == "FALSE_POSITIVE":
+        return ()
+    return tuple(c for c, at in link.cases if at >= as_of_ms - RING_WINDOW_MS)
 
 
 def assess(answers: Iterable[Answered], family: str | None, as_of_ms: int) -> Assessed:
@@ -246,7 +252,7 @@ def assess(answers: Iterable[Answered], family: str | None, as_of_ms: int) -> As
                 LinkView(
                     x.account_id,
                     a.kind,
-                    x.cases if _open(x) else (),
+                    _open_cases(x, as_of_ms),
                     d.decision if d else None,
                     d.at_ms if d else None,
                     x in home,
@@ -255,7 +261,7 @@ def assess(answers: Iterable[Answered], family: str | None, as_of_ms: int) -> As
             )
         confirmed = [x for x in others if x.decision and x.decision.decision == "CONFIRMED_FRAUD"]
         recent = [x for x in others if x.last_ms >= as_of_ms - RING_WINDOW_MS]
-        with_cases = [x for x in others if _open(x) and x not in confirmed]
+        with_cases = [x for x in others if _open_cases(x, as_of_ms) and x not in confirmed]
         if confirmed:
             last = max(x.decision.at_ms for x in confirmed if x.decision)
             findings.append(
@@ -304,7 +310,17 @@ def assess(answers: Iterable[Answered], family: str | None, as_of_ms: int) -> As
                     a.evidence,
                 )
             )
-    ordered = sorted(views.values(), key=lambda v: (v.household, v.account_id, v.entity_kind))
+    # The accounts behind a floor first (confirmed fraud, open cases), households last.
+    ordered = sorted(
+        views.values(),
+        key=lambda v: (
+            v.household,
+            v.disposition != "CONFIRMED_FRAUD",
+            not v.case_ids,
+            v.account_id,
+            v.entity_kind,
+        ),
+    )
     return Assessed(tuple(ordered[:LINKED_MAX]), tuple(findings), tuple(context))
 
 
@@ -325,7 +341,6 @@ def canonical(answers: Iterable[Answered]) -> list[Any]:
         [
             a.kind.value,
             a.key,
-            a.overflow,
             sorted(json.dumps(x.to_json(), sort_keys=True) for x in a.links),
         ]
         for a in answers

@@ -145,7 +145,8 @@ class Metrics:
         )
         self.state_expired = Counter(
             "streamproc_state_expired",
-            "State entries removed: retired cases, windows of idle accounts.",
+            "State entries removed: retired cases, windows of idle accounts, entity index "
+            "entries not written for their lookback.",
             ["table"],
             registry=r,
         )

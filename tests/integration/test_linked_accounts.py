@@ -185,11 +185,14 @@ def test_an_account_on_one_worker_links_to_an_account_on_the_other(
             workers.append(start_worker(env2, tmp_path / "w2.log"))
             own1, own2 = _split(workers)
             linked, flagged = _account_on(own2, "acct-link"), _account_on(own1, "acct-flag")
+            device = _device_on(own2)  # the flagged case's sighting and ask cross workers
             now = int(time.time() * 1000)
-            a, b = _events(linked, flagged, now)
+            a, b = _events(linked, flagged, now, device)
             _publish(settings, a)
-            _wait(lambda: workers[1].metric("streamproc_links_messages_total", kind="s") >= 3,
-                  30, "the linked account's sightings")  # fmt: skip
+            entries = lambda: sum(  # noqa: E731  (applied here or read from the index topic)
+                w.metric("streamproc_state_entries", table="entities") for w in workers
+            )
+            _wait(lambda: entries() >= 4, 30, "the linked account's sightings indexed")
             _publish(settings, b)
             brief = _wait(lambda: _brief_of(settings, f"case-{flagged}"), 60, "the brief")
             assert [w.proc.poll() for w in workers] == [None, None]
@@ -203,7 +206,7 @@ def test_an_account_on_one_worker_links_to_an_account_on_the_other(
                 assert set(la["evidence_event_ids"]) <= carriers
             assert any("other account" in f["text"] for f in brief["key_facts"])
             assert stub.requests, "the model was not asked"
-            _no_planted(settings, stub.sent(), also=(linked,))
+            _no_planted(settings, stub.sent(), also=(linked,), device=device)
         finally:
             for w in reversed(workers):
                 stop_child(w.proc, 20.0)
@@ -263,11 +266,10 @@ def test_kill_9_between_the_ask_and_the_answer_gives_the_clean_runs_brief(
             device = _device_on(own2)
             a, b = _events("acct-link-k", "acct-flag-k", now, device)
             _publish(settings, a)
-            indexed = lambda: sum(  # noqa: E731
-                w.metric("streamproc_events_consumed_total", topic="streamproc-entity-index")
-                for w in (w1, w2)
+            indexed = lambda: sum(  # noqa: E731  (applied here or read from the index topic)
+                w.metric("streamproc_state_entries", table="entities") for w in (w1, w2)
             )
-            _wait(lambda: indexed() >= 3, 30, "the sightings indexed")
+            _wait(lambda: indexed() >= 4, 30, "the sightings indexed")
             os.kill(w2.proc.pid, signal.SIGSTOP)  # the device's index owner answers nothing
             try:
                 _publish(settings, b)

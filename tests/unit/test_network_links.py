@@ -9,6 +9,7 @@ decide what a link is: the tests plant the shared values and look for them.
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -62,7 +63,7 @@ class Worker:
     ) -> None:
         self.clock, self.codec, self.bus, self.metrics = Clock(), codec, bus, Metrics()
         self.tables = tables or {n: {} for n in ("windows", "cases", "pending", "entities")}
-        s = Settings(case_settle_s=1.0, lookback_h=100_000, **settings)
+        s = Settings(**{"case_settle_s": 1.0, "lookback_h": 100_000, **settings})
         self.s = s
         self.network = Network(s, EntityHasher(KEY), self.metrics, self.tables["entities"],
                                bus.produce, 6, clock=self.clock,
@@ -299,6 +300,7 @@ def test_entities_of_index_partitions_this_worker_owns_are_answered_without_the_
     """One worker owning every partition: sightings and asks are applied to the entries
     at once (no round trip through the index topic), and the brief is the one the round
     trip gives."""
+
     def events() -> _Builder:
         b = _Builder(9, NOW)
         _ring(b, [f"acct-farm-{i}" for i in range(4)], NOW - 20 * HOUR)
@@ -317,3 +319,177 @@ def test_entities_of_index_partitions_this_worker_owns_are_answered_without_the_
     assert brief.linked_accounts == via_topics.linked_accounts
     assert not [r for r in bus.records if r[0] == "streamproc-entity-index"]
     assert local.tables["entities"] == remote.tables["entities"]
+
+
+# -- the adversarial review's findings (each failed on b8e7997) ---------------------------
+
+
+def _feedback(w: Worker, brief: Any, account: str, disposition: str, at: int) -> None:
+    w.send(FEEDBACK, [{
+        "event_id": f"fb-{account}-{disposition}", "brief_id": brief.brief_id,
+        "brief_version": 1, "case_id": brief.case_id, "account_id": account,
+        "decided_at": at, "analyst_id": "an-1", "disposition": disposition,
+        "reason_codes_added": [], "reason_codes_removed": [], "facts_flagged": [],
+        "actions_taken": [],
+    }])  # fmt: skip
+    w.pump()
+
+
+def test_a_confirmed_victims_long_established_payee_carries_no_decision(
+    codec: AvroCodec, bus: Bus
+) -> None:
+    """Confirmed fraud on a victim marks what was new around the fraud, not the landlord
+    the victim had paid for weeks: a tenant paying that landlord is not floored HIGH."""
+    landlord = "DE02120300000000202051"
+    b = _Builder(20, NOW)
+    b.transfer("acct-victim", NOW - 30 * 24 * HOUR, 90_000, counterparty_iban=landlord)
+    pay = b.transfer("acct-victim", NOW - 50 * HOUR, 90_000, counterparty_iban=landlord)
+    b.s.alerts.append(b.alert("acct-victim", "case-acct-victim", NOW - 50 * HOUR + MIN,
+                              "R-APP-1", "HIGH", 0.8, [pay], customer_name="Vi Adler"))  # fmt: skip
+    w = Worker(codec, bus, lookback_h=1000)
+    _send_all(w, b)
+    (victim,) = w.brief_after()
+    _feedback(w, victim, "acct-victim", "CONFIRMED_FRAUD", NOW - 40 * HOUR)
+    b2 = _Builder(21, NOW)
+    rent = b2.transfer("acct-tenant", NOW - HOUR, 90_000, counterparty_iban=landlord)
+    b2.s.alerts.append(b2.alert("acct-tenant", "case-acct-tenant", NOW - HOUR + MIN, "R-APP-1",
+                                "LOW", 0.1, [rent], customer_name="Te Nant"))  # fmt: skip
+    _send_all(w, b2)
+    (brief,) = w.brief_after()
+    assert ReasonCode.LINKED_TO_CONFIRMED_FRAUD not in brief.reason_codes
+    assert brief.risk_level is RiskLevel.LOW
+
+
+def test_a_later_false_positive_does_not_erase_the_same_accounts_confirmed_fraud(
+    codec: AvroCodec, bus: Bus
+) -> None:
+    b = _Builder(22, NOW)
+    _case(b, "acct-mule", NOW - 30 * HOUR, surname="Ito")
+    w = Worker(codec, bus)
+    _send_all(w, b)
+    (mule,) = w.brief_after()
+    _feedback(w, mule, "acct-mule", "CONFIRMED_FRAUD", NOW - 25 * HOUR)
+    _feedback(w, mule, "acct-mule", "FALSE_POSITIVE", NOW - 20 * HOUR)
+    b2 = _Builder(23, NOW)
+    _case(b2, "acct-next", NOW - HOUR, surname="Berg")
+    _send_all(w, b2)
+    (brief,) = w.brief_after()
+    assert ReasonCode.LINKED_TO_CONFIRMED_FRAUD in brief.reason_codes
+
+
+def test_an_account_id_longer_than_the_old_cut_is_never_its_own_link(
+    codec: AvroCodec, bus: Bus
+) -> None:
+    long_id = "acct-" + "x" * 100
+    b = _Builder(24, NOW)
+    _case(b, long_id, NOW - HOUR)
+    w = Worker(codec, bus)
+    _send_all(w, b)
+    (brief,) = w.brief_after()
+    assert brief.linked_accounts == []
+
+
+def test_the_brief_id_does_not_depend_on_when_the_index_reads_the_ask(codec: AvroCodec) -> None:
+    """Another account's sighting and case made after this case's alert, read by the
+    index before or after this case's ask: the same answer, the same brief id."""
+
+    def run(later_first: bool) -> Any:
+        bus = Bus()
+        w = Worker(codec, bus)
+        b = _Builder(25, NOW)
+        _ring(b, ["acct-b"], NOW - 5 * HOUR)
+        _case(b, "acct-a", NOW - 2 * HOUR)
+        _send_all(w, b)
+        later = _Builder(26, NOW)
+        _case(later, "acct-b", NOW - 2 * HOUR + 28 * MIN, surname="Berg")  # after a's alert
+        if later_first:
+            _send_all(w, later)
+            w.clock.now += 2
+            w.settle()
+            w.pump()
+        briefs = w.brief_after()
+        return next(x for x in briefs if x.account_id == "acct-a")
+
+    early, late = run(False), run(True)
+    assert early.brief_id == late.brief_id
+    assert early.risk_level == late.risk_level and early.reason_codes == late.reason_codes
+
+
+def test_a_malformed_answer_is_dead_lettered_and_the_case_is_still_briefed(
+    codec: AvroCodec, bus: Bus
+) -> None:
+    b = _Builder(27, NOW)
+    _ring(b, ["acct-x"], NOW - 5 * HOUR)
+    _case(b, "acct-y", NOW - HOUR)
+    w = Worker(codec, bus, links_max_wait_ms=1000)
+    _send_all(w, b)
+    bus.drop_answers = True
+    w.clock.now += 2.0
+    assert w.settle() == []
+    w.pump()
+    state = w.tables["cases"]["case-acct-y"]
+    (q,) = state["asked"]
+    bad = json.dumps({"q": q, "c": "case-acct-y", "e": "e", "k": "device",
+                      "links": [{"a": "acct-z"}], "o": 0}).encode()  # fmt: skip
+    out = w.p.on_input(InMessage("streamproc-entity-links", 0, 999, b"acct-y", bad, []))
+    assert out is not None and out.topic == "fraud.dlq.v1"
+    w.clock.now += 2.0
+    (brief,) = w.settle()
+    assert "link lookup timed out for 1 entity" in brief.data_gaps
+
+
+def test_an_old_case_on_a_flatmate_does_not_make_a_ring(codec: AvroCodec, bus: Bus) -> None:
+    """A linked account's case of a month ago is no open case now: context, no floor."""
+    landlord = "DE02120300000000202051"
+    b = _Builder(28, NOW)
+    old = b.transfer("acct-mate", NOW - 30 * 24 * HOUR, 60_000, counterparty_iban=landlord)
+    b.s.alerts.append(b.alert("acct-mate", "case-acct-mate", NOW - 30 * 24 * HOUR + MIN,
+                              "R-APP-1", "LOW", 0.1, [old], customer_name="Ma Te"))  # fmt: skip
+    w = Worker(codec, bus, lookback_h=1000)
+    _send_all(w, b)
+    w.brief_after()
+    b2 = _Builder(29, NOW)
+    rent = b2.transfer("acct-me", NOW - HOUR, 60_000, counterparty_iban=landlord)
+    b2.s.alerts.append(b2.alert("acct-me", "case-acct-me", NOW - HOUR + MIN, "R-APP-1", "LOW",
+                                0.1, [rent], customer_name="Me Me"))  # fmt: skip
+    _send_all(w, b2)
+    (brief,) = w.brief_after()
+    assert ReasonCode.LINKED_ACCOUNTS not in brief.reason_codes
+    assert [la.account_id for la in brief.linked_accounts] == ["acct-mate"]
+
+
+def test_entries_not_written_for_the_lookback_are_swept_and_decisions_kept_longer(
+    codec: AvroCodec, bus: Bus
+) -> None:
+    b = _Builder(30, NOW)
+    _case(b, "acct-old", NOW - 30 * HOUR)
+    b.sig("acct-other", NOW - 29 * HOUR, "LOGIN", "dev-only-once", geo="DE")
+    w = Worker(codec, bus, owns=True)
+    _send_all(w, b)
+    (old,) = w.brief_after()
+    _feedback(w, old, "acct-old", "CONFIRMED_FRAUD", NOW - 29 * HOUR)
+    assert len(w.tables["entities"]) == 2
+    w.clock.now += 36 * 86_400  # past the 35-day lookback, within the 90-day retention
+    assert w.network.sweep(lambda _p: True) == 1  # the device seen once; the decided kept
+    (key,) = w.tables["entities"]
+    assert w.tables["entities"][key]["d"]
+    w.network._sweep_keys.clear()
+    assert w.network.sweep(lambda _p: False) == 0  # not this worker's partition: left
+    w.clock.now += 60 * 86_400
+    assert w.network.sweep(lambda _p: True) == 1 and not w.tables["entities"]
+
+
+def test_a_case_asks_about_at_most_its_bound_of_entities_and_says_so(
+    codec: AvroCodec, bus: Bus
+) -> None:
+    b = _Builder(31, NOW)
+    for i in range(30):
+        b.sig("acct-many", NOW - HOUR - i * MIN, "LOGIN", f"dev-{i}", geo="DE")
+    pay = b.txn("acct-many", NOW - HOUR + MIN, 5_000, device_id="dev-0")
+    b.s.alerts.append(b.alert("acct-many", "case-acct-many", NOW - HOUR + 2 * MIN, "R-DEV-1",
+                              "LOW", 0.1, [pay], customer_name="Ma Ny"))  # fmt: skip
+    w = Worker(codec, bus)
+    _send_all(w, b)
+    (brief,) = w.brief_after()
+    assert len(w.tables["cases"]["case-acct-many"]["asked"]) == 24
+    assert any("links not looked up for 6 more entities" in g for g in brief.data_gaps)

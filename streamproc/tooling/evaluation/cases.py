@@ -105,10 +105,12 @@ def with_links(
     hasher = EntityHasher(EVAL_ENTITY_KEY)
     lookback_ms = int(settings.links_lookback_h * 3600 * 1000)
     family: dict[str, str] = {}
+    family_at: dict[str, int] = {}
     for alert in sorted(records["alert"], key=lambda a: a["occurred_at"]):
         name = L.family_of(hasher, alert.get("customer_name"))
-        if name is not None:
-            family.setdefault(alert["account_id"], name)
+        if name is not None and alert["account_id"] not in family:
+            family[alert["account_id"]] = name
+            family_at[alert["account_id"]] = alert["occurred_at"]
     messages: list[tuple[int, int, dict[str, Any]]] = []
     for kind, recs in records.items():
         for r in recs:
@@ -131,6 +133,7 @@ def with_links(
                                 "a": r["account_id"],
                                 "at": r["occurred_at"],
                                 "f": family.get(r["account_id"]),
+                                "fa": family_at.get(r["account_id"]),
                             },
                         )
                     )
@@ -138,9 +141,8 @@ def with_links(
     for cid, case in cases.items():
         as_of = case.alerts[-1]["occurred_at"]
         for key, (kind, _) in wanted[cid].items():
-            ask = L.ask(
-                kind.value, key, case.account_id, cid, as_of, 0, family.get(case.account_id)
-            )
+            who = case.account_id
+            ask = L.ask(kind.value, key, who, cid, as_of, 0, family.get(who), family_at.get(who))
             messages.append((as_of, 1, ask))
     for fb in feedback:
         if fb["case_id"] not in wanted:
