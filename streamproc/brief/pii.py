@@ -72,7 +72,7 @@ def _rewrites(case: Case, redactor: Redactor, policy: BriefPII) -> dict[str, str
 
 
 def _safe(value: str, known: Any, regions: tuple[str, ...], policy: BriefPII) -> str:
-    spans = find_all(value, known, regions)
+    spans = find_all(value, known, regions, ids=True)
     for span in reversed(spans):
         shown = mask(span.entity, span.text) if policy is BriefPII.MASKED else f"[{span.entity}]"
         value = value[: span.start] + shown + value[span.end :]

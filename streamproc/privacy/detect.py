@@ -234,11 +234,13 @@ def find_ips(text: str) -> Iterator[Span]:
             yield Span(m.start(), m.end(), Entity.IP, m.group())
 
 
-def find_phones(text: str, regions: Iterable[str]) -> Iterator[Span]:
+def find_phones(text: str, regions: Iterable[str], ids: bool = False) -> Iterator[Span]:
     """Numbers valid for a region of the case, in international or national format:
     `phonenumbers`' matcher for numbers in prose, and each digit run parsed on its own
-    for numbers glued to letters or punctuation, which the matcher passes over."""
-    if not _may_hold_phone(text):
+    for numbers glued to letters or punctuation, which the matcher passes over. `ids`:
+    the text is an identifier, where a number of under MIN_PHONE_DIGITS digits is a
+    sequence number ("txn-030000"), not a phone."""
+    if not _may_hold_phone(text, MIN_PHONE_DIGITS if ids else SHORT_PHONE_DIGITS):
         return  # the matcher is costly per region; most text holds no number that long
     regions = tuple(regions)
     seen: set[tuple[int, int]] = set()
@@ -264,14 +266,15 @@ def find_phones(text: str, regions: Iterable[str]) -> Iterator[Span]:
             yield Span(start, end, Entity.PHONE, raw)
 
 
-def _may_hold_phone(text: str) -> bool:
+def _may_hold_phone(text: str, least: int = SHORT_PHONE_DIGITS) -> bool:
     """Whether phonenumbers' matcher may find a number in `text`. It runs on a text of at
     least MIN_PHONE_DIGITS digits (the rule before this filter), unless every place it
     could find one is too short: a run of under MIN_PHONE_DIGITS digits, or of under
     that and SHORT_PHONE_DIGITS and more written as an amount or a score. The
     matcher yields numbers shorter than MIN_PHONE_DIGITS too ("069 734", a Frankfurt
-    number), so runs of SHORT_PHONE_DIGITS are kept for it."""
-    if sum("0" <= ch <= "9" for ch in text) < MIN_PHONE_DIGITS:
+    number), so runs of SHORT_PHONE_DIGITS are kept for it, and a text of `least` digits
+    in all is looked at ("Tel 030000", six digits, is a Berlin number)."""
+    if sum("0" <= ch <= "9" for ch in text) < least:
         return False
     if "T" in text:
         text = _ISO_INSTANT.sub(lambda m: "T" * len(m.group()), text)
@@ -372,16 +375,19 @@ def _bounded(text: str, start: int, end: int) -> bool:
     return not before.isalnum() and not after.isalnum()
 
 
-def find_all(text: str, known: Known | None, regions: Iterable[str]) -> list[Span]:
+def find_all(
+    text: str, known: Known | None, regions: Iterable[str], ids: bool = False
+) -> list[Span]:
     """Non-overlapping spans, longest first, then by PRIORITY, in text order. Spans that
-    overlap without one holding the other are joined, so no part of either is left."""
+    overlap without one holding the other are joined, so no part of either is left.
+    `ids`: the text is an identifier (find_phones says what that changes)."""
     ascii_text = ascii_digits(text)  # same length: spans hold for both
     spans = [
         *find_pans(ascii_text),
         *find_ibans(ascii_text),
         *find_emails(text),
         *find_ips(ascii_text),
-        *find_phones(ascii_text, regions),
+        *find_phones(ascii_text, regions, ids),
         *(known.find(text) if known is not None else ()),
     ]
     spans = [Span(s.start, s.end, s.entity, text[s.start : s.end]) for s in spans]

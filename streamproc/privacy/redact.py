@@ -128,14 +128,15 @@ class Redactor:
                         known[value] = Entity(etype)
         return Known(known), self._regions(kinds)
 
-    def redact_text(self, text: str, vault: Vault) -> str:
+    def redact_text(self, text: str, vault: Vault, ids: bool = False) -> str:
         """Replace every PII span of `text` by its placeholder: any text of the case
-        (a record's field, or a finding written from the records), after `redact`."""
+        (a record's field, or a finding written from the records), after `redact`.
+        `ids`: the text is an identifier (privacy/detect.find_phones)."""
         done = vault.redacted.get(text)
         if done is not None:
             return done
         original = text
-        spans = find_all(text, vault.known, vault.regions or self.regions)
+        spans = find_all(text, vault.known, vault.regions or self.regions, ids)
         for span in reversed(spans):
             text = text[: span.start] + vault.placeholder(span.entity, span.text) + text[span.end :]
         vault.redacted[original] = text
@@ -147,12 +148,15 @@ class Redactor:
             value = out.get(name)
             if isinstance(value, str) and value.strip():
                 out[name] = vault.placeholder(Entity(etype), value)
-        for name in (*schema.free_text_fields, *schema.id_text_fields):
-            value = out.get(name)
-            if isinstance(value, str) and value:
-                out[name] = self.redact_text(value, vault)
-            elif isinstance(value, list):
-                out[name] = [self.redact_text(v, vault) if isinstance(v, str) else v for v in value]
+        for names, ids in ((schema.free_text_fields, False), (schema.id_text_fields, True)):
+            for name in names:
+                value = out.get(name)
+                if isinstance(value, str) and value:
+                    out[name] = self.redact_text(value, vault, ids)
+                elif isinstance(value, list):
+                    out[name] = [
+                        self.redact_text(v, vault, ids) if isinstance(v, str) else v for v in value
+                    ]
         return out
 
     def _regions(self, kinds: Mapping[str, Iterable[Record]]) -> tuple[str, ...]:

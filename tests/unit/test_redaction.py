@@ -303,6 +303,8 @@ def test_the_phone_pre_filter_skips_no_number_the_matcher_finds(text: str) -> No
         "Tel. 040 057 X12",  # and reads X as x
         "16909#2020-04-13T10:00:00Z",  # an instant glued to a number is no instant
         "Rückruf 069 734 erbeten, Kunde seit 2019-04-01T10:00:00Z",  # 6 digits, Frankfurt
+        "030000",  # a Berlin number of six digits in all (hypothesis found it, session 5)
+        "Tel 030000 bitte",
     ],
 )
 def test_the_phone_pre_filter_keeps_what_an_adversarial_review_found(text: str) -> None:
