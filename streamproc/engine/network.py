@@ -140,13 +140,14 @@ class Network:
     ) -> None:
         """The account's family became known (its first alert with a name): its entities
         are sent again, carrying it, so the index can tell a household from a ring."""
-        for kind, record in records:
+        for kind, record in records:  # forget what was sent, once for all events
             for name, entity_kind in FIELDS[kind]:
                 value = record.get(name)
                 if isinstance(value, str):
                     key = self.key_of(entity_kind, value)
                     if key is not None:
                         self._sent.pop((record["account_id"], key), None)
+        for kind, record in records:  # then each entity goes out once more, with it
             self.observe(kind, record, family, family_at)
 
     def family_of(self, name: str | None) -> str | None:
