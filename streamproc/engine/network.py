@@ -24,7 +24,7 @@ from typing import Any
 from streamproc.config import Settings
 from streamproc.domain.case import Case
 from streamproc.network import links as L
-from streamproc.network.entities import FIELDS, EntityHasher, EntityKind
+from streamproc.network.entities import EntityHasher, EntityKind, linkable
 from streamproc.network.index import (
     ACCOUNT_ID_MAX,
     DECISION_RETAIN_D,
@@ -106,12 +106,7 @@ class Network:
         sighting of each entity it carries, unless this worker sent that account's
         sighting of it lately (the index keeps first and last seen, not counts)."""
         account, at = record["account_id"], record["occurred_at"]
-        for name, entity_kind in FIELDS[kind]:
-            value = record.get(name)
-            if value is None or not isinstance(value, str):
-                continue
-            if entity_kind is EntityKind.IBAN and record.get("direction") != "DEBIT":
-                continue
+        for entity_kind, value in linkable(kind, record):
             key = self.key_of(entity_kind, value)
             if key is None:
                 continue
@@ -122,18 +117,7 @@ class Network:
             if len(self._sent) >= REMEMBERED:
                 self._sent.clear()
             self._sent[pair] = (at, at) if sent is None else (min(sent[0], at), max(sent[1], at))
-            self._send_index(
-                key,
-                {
-                    "t": L.SIGHTING,
-                    "e": key,
-                    "k": entity_kind.value,
-                    "a": account,
-                    "at": at,
-                    "f": family,
-                    "fa": family_at,
-                },
-            )
+            self._send_index(key, L.sighting(entity_kind, key, account, at, family, family_at))
 
     def resight(
         self, records: list[tuple[str, dict[str, Any]]], family: str, family_at: int
@@ -141,12 +125,10 @@ class Network:
         """The account's family became known (its first alert with a name): its entities
         are sent again, carrying it, so the index can tell a household from a ring."""
         for kind, record in records:  # forget what was sent, once for all events
-            for name, entity_kind in FIELDS[kind]:
-                value = record.get(name)
-                if isinstance(value, str):
-                    key = self.key_of(entity_kind, value)
-                    if key is not None:
-                        self._sent.pop((record["account_id"], key), None)
+            for entity_kind, value in linkable(kind, record):
+                key = self.key_of(entity_kind, value)
+                if key is not None:
+                    self._sent.pop((record["account_id"], key), None)
         for kind, record in records:  # then each entity goes out once more, with it
             self.observe(kind, record, family, family_at)
 
@@ -264,15 +246,7 @@ class Network:
             q = L.ask_id(case.case_id, key, as_of)
             answer = got.get(q)
             if answer is not None:
-                answers.append(
-                    L.Answered(
-                        kind,
-                        key,
-                        evidence,
-                        tuple(Link.from_json(x) for x in answer["links"]),
-                        int(answer.get("o", 0)),
-                    )
-                )
+                answers.append(L.Answered.of(kind, key, evidence, answer))
                 continue
             if q not in asked:
                 asked[q] = now
@@ -291,15 +265,7 @@ class Network:
                 )
                 if local is not None:  # this worker owns the entity: answered at once
                     got[q] = {"links": local["links"], "o": local.get("o", 0)}
-                    answers.append(
-                        L.Answered(
-                            kind,
-                            key,
-                            evidence,
-                            tuple(Link.from_json(x) for x in local["links"]),
-                            int(local.get("o", 0)),
-                        )
-                    )
+                    answers.append(L.Answered.of(kind, key, evidence, local))
                     continue
             waiting += 1
         gaps: list[str] = []

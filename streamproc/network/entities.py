@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -59,13 +58,17 @@ FIELDS: Mapping[str, tuple[tuple[str, EntityKind], ...]] = {
 }
 
 
-@dataclass(frozen=True, order=True)
-class EntityRef:
-    """One entity carried by one event: its kind, its keyed hash, the event's id."""
-
-    kind: EntityKind
-    key: str
-    event_id: str
+def linkable(kind: str, record: Mapping[str, Any]) -> Iterator[tuple[EntityKind, str]]:
+    """The (kind, raw value) pairs an input record of `kind` ("transaction", "signal",
+    "alert") carries that may link it to another account. An IBAN only as a beneficiary
+    (the counterparty of a DEBIT): an employer paying many accounts is no ring."""
+    for name, entity_kind in FIELDS[kind]:
+        value = record.get(name)
+        if not isinstance(value, str):
+            continue
+        if entity_kind is EntityKind.IBAN and record.get("direction") != "DEBIT":
+            continue
+        yield entity_kind, value
 
 
 def normalise(kind: EntityKind, value: str) -> str | None:
@@ -110,18 +113,3 @@ class EntityHasher:
             f"{tag}\x00{value}".encode(), key=self._key, digest_size=KEY_HEX_CHARS // 2
         )
         return digest.hexdigest()
-
-    def entities(self, kind: str, records: Iterable[Mapping[str, Any]]) -> list[EntityRef]:
-        """The entities the records of one input kind carry, one per event and entity."""
-        out: set[EntityRef] = set()
-        for record in records:
-            for name, entity_kind in FIELDS.get(kind, ()):
-                if entity_kind is EntityKind.IBAN and record.get("direction") != "DEBIT":
-                    continue  # a beneficiary: money sent to it (an employer pays many)
-                value = record.get(name)
-                if not isinstance(value, str):
-                    continue
-                key = self.key_of(entity_kind, value)
-                if key is not None:
-                    out.add(EntityRef(entity_kind, key, str(record["event_id"])))
-        return sorted(out)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from streamproc.contracts.records import iso
-from streamproc.network.entities import FIELDS, EntityHasher, EntityKind
+from streamproc.network.entities import EntityHasher, EntityKind, linkable
 from streamproc.network.index import DAY_MS, EntityEntry, Link
 
 if TYPE_CHECKING:
@@ -69,6 +69,18 @@ def decode(value: bytes) -> dict[str, Any]:
     if not isinstance(message, dict) or message.get("t") not in (SIGHTING, ASK, DECISION):
         raise ValueError("not an entity index message")
     return message
+
+
+def sighting(
+    kind: EntityKind,
+    key: str,
+    account_id: str,
+    at_ms: int,
+    family: str | None,
+    family_at: int | None,
+) -> dict[str, Any]:
+    return {"t": SIGHTING, "e": key, "k": kind.value, "a": account_id, "at": at_ms,
+            "f": family, "fa": family_at}  # fmt: skip
 
 
 def decode_answer(value: bytes) -> dict[str, Any]:
@@ -162,12 +174,7 @@ def case_entities(
         ("alert", case.alerts),
     ):
         for record in records:
-            for name, entity_kind in FIELDS[kind]:
-                value = record.get(name)
-                if not isinstance(value, str):
-                    continue
-                if entity_kind is EntityKind.IBAN and record.get("direction") != "DEBIT":
-                    continue
+            for entity_kind, value in linkable(kind, record):
                 key = key_of(entity_kind, value)
                 if key is not None:
                     found.setdefault(key, (entity_kind, []))[1].append(record["event_id"])
@@ -186,6 +193,14 @@ class Answered:
     evidence: tuple[str, ...]  # the case's events carrying the entity
     links: tuple[Link, ...]
     overflow: int = 0
+
+    @classmethod
+    def of(
+        cls, kind: EntityKind, key: str, evidence: tuple[str, ...], answer: Mapping[str, Any]
+    ) -> Answered:
+        """From an answer as `answer` sends it (or a case's state keeps it)."""
+        links = tuple(Link.from_json(x) for x in answer["links"])
+        return cls(kind, key, evidence, links, int(answer.get("o", 0)))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from streamproc.errors import ConfigError
-from streamproc.network.entities import EntityHasher, EntityKind
+from streamproc.network.entities import EntityHasher, EntityKind, linkable
 from streamproc.network.index import (
     DECISION_RETAIN_D,
     MAX_ACCOUNTS,
@@ -58,12 +58,20 @@ def test_the_entities_of_events_cite_their_events() -> None:
         {"event_id": "e2", "device_id": "dev-1", "counterparty_iban": None,
          "card_pan": "4111111111111111", "ip_address": "81.2.69.160"},
     ]  # fmt: skip
-    refs = h.entities("transaction", txs)
-    assert sorted((r.kind.value, r.event_id) for r in refs) == [
+
+    def refs(kind: str, records: list[dict[str, object]]) -> list[tuple[EntityKind, str]]:
+        return [
+            (entity_kind, str(r["event_id"]))
+            for r in records
+            for entity_kind, value in linkable(kind, r)
+            if h.key_of(entity_kind, value) is not None
+        ]
+
+    assert sorted((k.value, e) for k, e in refs("transaction", txs)) == [
         ("card", "e2"), ("device", "e1"), ("device", "e2"), ("iban", "e1"), ("ip", "e2"),
     ]  # fmt: skip
     alerts = [{"event_id": "a1", "customer_email": "x@y.example", "customer_phone": None}]
-    assert [r.kind for r in h.entities("alert", alerts)] == [EntityKind.EMAIL]
+    assert [k for k, _ in refs("alert", alerts)] == [EntityKind.EMAIL]
 
 
 def test_an_entry_keeps_the_most_recent_accounts_and_forgets_past_the_lookback() -> None:

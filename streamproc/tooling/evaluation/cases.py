@@ -26,8 +26,8 @@ from streamproc.domain.case import Case, assemble_case
 from streamproc.domain.window import SIGNAL, TXN, add_event, empty_window
 from streamproc.llm.briefer import prepare
 from streamproc.network import links as L
-from streamproc.network.entities import FIELDS, EntityHasher, EntityKind
-from streamproc.network.index import EntityEntry, Link
+from streamproc.network.entities import EntityHasher, linkable
+from streamproc.network.index import EntityEntry
 from streamproc.privacy.redact import Redactor
 from streamproc.sim.labelled import Label
 from streamproc.tooling.evaluation.load import Events, latest
@@ -114,29 +114,13 @@ def with_links(
     messages: list[tuple[int, int, dict[str, Any]]] = []
     for kind, recs in records.items():
         for r in recs:
-            for field, entity_kind in FIELDS[kind]:
-                value = r.get(field)
-                if not isinstance(value, str):
-                    continue
-                if entity_kind is EntityKind.IBAN and r.get("direction") != "DEBIT":
-                    continue
+            who, at = r["account_id"], r["occurred_at"]
+            for entity_kind, value in linkable(kind, r):
                 key = hasher.key_of(entity_kind, value)
                 if key is not None:
-                    messages.append(
-                        (
-                            r["occurred_at"],
-                            0,
-                            {
-                                "t": L.SIGHTING,
-                                "e": key,
-                                "k": entity_kind.value,
-                                "a": r["account_id"],
-                                "at": r["occurred_at"],
-                                "f": family.get(r["account_id"]),
-                                "fa": family_at.get(r["account_id"]),
-                            },
-                        )
-                    )
+                    sighted = L.sighting(entity_kind, key, who, at, family.get(who),
+                                         family_at.get(who))  # fmt: skip
+                    messages.append((at, 0, sighted))
     wanted = {cid: L.case_entities(hasher.key_of, case) for cid, case in cases.items()}
     for cid, case in cases.items():
         as_of = case.alerts[-1]["occurred_at"]
@@ -169,13 +153,7 @@ def with_links(
     out = {}
     for cid, case in cases.items():
         answers = tuple(
-            L.Answered(
-                kind,
-                key,
-                evidence,
-                tuple(Link.from_json(x) for x in answered[(cid, key)]["links"]),
-                int(answered[(cid, key)]["o"]),
-            )
+            L.Answered.of(kind, key, evidence, answered[(cid, key)])
             for key, (kind, evidence) in sorted(wanted[cid].items())
         )
         out[cid] = dataclasses.replace(case, links=answers, family=family.get(case.account_id))
