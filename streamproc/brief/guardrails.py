@@ -44,7 +44,7 @@ from streamproc.brief.model import (
 from streamproc.config import BriefPII
 from streamproc.domain.case import Case, Record
 from streamproc.privacy.detect import DEFAULT_REGIONS, find_all
-from streamproc.privacy.redact import Vault, apply_policy
+from streamproc.privacy.redact import ALIAS, PLACEHOLDER, Vault, apply_policy
 
 # Links of any kind: web and file URLs, script and data URIs (a scheme directly
 # followed by text, so prose such as "missing data: none" stays), bare www. hosts,
@@ -90,6 +90,9 @@ QUOTE_REMOVED = "[quoted case text removed]"
 # and a letter ("CANARY-4C9D6907", "X7K2P9QZ"); "invoice 2231" is words, not a code.
 CODE = re.compile(r"(?<![\w-])(?=[\w-]*\d)(?=[\w-]*[^\W\d_])[\w-]{6,}(?![\w-])")
 CODE_MARK = "\x00code"  # tags code tokens among the echo grams
+# Our placeholders and aliases ("<EMAIL_1>", "<DEVICE_2>") are the model's to write,
+# not codes it was told to repeat.
+TAG = re.compile(f"{PLACEHOLDER.pattern}|{ALIAS.pattern}")
 
 
 def echo_grams(texts: Iterable[str]) -> frozenset[tuple[str, ...]]:
@@ -100,7 +103,7 @@ def echo_grams(texts: Iterable[str]) -> frozenset[tuple[str, ...]]:
     for text in texts:
         words = [w.lower() for w in WORD.findall(text)]
         grams.update(tuple(words[i : i + ECHO_WORDS]) for i in range(len(words) - ECHO_WORDS + 1))
-        for match in CODE.finditer(text):
+        for match in CODE.finditer(TAG.sub(" ", text)):
             token = match.group()
             grams.update((CODE_MARK, t.lower()) for t in (token, *token.split("-")) if _code(t))
     return frozenset(grams)
@@ -132,7 +135,7 @@ def strip_echo(text: str, grams: frozenset[tuple[str, ...]], counts: Counter[str
             spans.append((words[i].start(), words[i].end()))
     spans += [
         (m.start(), m.end())
-        for m in CODE.finditer(text)
+        for m in CODE.finditer(TAG.sub(lambda t: " " * len(t.group()), text))
         if (CODE_MARK, m.group().lower()) in grams and not any(a <= m.start() < b for a, b in spans)
     ]
     for start, end in sorted(spans, reverse=True):

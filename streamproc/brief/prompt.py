@@ -74,10 +74,12 @@ def build_prompt(
     *,
     max_tokens: int,
     scrub: Callable[[str], str] = str,
+    alias: Callable[[str, str], str] | None = None,
 ) -> Prompt:
     """The prompt for a case whose records (by kind) are already redacted. `scrub`
     redacts the deterministic assessment's texts, which are written from the raw
-    records (ids included) and so may carry what a producer put in an id."""
+    records (ids included) and so may carry what a producer put in an id. `alias`
+    (Vault.alias): the placeholder of a linked account's id."""
     records = {
         k: sorted(redacted.get(k, ()), key=lambda r: (r["occurred_at"], r["event_id"]))
         for k in KINDS
@@ -88,7 +90,7 @@ def build_prompt(
     }
     must = _must_include(records, floor)
     fixed = {
-        "assessment": _assessment(floor, scrub),
+        "assessment": _assessment(floor, scrub, alias or _numbered()),
         "data_gaps": [scrub(gap) for gap in floor.data_gaps],
     }
     budget_chars = max_tokens * CHARS_PER_TOKEN - len(template.system) - len(template.user) - 2_000
@@ -122,7 +124,9 @@ def map_back(draft: dict[str, Any], refs: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-_TAG_START = re.compile(r"<(?!(?:PAN|IBAN|EMAIL|PHONE|PERSON|IP)_\d+>)")
+_TAG_START = re.compile(
+    r"<(?!(?:PAN|IBAN|EMAIL|PHONE|PERSON|IP|DEVICE|LINKED_ACCOUNT)_\d+>)"
+)
 
 
 def _inert(data_json: str) -> str:
@@ -135,7 +139,20 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
-def _assessment(floor: CaseBrief, scrub: Callable[[str], str]) -> dict[str, Any]:
+def _numbered() -> Callable[[str, str], str]:
+    """Aliases numbered in order of first use (for a prompt built without a vault)."""
+    seen: dict[tuple[str, str], str] = {}
+
+    def alias(kind: str, shown: str) -> str:
+        n = sum(1 for k, _ in seen if k == kind) + 1
+        return seen.setdefault((kind, shown), f"<{kind}_{n}>")
+
+    return alias
+
+
+def _assessment(
+    floor: CaseBrief, scrub: Callable[[str], str], alias: Callable[[str, str], str]
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "risk_level": floor.risk_level.value,
         "risk_score": floor.risk_score,
@@ -146,13 +163,13 @@ def _assessment(floor: CaseBrief, scrub: Callable[[str], str]) -> dict[str, Any]
     if floor.linked_accounts:  # by placeholder: the model reasons about the network, never ids
         out["linked_accounts"] = [
             {
-                "account": f"<LINKED_ACCOUNT_{n}>",
+                "account": alias("LINKED_ACCOUNT", link.account_id),
                 "shared": link.entity_kind.value,
                 "open_cases": len(link.case_ids),
                 "analyst_decision": link.disposition.value if link.disposition else None,
                 "same_family_name": link.household,
             }
-            for n, link in enumerate(floor.linked_accounts, 1)
+            for link in floor.linked_accounts
         ]
     return out
 

@@ -267,6 +267,7 @@ def prepare(
         floor,
         max_tokens=max_tokens,
         scrub=lambda text: redactor.redact_text(text, vault),
+        alias=vault.alias,
     )
     quoted = echo_grams(
         r[name]

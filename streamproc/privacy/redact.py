@@ -5,6 +5,13 @@ a placeholder such as `<PAN_1>` or `<PERSON_2>`, stable within the case: the sam
 value, however spelt, is always the same placeholder, so a model can still reason
 that "the same card was used twice". The Vault keeps placeholder → original and never
 leaves the worker; the model and the audit topic see placeholders only.
+
+Device ids are not personal data, but they link accounts (network/entities): the model
+sees each as `<DEVICE_n>` too, wherever it stands (its field, a free text, a finding),
+and the linked accounts as `<LINKED_ACCOUNT_n>`. These aliases are not redactions (they
+are not counted as such); in the model's answer each becomes again what it stands for:
+the device id as the model would have read it (any PII inside it a placeholder, which
+the brief's policy then applies to), or the linked account's id.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from streamproc.contracts.schemas import EventSchema, SchemaSet
 from streamproc.privacy.detect import DEFAULT_REGIONS, Entity, Known, digits, find_all, parts
 
 PLACEHOLDER = re.compile(r"<(PAN|IBAN|EMAIL|PHONE|PERSON|IP)_(\d+)>")
+ALIAS = re.compile(r"<(DEVICE|LINKED_ACCOUNT)_(\d+)>")
+DEVICE_FIELDS = ("device_id",)  # the fields of the input kinds that name a device
 Record = dict[str, Any]
 
 
@@ -60,6 +69,32 @@ class Vault:
     # Texts already redacted with this vault's known values and regions: a case repeats
     # its merchants, currencies and device ids on every record.
     redacted: dict[str, str] = field(default_factory=dict, repr=False)
+    aliases: dict[str, str] = field(default_factory=dict)  # <DEVICE_n> → what it stands for
+    _hide: re.Pattern[str] | None = field(default=None, repr=False)
+    _alias_of: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def alias(self, kind: str, shown: str) -> str:
+        """The alias of `shown` (a device id as redacted, or an account id)."""
+        key = f"{kind}\0{shown}"
+        found = self._alias_of.get(key)
+        if found is None:
+            n = sum(1 for a in self.aliases if a.startswith(f"<{kind}_")) + 1
+            found = self._alias_of[key] = f"<{kind}_{n}>"
+            self.aliases[found] = shown
+            self._hide = None
+        return found
+
+    def hide_devices(self, text: str) -> str:
+        """`text` (redacted) with each device id of the case as its alias: a whole id only,
+        not one inside a longer id or word; the longest first, so an id that holds another
+        is one alias."""
+        devices = {v: a for a, v in self.aliases.items() if a.startswith("<DEVICE_")}
+        if not devices or not text:
+            return text
+        if self._hide is None:
+            alternatives = "|".join(re.escape(v) for v in sorted(devices, key=len, reverse=True))
+            self._hide = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)")
+        return self._hide.sub(lambda m: devices[m.group(0)], text)
 
     def placeholder(self, entity: Entity, value: str) -> str:
         key = (entity, normal_form(entity, value))
@@ -110,6 +145,16 @@ class Redactor:
                         known[value] = Entity(etype)
                         vault.placeholder(Entity(etype), value)
         vault.regions, vault.known = self._regions(kinds), Known(known)
+        devices = {
+            self.redact_text(value, vault, ids=True)
+            for records in kinds.values()
+            for record in records
+            for value in (record.get(name) for name in DEVICE_FIELDS)
+            if isinstance(value, str) and value.strip()
+        }
+        for shown in sorted(devices):  # sorted: the same case, the same aliases
+            if not PLACEHOLDER.fullmatch(shown):  # an id that is all PII is hidden already
+                vault.alias("DEVICE", shown)
         vault.redacted.clear()
         out: dict[str, list[Record]] = {}
         for kind, records in kinds.items():
@@ -139,6 +184,7 @@ class Redactor:
         spans = find_all(text, vault.known, vault.regions or self.regions, ids)
         for span in reversed(spans):
             text = text[: span.start] + vault.placeholder(span.entity, span.text) + text[span.end :]
+        text = vault.hide_devices(text)
         vault.redacted[original] = text
         return text
 
@@ -190,10 +236,19 @@ def mask(entity: Entity, value: str) -> str:
 
 def apply_policy(text: str, vault: Vault, policy: BriefPII) -> tuple[str, int]:
     """Placeholders in model output → masked, restored or kept; invented ones removed.
+    Aliases first: a device id may hold a placeholder.
 
     Returns the text and how many placeholders were not of this case (invented).
     """
     invented = 0
+
+    def unalias(m: re.Match[str]) -> str:
+        nonlocal invented
+        shown = vault.aliases.get(m.group(0))
+        if shown is None:
+            invented += 1
+            return "[removed]"
+        return shown
 
     def swap(m: re.Match[str]) -> str:
         nonlocal invented
@@ -207,4 +262,4 @@ def apply_policy(text: str, vault: Vault, policy: BriefPII) -> tuple[str, int]:
             return mask(vault.entities[m.group(0)], original)
         return m.group(0)
 
-    return PLACEHOLDER.sub(swap, text), invented
+    return PLACEHOLDER.sub(swap, ALIAS.sub(unalias, text)), invented

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from streamproc.brief.fallback import build_brief
 from streamproc.brief.model import CaseBrief
 from streamproc.brief.pii import protect
+from streamproc.brief.prompt import load_template
 from streamproc.config import BriefPII, Settings
 from streamproc.contracts.codec import AvroCodec
 from streamproc.contracts.schemas import SchemaSet
@@ -316,3 +317,109 @@ def test_ids_that_carry_personal_data_are_redacted_too(base_case: Case) -> None:
         for body in bodies:
             assert not leaks(json.dumps(json.loads(body), ensure_ascii=False))
         assert not leaks(json.dumps(audit, ensure_ascii=False))
+
+
+# Device ids link accounts (issue 25): the model sees them as placeholders, as it sees
+# the linked accounts; the published brief shows them again, under the brief's policy.
+DEVICE_A, DEVICE_B = "dev-7f3a9c21-planted", "dev-7f3a9c21-planted-2"  # one inside the other
+
+
+def with_devices(base_case: Case) -> Case:
+    case = plant(base_case, "nothing to see")
+    txns = case.transactions
+    return replace(
+        case,
+        transactions=tuple(
+            {**t, "device_id": DEVICE_A if i % 2 else DEVICE_B, "memo": f"login from {DEVICE_A}."}
+            for i, t in enumerate(txns)
+        ),
+        signals=tuple({**s, "device_id": DEVICE_B} for s in case.signals),
+        alerts=tuple({**a, "analyst_note": f"customer denies ({DEVICE_B})"} for a in case.alerts),
+    )
+
+
+def test_device_ids_reach_the_model_as_placeholders_only(base_case: Case) -> None:
+    case = with_devices(base_case)
+    assert DEVICE_A in json.dumps(build_brief(case, version=1, generated_at_ms=NOW_MS).to_avro())
+    for shape in ("openai", "anthropic"):
+        bodies, audit = send(case, shape)
+        assert bodies
+        sent = [json.dumps(json.loads(b), ensure_ascii=False) for b in bodies]
+        for blob in (*sent, json.dumps(audit, ensure_ascii=False)):
+            assert "7f3a9c21" not in blob, shape
+        assert all("<DEVICE_1>" in s and "<DEVICE_2>" in s for s in sent), "no placeholders"
+
+
+def test_device_placeholders_in_the_model_answer_are_shown_as_the_case_has_them(
+    base_case: Case,
+) -> None:
+    """The model writes <DEVICE_n> as it saw it; the brief prints the device id (ids are
+    not personal data, and analysts pivot on them). One the case does not have is removed."""
+    case = with_devices(base_case)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen = sorted(set(re.findall(r"<DEVICE_\d+>", request.content.decode())))
+        assert len(seen) == 2, seen
+        draft = {
+            "risk_level": "CRITICAL",
+            "risk_score": 100,
+            "reason_codes": [],
+            "summary": f"Probes from {seen[0]} and {seen[1]}, not <DEVICE_9>.",
+            "key_facts": [{"text": "Probes", "evidence_event_ids": ["E1"], "reason_codes": []}],
+            "recommended_actions": [],
+            "confidence": "HIGH",
+        }
+        return httpx.Response(
+            200,
+            json={
+                "model": "m",
+                "choices": [{"message": {"role": "assistant", "content": json.dumps(draft)}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+            },
+        )
+
+    async def main() -> CaseBrief:
+        client = LLMClient(
+            provider_for("openai"), "http://m.test/v1", "m", transport=httpx.MockTransport(handler)
+        )
+        try:
+            floor = build_brief(case, version=1, generated_at_ms=NOW_MS)
+            return (await masked_briefer(client).brief(case, floor)).brief
+        finally:
+            await client.aclose()
+
+    brief = asyncio.run(main())
+    assert brief.generation.method.value == "LLM", brief.generation
+    assert DEVICE_A in brief.summary and DEVICE_B in brief.summary, brief.summary
+    assert "DEVICE_" not in brief.summary, brief.summary
+
+
+def test_linked_accounts_are_aliases_to_the_model_and_ids_in_the_brief(base_case: Case) -> None:
+    """The model reasons about linked accounts by placeholder (one per account, whatever
+    it shares); what it writes of one names the account in the brief."""
+    from streamproc.brief.model import LinkedAccount, SharedEntity
+    from streamproc.llm.briefer import prepare
+    from streamproc.privacy.redact import apply_policy
+
+    case = with_devices(base_case)
+    floor = build_brief(case, version=1, generated_at_ms=NOW_MS)
+    evidence = [case.transactions[0]["event_id"]]
+    links = [
+        LinkedAccount(account_id=acct, entity_kind=kind, case_ids=[], household=False,
+                      evidence_event_ids=evidence)
+        for acct, kind in (("acct-mule-7731", SharedEntity.DEVICE),
+                           ("acct-mule-7731", SharedEntity.IBAN),
+                           ("acct-mule-8842", SharedEntity.DEVICE))
+    ]  # fmt: skip
+    floor = floor.model_copy(update={"linked_accounts": links})
+    redactor = Redactor.for_inputs(SchemaSet())
+    vault, prompt, _ = prepare(redactor, load_template(), case, floor, 8000)
+    assert "acct-mule" not in prompt.user
+    assert prompt.user.count("<LINKED_ACCOUNT_1>") == 2 and "<LINKED_ACCOUNT_3>" not in prompt.user
+    text, invented = apply_policy(
+        "<LINKED_ACCOUNT_2> and <LINKED_ACCOUNT_1> on <DEVICE_1>; <LINKED_ACCOUNT_7>",
+        vault,
+        BriefPII.MASKED,
+    )
+    assert text == f"acct-mule-8842 and acct-mule-7731 on {DEVICE_A}; [removed]", text
+    assert invented == 1
