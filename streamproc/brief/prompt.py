@@ -124,9 +124,7 @@ def map_back(draft: dict[str, Any], refs: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-_TAG_START = re.compile(
-    r"<(?!(?:PAN|IBAN|EMAIL|PHONE|PERSON|IP|DEVICE|LINKED_ACCOUNT)_\d+>)"
-)
+_TAG_START = re.compile(r"<(?!(?:PAN|IBAN|EMAIL|PHONE|PERSON|IP|DEVICE|LINKED_ACCOUNT)_\d+>)")
 
 
 def _inert(data_json: str) -> str:
