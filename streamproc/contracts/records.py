@@ -133,13 +133,74 @@ def check(schema: EventSchema, record: Mapping[str, Any], *, now_ms: int | None 
         ms = record.get(name)
         if isinstance(ms, int) and not EPOCH_FLOOR_MS <= ms <= now + FUTURE_SKEW_MS:
             raise EventValidationError(f"{name} is outside 2000-01-01 .. now+24h", field=name)
-    for name in _checked_fields(schema):
+    for name, limit, is_id, pattern, passed, low, high in _plan(schema):
         value = record.get(name)
-        if value is not None:
-            _check_field(schema, name, value)
+        if value is None:
+            continue
+        # A string, or a number with a range, within its rules passes here without a
+        # call per field (the common case: 1.3 million calls for 200,000 events);
+        # anything else, and a value that breaks a rule, goes to `_check_field`, which
+        # holds the rules and their messages.
+        cls = value.__class__
+        if cls is str:
+            if (
+                len(value) <= limit
+                and (not is_id or value.strip())
+                and (pattern is None or value in passed or _matched(pattern, passed, value))
+            ):
+                continue
+        elif (cls is int or cls is float) and low is not None and low <= value <= high:
+            continue
+        _check_field(schema, name, value)
 
 
 _CHECKED: dict[bytes, tuple[str, ...]] = {}
+_Rule = tuple[str, int, bool, "re.Pattern[str] | None", set[str], "float | None", "float | None"]
+PATTERN_VALUES_KEPT = 4096  # values of a patterned field known to match (currencies, MCCs)
+_PLANS: dict[bytes, tuple[_Rule, ...]] = {}
+
+
+def _plan(schema: EventSchema) -> tuple[_Rule, ...]:
+    """Each checked field with the rules its value must keep: as a string, its length
+    limit, whether it is an id (not blank), its pattern and the values known to match
+    it; as a number, its range (None: no range, `_check_field` decides). Built once per
+    schema."""
+    plan = _PLANS.get(schema.fingerprint)
+    if plan is None:
+        plan = _PLANS[schema.fingerprint] = tuple(
+            (
+                name,
+                MAX_ID_LEN if name in ID_FIELDS else MAX_TEXT_LEN,
+                name in ID_FIELDS,
+                _PATTERNS[name][0] if name in _PATTERNS else None,
+                set(),
+                *_range(name),
+            )
+            for name in _checked_fields(schema)
+        )
+    return plan
+
+
+def _matched(pattern: re.Pattern[str], passed: set[str], value: str) -> bool:
+    """The value matches the field's pattern; kept as known to (a handful of currencies,
+    countries and MCCs make up a stream: a set lookup where a match costs four times
+    as much)."""
+    if pattern.fullmatch(value) is None:
+        return False
+    if len(passed) < PATTERN_VALUES_KEPT:
+        passed.add(value)
+    return True
+
+
+def _range(name: str) -> tuple[float | None, float | None]:
+    """The range `_check_field` holds a number of this field to, inclusive."""
+    if name == "amount_minor":
+        return 0, 10**13
+    if name in _UNIT_RANGE_FIELDS:
+        return 0.0, 1.0
+    if name in _INT_RANGES:
+        return _INT_RANGES[name]
+    return None, None
 
 
 def _checked_fields(schema: EventSchema) -> tuple[str, ...]:

@@ -83,6 +83,7 @@ class Network:
         # sent round through the topic (`_send_index`).
         self.owns = owns
         self._counted = {t: metrics.links_messages.labels(t) for t in ("s", "q", "d", "answer")}
+        self._sent_n = dict.fromkeys(self._counted, 0)  # since `count_messages`
         self._sweep_keys: list[str] = []  # the sweep's pass over the entries
 
     # -- the account's owner: sightings ---------------------------------------------------
@@ -142,7 +143,7 @@ class Network:
         nothing, so one applied here and read back after a rebalance is harmless. Returns
         the answer to an ask applied here."""
         partition = L.partition_of(key, self.partitions)
-        self._counted[message["t"]].inc()
+        self._sent_n[message["t"]] += 1
         if self.owns(partition):
             table = self.entities
             before = getattr(table, "partition", None)
@@ -155,6 +156,14 @@ class Network:
                     table.partition = before  # type: ignore[attr-defined]
         self.produce(self.topics.entity_index, partition, key.encode(), L.encode(message))
         return None
+
+    def count_messages(self) -> None:
+        """The messages counted since the last call go to the metric (once per
+        sub-batch, with the records consumed)."""
+        for t, n in self._sent_n.items():
+            if n:
+                self._counted[t].inc(n)
+                self._sent_n[t] = 0
 
     # -- the entity's owner: the index --------------------------------------------------------
 
@@ -169,7 +178,7 @@ class Network:
             self.produce(
                 self.topics.entity_links, int(message["p"]), account.encode(), L.encode(out)
             )
-            self._counted["answer"].inc()
+            self._sent_n["answer"] += 1
 
     def _apply(self, message: dict[str, Any]) -> dict[str, Any] | None:
         """The message applied to its entity's entry; an ask's answer."""

@@ -125,10 +125,19 @@ class CaseProcessor:
         self.lookback_ms = int(settings.lookback_h * 3600 * 1000)
         self.after_ms = int(settings.case_after_s * 1000)
         self._kinds = {self.topics.transactions: TXN, self.topics.device_signals: SIGNAL}
+        # The topic names a record is told apart by, as plain attributes (read per record).
+        self._network_topics = (
+            frozenset((self.topics.entity_index, self.topics.entity_links))
+            if network is not None
+            else frozenset()
+        )
+        self._feedback_topic, self._alerts_topic = self.topics.feedback, self.topics.alerts
+        self._transactions_topic = self.topics.transactions
         self._schemas = {topic: codec.schemas.for_topic(topic) for topic in self.topics.inputs}
         self._scheduler = ticks.TickScheduler()
         self._last_sweep = 0.0
         self._consumed_children: dict[str, Any] = {}
+        self._consumed_n: dict[str, int] = {}  # records since `count_consumed`, by topic
         self.inputs = InputProgress(self.topics.events, clock, committed)
         # Cases due but held back because an input partition is behind the alert:
         # case_id → (partition, alert event time, since). `recheck_gated` releases them as
@@ -141,12 +150,18 @@ class CaseProcessor:
         # worker that died gets its whole wait here: its "since" kept running meanwhile.
         self._wait_from: dict[str, float] = {}
 
-    def _consumed(self, topic: str) -> Any:
-        """The labelled counter child, cached: `labels()` costs more than the increment."""
-        child = self._consumed_children.get(topic)
-        if child is None:
-            child = self._consumed_children[topic] = self.metrics.events_consumed.labels(topic)
-        return child
+    def count_consumed(self) -> None:
+        """The records counted since the last call go to the metrics (the worker calls it
+        once per sub-batch: a Prometheus increment per record takes a lock, and cost 2%
+        of ingest)."""
+        for topic, n in self._consumed_n.items():
+            child = self._consumed_children.get(topic)
+            if child is None:
+                child = self._consumed_children[topic] = self.metrics.events_consumed.labels(topic)
+            child.inc(n)
+        self._consumed_n.clear()
+        if self.network is not None:
+            self.network.count_messages()
 
     # -- input records ---------------------------------------------------------------
 
@@ -156,11 +171,9 @@ class CaseProcessor:
         `msg` is an InMessage or the consumer's own record (same attribute names): the
         worker hands over what it fetched without copying it."""
         topic, partition = msg.topic, msg.partition
-        self._consumed(topic).inc()
-        if self.network is not None and topic in (
-            self.topics.entity_index,
-            self.topics.entity_links,
-        ):
+        consumed = self._consumed_n
+        consumed[topic] = consumed.get(topic, 0) + 1
+        if topic in self._network_topics:
             return self._on_network(msg)
         key, inputs = (topic, partition), self.inputs
         inputs.read_to[key] = msg.offset + 1
@@ -169,7 +182,7 @@ class CaseProcessor:
         except EventError as exc:
             self.metrics.events_rejected.labels(topic, exc.reason).inc()
             return dead_letter(self.topics.dlq, as_in_message(msg), exc, stage="decode")
-        if topic == self.topics.feedback:  # an analyst's decision: no event time, no window
+        if topic == self._feedback_topic:  # an analyst's decision: no event time, no window
             case = self.cases.get(record["case_id"])
             feedback.observe(self.metrics, record, feedback.provenance(case, record["brief_id"]))
             if self.network is not None:  # it travels to the entities of its case
@@ -177,7 +190,7 @@ class CaseProcessor:
             return None
         if record["occurred_at"] > inputs.stream_time.get(key, 0):
             inputs.stream_time[key] = record["occurred_at"]
-        if topic == self.topics.alerts:
+        if topic == self._alerts_topic:
             self._on_alert(record, partition)
         else:
             self._on_event(topic, record, partition)
@@ -232,7 +245,7 @@ class CaseProcessor:
                 or record.get("card_pan")
                 or record.get("counterparty_iban")
             ):  # (most payments carry none of them: not a call each)
-                kind = "transaction" if topic == self.topics.transactions else "signal"
+                kind = "transaction" if topic == self._transactions_topic else "signal"
                 self.network.observe(kind, record, window.get("fam"), window.get("fam_at"))
         elif outcome is AddOutcome.DUPLICATE:
             self.metrics.events_duplicate.labels(topic).inc()

@@ -87,6 +87,7 @@ class Harness:
         return briefs
 
     def count(self, name: str, **labels: str) -> float:
+        self.p.count_consumed()  # as the worker does after each sub-batch
         return self.metrics.registry.get_sample_value(name, labels or None) or 0.0
 
 

@@ -118,3 +118,35 @@ def test_score_range(schemas: SchemaSet) -> None:
     }
     with pytest.raises(EventValidationError, match="risk_score"):
         from_json(schemas.for_topic(SIG_TOPIC), sig, now_ms=NOW_MS)
+
+
+_TRICKY: list[Any] = [
+    "", " ", "\t", "x", "x" * 128, "x" * 129, "x" * 4000, "x" * 4001, "EUR", "eur", "EU",
+    "EURO", "DE", "de", "5411", "541", "54a1", "an.alyst:1", "Ana Lyst", "a@b.c", 0, -1,
+    5, 10**13, 10**13 + 1, 0.0, 0.5, 1.0, 1.5, -0.1, True, False, [], ["a"], [""],
+    ["x" * 129], list(range(3)), [1001], ["a"] * 1001,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("topic", [TXN_TOPIC, SIG_TOPIC, ALERT_TOPIC, "fraud.brief-feedback.v1"])
+def test_the_checks_fast_path_agrees_with_the_rules_on_every_field(topic: str) -> None:
+    """`check` passes common values without calling `_check_field` (and remembers
+    values that matched a pattern): on every checked field of each input schema, a
+    value is refused by `check` exactly when `_check_field` refuses it, the first time
+    and once it was seen before."""
+    from streamproc.contracts import records
+
+    schema = SchemaSet().for_topic(topic)
+    for name, *_ in records._plan(schema):
+        for value in _TRICKY * 2:
+            try:
+                records._check_field(schema, name, value)
+                refused = None
+            except EventValidationError as exc:
+                refused = str(exc)
+            try:
+                records.check(schema, {name: value})
+                got = None
+            except EventValidationError as exc:
+                got = str(exc)
+            assert got == refused, (name, value)
