@@ -44,7 +44,7 @@ from streamproc.brief.model import (
 from streamproc.config import BriefPII
 from streamproc.domain.case import Case, Record
 from streamproc.privacy.detect import DEFAULT_REGIONS, find_all
-from streamproc.privacy.redact import ALIAS, PLACEHOLDER, Vault, apply_policy
+from streamproc.privacy.redact import ALIAS, PLACEHOLDER, Vault, apply_policy, unalias
 
 # Links of any kind: web and file URLs, script and data URIs (a scheme directly
 # followed by text, so prose such as "missing data: none" stays), bare www. hosts,
@@ -93,6 +93,7 @@ CODE_MARK = "\x00code"  # tags code tokens among the echo grams
 # Our placeholders and aliases ("<EMAIL_1>", "<DEVICE_2>") are the model's to write,
 # not codes it was told to repeat.
 TAG = re.compile(f"{PLACEHOLDER.pattern}|{ALIAS.pattern}")
+_PARTIAL_TAG = re.compile(r"<[A-Z_]*\d*$")  # a tag cut by a length limit
 
 
 def echo_grams(texts: Iterable[str]) -> frozenset[tuple[str, ...]]:
@@ -144,8 +145,20 @@ def strip_echo(text: str, grams: frozenset[tuple[str, ...]], counts: Counter[str
     return text
 
 
-def clean_text(text: str, vault: Vault, policy: BriefPII, counts: Counter[str]) -> str:
-    """URLs and raw PII out, unknown placeholders out, policy applied to the rest."""
+def clean_text(
+    text: str,
+    vault: Vault,
+    policy: BriefPII,
+    counts: Counter[str],
+    quoted: frozenset[tuple[str, ...]] = frozenset(),
+) -> str:
+    """Aliases back to the ids they stand for, first: a device id is input an attacker
+    may write (a URL, PII, a code the case's free text asks to repeat), so it passes the
+    checks after it as the rest of the text does. Then echoes of the case's free text
+    out, URLs and raw PII out, unknown placeholders out, policy applied to the rest."""
+    text, invented = unalias(text, vault)
+    counts["invented_placeholder"] += invented
+    text = strip_echo(text, quoted, counts)
     text, n = URL.subn(REMOVED, text)
     counts["url_removed"] += n
     for span in reversed(find_all(text, None, DEFAULT_REGIONS)):
@@ -284,13 +297,9 @@ def merge(
         facts_out, confidence = list(floor.key_facts), floor.confidence
     else:
         text = checked[0].text
-        summary = clean_text(strip_echo(text, quoted, counts), vault, policy, counts)
+        summary = clean_text(text, vault, policy, counts, quoted)
         facts_out = [
-            f.model_copy(
-                update={
-                    "text": clean_text(strip_echo(f.text, quoted, counts), vault, policy, counts)
-                }
-            )
+            f.model_copy(update={"text": clean_text(f.text, vault, policy, counts, quoted)})
             for f in facts_out
         ]
         facts_out, confidence = facts_out + _kept_facts(facts_out, floor), draft.confidence
@@ -342,7 +351,8 @@ def _facts(
         shown |= codes
         if len(text) > FACT_MAX:
             counts["fact_truncated"] += 1
-            text = text[: FACT_MAX - 1] + "…"
+            cut = text[: FACT_MAX - 1]
+            text = _PARTIAL_TAG.sub("", cut) + "…"  # never half an alias or placeholder
         facts.append((KeyFact(text=text, evidence_event_ids=evidence), codes))
     return facts, shown
 

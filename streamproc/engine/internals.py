@@ -382,8 +382,12 @@ class BatchConsumer(driver.Consumer):
     def _position(self, tp: TP) -> int | None:
         """Where aiokafka reads `tp` next; None when it is not assigned or its position
         awaits a reset. Read on the loop from the consumer thread's state, as faust does
-        for its highwaters (`AIOKafkaConsumerThread._check_slow_processing`): the thread
-        moves it only in a fetch, which the loop waits on, and in a seek it is told to do."""
+        for its highwaters (`AIOKafkaConsumerThread._check_slow_processing`). The thread
+        moves it in a fetch the loop waits on and in a seek it is told to do; its
+        background fetches also move it past a record too large to fetch, and set it
+        awaiting a reset when the next offset is out of range (the log's start moved past
+        it: the records in hand are then dropped, and they are gone from the broker too;
+        aiokafka logs the reset)."""
         consumer = cast(_ConsumerThread, self._thread)._ensure_consumer()
         subscription = consumer._fetcher._subscriptions.subscription
         if subscription is None or subscription.assignment is None:

@@ -49,6 +49,7 @@ from streamproc.llm.prices import configured_price
 from streamproc.llm.variants import in_canary, make_briefer, variant_settings
 from streamproc.ops.logs import bind
 from streamproc.ops.metrics import Metrics
+from streamproc.privacy.redact import ALIAS_SCHEME
 
 log = logging.getLogger(__name__)
 CIRCUIT_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
@@ -307,7 +308,9 @@ class LLMStage:
     def cache_key(self, plan: BriefPlan, briefer: LLMBriefer | None = None) -> str:
         briefer = briefer or self.briefer
         version, model = briefer.template.version, briefer.client.model
-        return f"{plan.case.content_hash()}:{version}:{model}"
+        # With the aliases' scheme: a cached draft's <LINKED_ACCOUNT_2> must mean the
+        # account it meant when the draft was written (the numbering changed once).
+        return f"{plan.case.content_hash()}:{version}:{model}:{ALIAS_SCHEME}"
 
     # -- one case -----------------------------------------------------------------------
 
@@ -416,7 +419,13 @@ class LLMStage:
         try:  # the client fits its attempts into the deadline; this is only a backstop
             return await asyncio.wait_for(
                 briefer.brief(
-                    plan.case, plan.brief, cached, now + deadline_s, now + slot_wait_s, on_slot
+                    plan.case,
+                    plan.brief,
+                    cached,
+                    now + deadline_s,
+                    now + slot_wait_s,
+                    on_slot,
+                    prompt_floor=plan.floor,
                 ),
                 slot_wait_s + deadline_s + BACKSTOP_S,
             )

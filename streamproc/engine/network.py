@@ -123,15 +123,28 @@ class Network:
     def resight(
         self, records: list[tuple[str, dict[str, Any]]], family: str, family_at: int
     ) -> None:
-        """The account's family became known (its first alert with a name): its entities
-        are sent again, carrying it, so the index can tell a household from a ring."""
-        for kind, record in records:  # forget what was sent, once for all events
+        """The account's family became known (its first alert with a name): each of its
+        entities is sighted once more, carrying it, so the index can tell a household from
+        a ring. Once per entity, at the newest time the account was seen with it (the
+        index already holds when it was first)."""
+        seen: dict[tuple[str, str], tuple[EntityKind, int, int]] = {}
+        for kind, record in records:
             for entity_kind, value in linkable(kind, record):
                 key = self.key_of(entity_kind, value)
-                if key is not None:
-                    self._sent.pop((record["account_id"], key), None)
-        for kind, record in records:  # then each entity goes out once more, with it
-            self.observe(kind, record, family, family_at)
+                if key is None:
+                    continue
+                pair, at = (record["account_id"], key), int(record["occurred_at"])
+                before = seen.get(pair)
+                seen[pair] = (
+                    (entity_kind, at, at)
+                    if before is None
+                    else (entity_kind, min(before[1], at), max(before[2], at))
+                )
+        for (account, key), (entity_kind, first, last) in seen.items():
+            if len(self._sent) >= REMEMBERED:
+                self._sent.clear()
+            self._sent[account, key] = (first, last)
+            self._send_index(key, L.sighting(entity_kind, key, account, last, family, family_at))
 
     def family_of(self, name: str | None) -> str | None:
         return L.family_of(self.hasher, name)

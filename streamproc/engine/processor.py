@@ -57,13 +57,19 @@ class BriefPlan:
     since: float
     partition: int
     case: Case
+    # The deterministic brief before the brief PII policy masked it: what the model's
+    # prompt is written from (redacted with the case's vault). A masked text hides a
+    # device id from the vault's aliases, and shows part of the PII it may hold.
+    floor: CaseBrief | None = None
 
     def with_brief(self, brief: CaseBrief, codec: AvroCodec, topic: str) -> BriefPlan:
         """The same plan publishing another brief of the same case (the model's)."""
         output = Outgoing(
             topic, self.output.key, codec.encode(topic, brief.to_avro()), _brief_headers(brief)
         )
-        return BriefPlan(self.case_id, brief, output, self.since, self.partition, self.case)
+        return BriefPlan(
+            self.case_id, brief, output, self.since, self.partition, self.case, self.floor
+        )
 
 
 def check_key(
@@ -445,10 +451,11 @@ class CaseProcessor:
         )
         for detector in failed:
             self.metrics.detector_failures.labels(detector).inc()
+        floor = brief
         brief = protect(brief, assembled, self.redactor, self.s.brief_pii)
         value = self.codec.encode(self.topics.briefs, brief.to_avro())
         out = Outgoing(self.topics.briefs, case_id.encode(), value, _brief_headers(brief))
-        return BriefPlan(case_id, brief, out, pend["since"], pend["partition"], assembled)
+        return BriefPlan(case_id, brief, out, pend["since"], pend["partition"], assembled, floor)
 
     def _should_wait(self, case_id: str, case: Case, pend: dict[str, Any], now: float) -> bool:
         """Wait, up to CASE_MAX_WAIT_S past the settle delay, for transactions the alert

@@ -125,14 +125,22 @@ class LLMBriefer:
         deadline: float | None = None,
         slot_by: float | None = None,
         on_slot: Callable[[], None] | None = None,
+        prompt_floor: CaseBrief | None = None,
     ) -> BriefOutcome:
         """The model's brief merged onto the floor, or the floor with the reason; by
         `deadline` (time.monotonic()), which the client fits its attempts into. With
         `slot_by`, a case still waiting for a model slot then falls back (queue_timeout),
-        nothing sent and no audit record. `on_slot`: called as a call takes its slot."""
+        nothing sent and no audit record. `on_slot`: called as a call takes its slot.
+        `prompt_floor`: the floor before the brief PII policy masked it (the prompt is
+        written from it, redacted; `floor`, as published, is what the brief merges onto)."""
         preparing = time.monotonic()
         vault, prompt, quoted = await _cpu(
-            prepare, self.redactor, self.template, case, floor, self.max_prompt_tokens
+            prepare,
+            self.redactor,
+            self.template,
+            case,
+            prompt_floor or floor,
+            self.max_prompt_tokens,
         )
         if deadline is not None and slot_by is not None:  # it counts from the slot's taking
             deadline += time.monotonic() - preparing
@@ -259,7 +267,8 @@ def prepare(
     """The case redacted into a prompt, its vault, and its free text as the model saw it
     (for the echo guard). The deterministic assessment in the prompt is redacted too."""
     redacted, vault = redactor.redact(
-        {"alert": case.alerts, "transaction": case.transactions, "signal": case.signals}
+        {"alert": case.alerts, "transaction": case.transactions, "signal": case.signals},
+        linked=dict.fromkeys(link.account_id for link in floor.linked_accounts),
     )
     prompt = build_prompt(
         template,

@@ -31,6 +31,10 @@ from streamproc.privacy.detect import DEFAULT_REGIONS, Entity, Known, digits, fi
 
 PLACEHOLDER = re.compile(r"<(PAN|IBAN|EMAIL|PHONE|PERSON|IP)_(\d+)>")
 ALIAS = re.compile(r"<(DEVICE|LINKED_ACCOUNT)_(\d+)>")
+# What an alias stands for, and how aliases are numbered: a new value whenever that
+# changes, so no draft cached under the old numbering is read under the new one (it is
+# part of the LLM cache's key). a2: one <LINKED_ACCOUNT_n> per account, mapped back.
+ALIAS_SCHEME = "a2"
 DEVICE_FIELDS = ("device_id",)  # the fields of the input kinds that name a device
 Record = dict[str, Any]
 
@@ -71,6 +75,7 @@ class Vault:
     redacted: dict[str, str] = field(default_factory=dict, repr=False)
     aliases: dict[str, str] = field(default_factory=dict)  # <DEVICE_n> → what it stands for
     _hide: re.Pattern[str] | None = field(default=None, repr=False)
+    _whole: dict[str, str] = field(default_factory=dict, repr=False)
     _alias_of: dict[str, str] = field(default_factory=dict, repr=False)
 
     def alias(self, kind: str, shown: str) -> str:
@@ -84,17 +89,27 @@ class Vault:
             self._hide = None
         return found
 
-    def hide_devices(self, text: str) -> str:
-        """`text` (redacted) with each device id of the case as its alias: a whole id only,
-        not one inside a longer id or word; the longest first, so an id that holds another
-        is one alias."""
-        devices = {v: a for a, v in self.aliases.items() if a.startswith("<DEVICE_")}
-        if not devices or not text:
+    def hide_ids(self, text: str) -> str:
+        """`text` (redacted) with each device id and linked account id of the case as its
+        alias. A text that is the whole id (a record's device field) always; inside a
+        longer text, a distinctive id only (`distinctive`: a device called "unknown" or
+        "1" must not turn "an unknown country" or "1 alert" into an alias), whole (not
+        inside a longer run of letters and digits; "_" and "-" separate), in any case,
+        the longest first, so an id that holds another is one alias."""
+        if not text or not self.aliases:
             return text
         if self._hide is None:
-            alternatives = "|".join(re.escape(v) for v in sorted(devices, key=len, reverse=True))
-            self._hide = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)")
-        return self._hide.sub(lambda m: devices[m.group(0)], text)
+            self._whole = {v.casefold(): a for a, v in sorted(self.aliases.items(), reverse=True)}
+            inside = sorted((v for v in self._whole if distinctive(v)), key=len, reverse=True)
+            alternatives = "|".join(re.escape(v) for v in inside)
+            self._hide = re.compile(
+                rf"(?<![^\W_])(?:{alternatives})(?![^\W_])" if inside else r"(?!x)x",
+                re.IGNORECASE,
+            )
+        whole = self._whole.get(text.casefold())
+        if whole is not None:
+            return whole
+        return self._hide.sub(lambda m: self._whole[m.group(0).casefold()], text)
 
     def placeholder(self, entity: Entity, value: str) -> str:
         key = (entity, normal_form(entity, value))
@@ -132,9 +147,11 @@ class Redactor:
         )
 
     def redact(
-        self, kinds: Mapping[str, Iterable[Record]]
+        self, kinds: Mapping[str, Iterable[Record]], linked: Iterable[str] = ()
     ) -> tuple[dict[str, list[Record]], Vault]:
-        """Redacted copies of the records, by kind, and the case's vault."""
+        """Redacted copies of the records, by kind, and the case's vault. `linked`: the
+        ids of the accounts the case links to, in the order the brief lists them: they
+        are aliases wherever the records name them, as devices are."""
         vault = Vault()
         known: dict[str, Entity] = {}
         for kind, records in kinds.items():
@@ -155,6 +172,8 @@ class Redactor:
         for shown in sorted(devices):  # sorted: the same case, the same aliases
             if not PLACEHOLDER.fullmatch(shown):  # an id that is all PII is hidden already
                 vault.alias("DEVICE", shown)
+        for account in linked:  # after the devices: a device id may hold an account id
+            vault.alias("LINKED_ACCOUNT", account)
         vault.redacted.clear()
         out: dict[str, list[Record]] = {}
         for kind, records in kinds.items():
@@ -184,7 +203,7 @@ class Redactor:
         spans = find_all(text, vault.known, vault.regions or self.regions, ids)
         for span in reversed(spans):
             text = text[: span.start] + vault.placeholder(span.entity, span.text) + text[span.end :]
-        text = vault.hide_devices(text)
+        text = vault.hide_ids(text)
         vault.redacted[original] = text
         return text
 
@@ -215,6 +234,29 @@ class Redactor:
         return tuple(dict.fromkeys([*(c for c in countries if isinstance(c, str)), *self.regions]))
 
 
+def distinctive(value: str) -> bool:
+    """An id unlikely to be a word or a number of the text around it: six characters
+    or more, not letters alone."""
+    return len(value) >= 6 and not value.isalpha()
+
+
+def unalias(text: str, vault: Vault) -> tuple[str, int]:
+    """The model's aliases as the case has them (a device id as redacted, an account
+    id); one the case did not hand out becomes [removed]. Returns the text and how many
+    were not of this case."""
+    invented = 0
+
+    def back(m: re.Match[str]) -> str:
+        nonlocal invented
+        shown = vault.aliases.get(m.group(0))
+        if shown is None:
+            invented += 1
+            return "[removed]"
+        return shown
+
+    return ALIAS.sub(back, text), invented
+
+
 def mask(entity: Entity, value: str) -> str:
     """Partly hidden form for `BRIEF_PII=masked`."""
     if entity is Entity.PAN:
@@ -240,15 +282,7 @@ def apply_policy(text: str, vault: Vault, policy: BriefPII) -> tuple[str, int]:
 
     Returns the text and how many placeholders were not of this case (invented).
     """
-    invented = 0
-
-    def unalias(m: re.Match[str]) -> str:
-        nonlocal invented
-        shown = vault.aliases.get(m.group(0))
-        if shown is None:
-            invented += 1
-            return "[removed]"
-        return shown
+    text, invented = unalias(text, vault)
 
     def swap(m: re.Match[str]) -> str:
         nonlocal invented
@@ -262,4 +296,4 @@ def apply_policy(text: str, vault: Vault, policy: BriefPII) -> tuple[str, int]:
             return mask(vault.entities[m.group(0)], original)
         return m.group(0)
 
-    return PLACEHOLDER.sub(swap, ALIAS.sub(unalias, text)), invented
+    return PLACEHOLDER.sub(swap, text), invented

@@ -152,7 +152,7 @@ def test_the_oracle_counts_successes_when_a_guardrail_is_off(
         "_actions": lambda draft, floor, level, case, counts: list(draft.recommended_actions),
         "strip_echo": lambda text, grams, counts: text,
         "overruled": lambda draft, floor: False,
-        "clean_text": lambda text, vault, policy, counts: text,
+        "clean_text": lambda text, vault, policy, counts, quoted=frozenset(): text,
     }
     monkeypatch.setattr(guardrails, weaken, off[weaken])
     # The claim checker cuts most payload sentences on its own (their claims are not the

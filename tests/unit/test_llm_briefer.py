@@ -180,9 +180,9 @@ def test_a_briefs_cpu_steps_run_off_the_event_loop_on_one_thread(
     def seen(step: str) -> None:
         threads.setdefault(step, set()).add(threading.current_thread().name)
 
-    def spy_redact(self: Redactor, kinds: Any) -> Any:
+    def spy_redact(self: Redactor, kinds: Any, **kwargs: Any) -> Any:
         seen("redaction")
-        return redact(self, kinds)
+        return redact(self, kinds, **kwargs)
 
     def spy_merge(*args: Any) -> Any:
         seen("guardrails")

@@ -493,3 +493,24 @@ def test_a_case_asks_about_at_most_its_bound_of_entities_and_says_so(
     (brief,) = w.brief_after()
     assert len(w.tables["cases"]["case-acct-many"]["asked"]) == 24
     assert any("links not looked up for 6 more entities" in g for g in brief.data_gaps)
+
+
+def test_a_surname_learned_late_resights_each_entity_once(codec: AvroCodec, bus: Bus) -> None:
+    """Found in review: when an account's surname became known, its entities were sent
+    again once per gap of more than an hour between the events carrying them (a daily
+    login on one device for a week: seven sightings), not once per entity."""
+    from streamproc.network import links as L
+
+    b = _Builder(6, NOW)
+    acct = "acct-weekly"
+    for day in range(7):
+        b.sig(acct, NOW - (7 - day) * 24 * HOUR, "LOGIN", DEVICE, geo="DE")
+    w = Worker(codec, bus)
+    w.send(SIG_TOPIC, b.s.signals)
+    before = len(bus.records)
+    b.s.alerts.append(b.alert(acct, f"case-{acct}", NOW - HOUR, "R-DEV-1", "LOW", 0.1, [],
+                              customer_name="Ann Okafor"))  # fmt: skip
+    w.send(ALERT_TOPIC, b.s.alerts)
+    again = [L.decode(v) for t, _, _, v in bus.records[before:] if t == w.s.topics.entity_index]
+    device = [m for m in again if m["t"] == L.SIGHTING and m["k"] == "device"]
+    assert len(device) == 1 and device[0]["f"], device
