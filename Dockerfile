@@ -11,6 +11,7 @@ COPY pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY topics ./topics
 COPY prompts ./prompts
+COPY procedures ./procedures
 COPY tests/eval/scenarios ./tests/eval/scenarios
 COPY tests/eval/heldout ./tests/eval/heldout
 COPY tests/eval/claims ./tests/eval/claims

@@ -1,9 +1,10 @@
 """The data files the product reads at run time, shipped inside the package.
 
-`schemas/`, `topics/` and `prompts/` here are links to the repository's top-level
-folders of the same names, and `eval/` links to the evaluation's built-in labelled
-set in `tests/eval/`: those stay the one source, and building the wheel copies them
-in (`tests/unit/test_packaging.py` checks the wheel holds each file, byte for byte).
+`schemas/`, `topics/`, `prompts/` and `procedures/` (the sample procedures library)
+here are links to the repository's top-level folders of the same names, and `eval/`
+links to the evaluation's built-in labelled set in `tests/eval/`: those stay the one
+source, and building the wheel copies them in (`tests/integration/test_packaging.py`
+checks the wheel holds each file, byte for byte).
 """
 
 from __future__ import annotations

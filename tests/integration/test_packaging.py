@@ -31,6 +31,7 @@ SOURCES = {
     "schemas": "streamproc/data/schemas",
     "topics": "streamproc/data/topics",
     "prompts": "streamproc/data/prompts",
+    "procedures": "streamproc/data/procedures",
     "tests/eval/scenarios": "streamproc/data/eval/scenarios",
     "tests/eval/heldout": "streamproc/data/eval/heldout",
     "tests/eval/claims": "streamproc/data/eval/claims",

@@ -1,0 +1,1 @@
+"""The institution's procedures: a library of Markdown documents, searched per case."""
