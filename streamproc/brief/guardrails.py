@@ -152,20 +152,23 @@ def clean_text(
     counts: Counter[str],
     quoted: frozenset[tuple[str, ...]] = frozenset(),
 ) -> str:
-    """Aliases back to the ids they stand for, first: a device id is input an attacker
-    may write (a URL, PII, a code the case's free text asks to repeat), so it passes the
-    checks after it as the rest of the text does. Then echoes of the case's free text
-    out, URLs and raw PII out, unknown placeholders out, policy applied to the rest."""
-    text, invented = unalias(text, vault)
-    counts["invented_placeholder"] += invented
-    text = strip_echo(text, quoted, counts)
-    text, n = URL.subn(REMOVED, text)
-    counts["url_removed"] += n
+    """The model's text, checked in the form it saw the case in (aliases in): raw PII
+    out (it saw none, so any is invented), echoes of the case's free text out (`quoted`
+    is built from that text as redacted, aliases in, so both sides match; a device id
+    is the case's own data, not an echo, even where its free text names it). Then the
+    aliases back to the ids they stand for, and URLs out after that: a device id is input
+    an attacker may write, and one that is a URL goes like any other. Unknown
+    placeholders out, policy applied to the rest. A device id is not looked at for PII
+    here: it was redacted as an id when its alias was made."""
     for span in reversed(find_all(text, None, DEFAULT_REGIONS)):
         text = text[: span.start] + REMOVED + text[span.end :]
         counts["pii_removed"] += 1
-    text, invented = apply_policy(text, vault, policy)
-    counts["invented_placeholder"] += invented
+    text = strip_echo(text, quoted, counts)
+    text, invented = unalias(text, vault)
+    text, n = URL.subn(REMOVED, text)
+    counts["url_removed"] += n
+    text, more = apply_policy(text, vault, policy, aliases=False)
+    counts["invented_placeholder"] += invented + more
     return text
 
 

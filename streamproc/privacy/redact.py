@@ -76,6 +76,7 @@ class Vault:
     aliases: dict[str, str] = field(default_factory=dict)  # <DEVICE_n> → what it stands for
     _hide: re.Pattern[str] | None = field(default=None, repr=False)
     _whole: dict[str, str] = field(default_factory=dict, repr=False)
+    _folded: dict[str, str] = field(default_factory=dict, repr=False)
     _alias_of: dict[str, str] = field(default_factory=dict, repr=False)
 
     def alias(self, kind: str, shown: str) -> str:
@@ -91,25 +92,35 @@ class Vault:
 
     def hide_ids(self, text: str) -> str:
         """`text` (redacted) with each device id and linked account id of the case as its
-        alias. A text that is the whole id (a record's device field) always; inside a
+        alias. A text that is exactly an id (a record's device field) always; inside a
         longer text, a distinctive id only (`distinctive`: a device called "unknown" or
         "1" must not turn "an unknown country" or "1 alert" into an alias), whole (not
         inside a longer run of letters and digits; "_" and "-" separate), in any case,
-        the longest first, so an id that holds another is one alias."""
+        the longest first, so an id that holds another is one alias. Two ids that differ
+        only in case keep their own aliases where written as the case has them."""
         if not text or not self.aliases:
             return text
         if self._hide is None:
-            self._whole = {v.casefold(): a for a, v in sorted(self.aliases.items(), reverse=True)}
+            self._whole = {v: a for a, v in self.aliases.items()}
             inside = sorted((v for v in self._whole if distinctive(v)), key=len, reverse=True)
+            self._folded = {}
+            for v in inside:
+                self._folded.setdefault(v.casefold(), self._whole[v])
             alternatives = "|".join(re.escape(v) for v in inside)
             self._hide = re.compile(
                 rf"(?<![^\W_])(?:{alternatives})(?![^\W_])" if inside else r"(?!x)x",
                 re.IGNORECASE,
             )
-        whole = self._whole.get(text.casefold())
+        whole = self._whole.get(text)
         if whole is not None:
             return whole
-        return self._hide.sub(lambda m: self._whole[m.group(0).casefold()], text)
+        return self._hide.sub(self._alias_for, text)
+
+    def _alias_for(self, m: re.Match[str]) -> str:
+        found = m.group(0)
+        # A spelling that matched only through re's per-letter case rules (a dotless ı
+        # for an i) has no alias of its own: it is not the case's id, and stays as written.
+        return self._whole.get(found) or self._folded.get(found.casefold(), found)
 
     def placeholder(self, entity: Entity, value: str) -> str:
         key = (entity, normal_form(entity, value))
@@ -236,8 +247,9 @@ class Redactor:
 
 def distinctive(value: str) -> bool:
     """An id unlikely to be a word or a number of the text around it: six characters
-    or more, not letters alone."""
-    return len(value) >= 6 and not value.isalpha()
+    or more, not letters alone, and not digits alone unless ten or more (an IMEI, not an
+    amount)."""
+    return len(value) >= 6 and not value.isalpha() and (not value.isdigit() or len(value) >= 10)
 
 
 def unalias(text: str, vault: Vault) -> tuple[str, int]:
@@ -276,13 +288,17 @@ def mask(entity: Entity, value: str) -> str:
     return " ".join(f"{w[0]}." for w in value.split() if w)
 
 
-def apply_policy(text: str, vault: Vault, policy: BriefPII) -> tuple[str, int]:
+def apply_policy(
+    text: str, vault: Vault, policy: BriefPII, aliases: bool = True
+) -> tuple[str, int]:
     """Placeholders in model output → masked, restored or kept; invented ones removed.
-    Aliases first: a device id may hold a placeholder.
+    Aliases first (unless `aliases` is False: the caller mapped them back already, and
+    an id spelled like an alias must not be mapped twice): a device id may hold a
+    placeholder.
 
     Returns the text and how many placeholders were not of this case (invented).
     """
-    text, invented = unalias(text, vault)
+    text, invented = unalias(text, vault) if aliases else (text, 0)
 
     def swap(m: re.Match[str]) -> str:
         nonlocal invented

@@ -37,6 +37,7 @@ REQUIRED = ("id", "title", "version", "owner", "applies_to")
 ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 HEADING = re.compile(r"^## (?P<title>.+?) \{#(?P<id>[^}]*)\}\s*$")
 ACTIONS = re.compile(r"^Actions:\s*(?P<names>.*)$")
+LOOSE_ACTIONS = re.compile(r"^\s*actions?\s*:", re.IGNORECASE)  # misplaced or misspelled
 MAX_SECTION_CHARS = 4000  # a passage the prompt can carry whole
 
 
@@ -85,16 +86,20 @@ def load_library(folder: Path) -> Library:
     """Every `*.md` document of `folder`, in name order; raises ProcedureError."""
     if not folder.is_dir():
         raise ProcedureError(f"{folder}: not a folder of procedures (STREAMPROC_PROCEDURES_DIR)")
-    files = sorted(folder.glob("*.md"))
+    files = sorted(p for p in folder.glob("*.md") if p.is_file() and not p.name.startswith("."))
     if not files:
         raise ProcedureError(f"{folder}: no procedure documents (*.md)")
     digest = hashlib.sha256()
     procedures: list[Procedure] = []
     seen: dict[str, Path] = {}
     for path in files:
-        data = path.read_bytes()
-        digest.update(path.name.encode() + b"\0" + data + b"\0")
-        procedure = parse_document(path, data.decode("utf-8", errors="strict"))
+        try:
+            text = path.read_bytes().decode("utf-8-sig").replace("\r\n", "\n")
+        except UnicodeDecodeError as exc:
+            raise ProcedureError(f"{path}:1: not UTF-8 (byte {exc.start})") from None
+        # The text, not the bytes: a checkout with CRLF line ends is the same version.
+        digest.update(path.name.encode() + b"\0" + text.encode() + b"\0")
+        procedure = parse_document(path, text)
         if procedure.id in seen:
             raise ProcedureError(
                 f"{path}:2: id {procedure.id!r} is also {seen[procedure.id].name}'s"
@@ -105,7 +110,7 @@ def load_library(folder: Path) -> Library:
 
 
 def parse_document(path: Path, text: str) -> Procedure:
-    lines = text.splitlines()
+    lines = text.split("\n")  # not splitlines(): line numbers as editors count them
     if not lines or lines[0].strip() != "---":
         raise ProcedureError(f"{path}:1: a document starts with front matter between '---' lines")
     try:
@@ -148,7 +153,7 @@ def parse_document(path: Path, text: str) -> Procedure:
         str(meta["owner"]),
         frozenset(codes),
         tuple(sections),
-        bool(meta.get("sample", False)),
+        meta.get("sample") is True,
     )
 
 
@@ -189,7 +194,11 @@ def _sections(path: Path, doc_id: str, lines: list[str], start: int) -> list[Sec
             ids.add(section_id)
             current, body, actions = (i + 1, section_id, heading["title"].strip()), [], set()
             continue
-        named = ACTIONS.match(line) if current is not None and not body else None
+        leading = not any(b.strip() for b in body)  # only blank lines since the heading
+        named = ACTIONS.match(line) if current is not None and leading else None
+        if named is None and current is not None and LOOSE_ACTIONS.match(line):
+            raise ProcedureError(f"{path}:{i + 1}: an 'Actions:' line goes right under its "
+                                 "section's heading")  # fmt: skip
         if named is not None:
             for name in (n.strip() for n in named["names"].split(",") if n.strip()):
                 try:

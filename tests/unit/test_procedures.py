@@ -3,6 +3,7 @@ retrieval (deterministic, filtered by what each document applies to)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,25 @@ def test_the_sample_library_ships_inside_the_package() -> None:
 
     shipped = load_library(data.path("procedures"))
     assert shipped.version == load_library(SAMPLE).version
+
+
+def test_encodings_line_ends_and_stray_files_are_handled(tmp_path: Path) -> None:
+    """Second review: a non-UTF-8 file raised a bare error, a BOM was refused, a CRLF
+    checkout was another version, an editor's dotfile was read as a document, and an
+    'Actions:' line after a blank line was silently taken as text."""
+    text = DOC.format(id="a", codes="CARD_TESTING", body="Block it.")
+    _write(tmp_path / "lf", "a.md", text)
+    (tmp_path / "crlf").mkdir()
+    (tmp_path / "crlf" / "a.md").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    (tmp_path / "crlf" / "._a.md").write_bytes(b"\x00\x05\x16\x07\xff")  # macOS resource fork
+    assert load_library(tmp_path / "lf").version == load_library(tmp_path / "crlf").version
+    bad = tmp_path / "latin" / "b.md"
+    bad.parent.mkdir()
+    bad.write_bytes(text.replace("Block it.", "Bloquer la carte \u00e0 temps.").encode("latin-1"))
+    with pytest.raises(ProcedureError, match=rf"^{re.escape(str(bad))}:1: not UTF-8"):
+        load_library(bad.parent)
+    late = _write(tmp_path / "late", "c.md", text.replace("Actions:", "\nActions:"))
+    assert load_library(late.parent).section("a", "first").actions  # after a blank line
+    wrong = _write(tmp_path / "wrong", "d.md", text + "more text\naction: BLOCK_CARD\n")
+    with pytest.raises(ProcedureError, match=r"d\.md:\d+: an 'Actions:' line goes right under"):
+        load_library(wrong.parent)

@@ -176,14 +176,16 @@ async def brief_cases(
 
     async def one(label: Label) -> CaseResult:
         case = cases[label.case_id]
-        floor = protect(
-            build_brief(case, version=1, generated_at_ms=now), case, redactor, settings.brief_pii
-        )  # as the worker publishes it
-        _, prompt, _ = prepare(redactor, template, case, floor, settings.llm_max_prompt_tokens)
+        unprotected = build_brief(case, version=1, generated_at_ms=now)
+        floor = protect(unprotected, case, redactor, settings.brief_pii)  # as published
+        # The prompt from the brief before the policy masks it, as the worker writes it.
+        _, prompt, _ = prepare(
+            redactor, template, case, unprotected, settings.llm_max_prompt_tokens
+        )
         brief, tokens, draft, latency = floor, prompt.estimated_tokens, None, None
         if briefer is not None:
             async with slots:
-                outcome = await briefer.brief(case, floor)
+                outcome = await briefer.brief(case, floor, prompt_floor=unprotected)
             brief, draft = outcome.brief, outcome.draft
             if outcome.audit is not None:
                 tokens = outcome.audit.get("prompt_tokens") or tokens
