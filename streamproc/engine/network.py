@@ -111,14 +111,10 @@ class Network:
             key = self.key_of(entity_kind, value)
             if key is None:
                 continue
-            pair = (account, key)
-            sent = self._sent.get(pair)
+            sent = self._sent.get((account, key))
             if sent is not None and sent[0] <= at <= sent[1] + SIGHTING_REFRESH_MS:
                 continue
-            if len(self._sent) >= REMEMBERED:
-                self._sent.clear()
-            self._sent[pair] = (at, at) if sent is None else (min(sent[0], at), max(sent[1], at))
-            self._send_index(key, L.sighting(entity_kind, key, account, at, family, family_at))
+            self._sight(entity_kind, key, account, _widened(sent, at), at, family, family_at)
 
     def resight(
         self, records: list[tuple[str, dict[str, Any]]], family: str, family_at: int
@@ -127,7 +123,7 @@ class Network:
         entities is sighted once more, carrying it, so the index can tell a household from
         a ring. Once per entity, at the newest time the account was seen with it (the
         index already holds when it was first)."""
-        seen: dict[tuple[str, str], tuple[EntityKind, int, int]] = {}
+        seen: dict[tuple[str, str], tuple[EntityKind, tuple[int, int]]] = {}
         for kind, record in records:
             for entity_kind, value in linkable(kind, record):
                 key = self.key_of(entity_kind, value)
@@ -135,16 +131,26 @@ class Network:
                     continue
                 pair, at = (record["account_id"], key), int(record["occurred_at"])
                 before = seen.get(pair)
-                seen[pair] = (
-                    (entity_kind, at, at)
-                    if before is None
-                    else (entity_kind, min(before[1], at), max(before[2], at))
-                )
-        for (account, key), (entity_kind, first, last) in seen.items():
-            if len(self._sent) >= REMEMBERED:
-                self._sent.clear()
-            self._sent[account, key] = (first, last)
-            self._send_index(key, L.sighting(entity_kind, key, account, last, family, family_at))
+                seen[pair] = (entity_kind, _widened(before[1] if before else None, at))
+        for (account, key), (entity_kind, span) in seen.items():
+            self._sight(entity_kind, key, account, span, span[1], family, family_at)
+
+    def _sight(
+        self,
+        kind: EntityKind,
+        key: str,
+        account: str,
+        span: tuple[int, int],
+        at: int,
+        family: str | None,
+        family_at: int | None,
+    ) -> None:
+        """Send the account's sighting of the entity at `at`; `span` (first, last) is what
+        this worker has now sent of the pair."""
+        if len(self._sent) >= REMEMBERED:
+            self._sent.clear()
+        self._sent[account, key] = span
+        self._send_index(key, L.sighting(kind, key, account, at, family, family_at))
 
     def family_of(self, name: str | None) -> str | None:
         return L.family_of(self.hasher, name)
@@ -386,6 +392,11 @@ def _sighting_fast(
             )
         )
     )
+
+
+def _widened(span: tuple[int, int] | None, at: int) -> tuple[int, int]:
+    """(first, last) stretched to take in `at`."""
+    return (at, at) if span is None else (min(span[0], at), max(span[1], at))
 
 
 _KIND_ORDER = {k: i for i, k in enumerate(EntityKind)}
