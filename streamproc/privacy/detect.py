@@ -74,8 +74,13 @@ _ISO_INSTANT = re.compile(
     r"(?![^\s)\],;:.'\"])"
 )
 # Short runs that are no phone number as our texts write them: an amount (1,234.56 or
-# 1234.56; its currency is outside the run) and a risk score (40/100).
-_AMOUNT = re.compile(r"[0-9]{1,3}(?:,[0-9]{3})*\.[0-9]{2}|[0-9]+\.[0-9]{2}|[0-9]{1,3}/100")
+# 1234.56; its currency is outside the run) and a risk score (40/100). Neither starts with
+# a 0 unless it is 0 itself: "0300.00" and "030/100" are German numbers to the matcher.
+_INT = r"(?:0|[1-9][0-9]*)"
+_AMOUNT = re.compile(
+    rf"(?:0|[1-9][0-9]{{0,2}})(?:,[0-9]{{3}})*\.[0-9]{{2}}|{_INT}\.[0-9]{{2}}"
+    r"|(?:0|[1-9][0-9]{0,2})/100"
+)
 _WORD = re.compile(r"[^\W_]+")
 _IBAN_START = re.compile(r"(?=([A-Za-z]{2}[0-9]{2}))")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
